@@ -1,0 +1,408 @@
+"""COCO JSON: instances, captions and detection-result files, read and written (Lin et al. 2014).
+
+An instances file is `{"images": [...], "annotations": [...], "categories": [...]}`; each annotation holds
+`bbox` as `[x, y, w, h]` (continuous pixel edges: the box covers x..x+w), `area` (the *mask* area, which COCO's
+small/medium/large ranges use), `iscrowd`, and `segmentation` as polygons (`[[x1, y1, x2, y2, ...], ...]`) or
+as RLE (`{"size": [h, w], "counts": ...}`, always for crowd regions). A captions file has the same `images`
+and annotations `{"id", "image_id", "caption"}`. A result file is a bare list of
+`{"image_id", "category_id", "bbox", "score"[, "segmentation"]}`.
+
+The reader checks what pycocotools and the evaluation silently assume: unique ids, known categories and
+images, boxes of positive size inside the image (up to `files.BORDER_TOLERANCE` = 1 px past the border, kept
+unchanged), well-formed polygons and RLEs, and that the image files exist and decode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from scenekit.data.files import Problems, check_box, check_image, export_image, is_number, load_json
+from scenekit.data.records import Dataset, Record
+from scenekit.errors import DataError
+
+
+# ------------------------------------------------------------------------------------------------- reading
+def read_coco(json_path, image_root=None, *, skip_invalid: bool = False, report_path=None,
+              check_images: bool | str = True, captions_path=None) -> Dataset:
+    """Read a COCO instances (or captions) file into a `Dataset`.
+
+    image_root: folder that `file_name`s are relative to; default the JSON file's folder.
+    skip_invalid: drop invalid images/annotations instead of raising, listing each in the report
+        (`report_path`, JSON) and in a warning.
+    check_images: True checks each image file's header (exists, PIL can open it, size matches `width` and
+        `height`); "full" also decodes every pixel (catches truncated files); False checks nothing on disk.
+    captions_path: a COCO captions file whose captions are attached to the same image ids.
+    """
+    json_path = Path(json_path)
+    problems = Problems(json_path, skip_invalid, report_path)
+    data = load_json(json_path)
+    if isinstance(data, list):
+        raise DataError("holds a list, not an object with 'images': this looks like a detection results "
+                        "file; read it with read_coco_results", file=str(json_path))
+    if not isinstance(data, dict):
+        raise DataError(f"top level must be a JSON object, got {type(data).__name__}", file=str(json_path))
+    for key in ("images", "annotations", "categories"):
+        if key in data and not isinstance(data[key], list):
+            raise problems.error(f"must be a list, got {type(data[key]).__name__}", field=key)
+    if "images" not in data:
+        raise problems.error("missing the 'images' list", field="images")
+
+    image_root = Path(image_root) if image_root is not None else json_path.parent
+    categories = _read_categories(data.get("categories", []), problems)
+    images = _read_images(data["images"], image_root, problems, check_images)
+    annotations = _read_annotations(data.get("annotations", []), images, categories, problems)
+
+    records = []
+    for image_id, info in images.items():
+        anns = annotations.get(image_id, {"instances": [], "captions": []})
+        records.append(_make_record(image_id, info, anns["instances"], anns["captions"]))
+    dataset = Dataset(records, categories, image_root, name=json_path.stem)
+    problems.finish(len(records), sum(len(a["instances"]) for a in annotations.values()))
+    if captions_path is not None:
+        attach_captions(dataset, captions_path)
+    return dataset
+
+
+def attach_captions(dataset: Dataset, captions_path) -> Dataset:
+    """Add the captions of a COCO captions file to the records with the same image ids (in place)."""
+    captions_path = Path(captions_path)
+    problems = Problems(captions_path)
+    data = load_json(captions_path, "captions file")
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        raise DataError("a captions file must be an object with an 'annotations' list", file=str(captions_path),
+                        field="annotations")
+    by_id = {record.image_id: record for record in dataset.records}
+    for index, ann in enumerate(data["annotations"]):
+        where = _where("annotation", ann, index)
+        caption = ann.get("caption") if isinstance(ann, dict) else None
+        if not isinstance(caption, str) or not caption.strip():
+            raise problems.error("caption must be a non-empty string", record=where, field="caption")
+        if ann.get("image_id") not in by_id:
+            raise problems.error(f"image_id {ann.get('image_id')!r} is not an image of {dataset.name or 'the dataset'}",
+                                 record=where, field="image_id")
+        by_id[ann["image_id"]].captions.append(caption.strip())
+    return dataset
+
+
+def attach_questions(dataset: Dataset, questions_path) -> Dataset:
+    """Add multiple-choice questions from a JSON list of `{image_id, question, choices, answer, kind}` (the
+    world's `questions_<split>.json`; Visual7W-style telling questions, Zhu et al. 2016) to the records."""
+    from scenekit.data.records import Question
+
+    questions_path = Path(questions_path)
+    problems = Problems(questions_path)
+    data = load_json(questions_path, "questions file")
+    if not isinstance(data, list):
+        raise DataError("a questions file must be a JSON list", file=str(questions_path))
+    by_id = {record.image_id: record for record in dataset.records}
+    for index, entry in enumerate(data):
+        where = f"questions[{index}]"
+        if not isinstance(entry, dict) or entry.get("image_id") not in by_id:
+            raise problems.error("image_id is missing or not an image of the dataset", record=where, field="image_id")
+        if not isinstance(entry.get("question"), str) or not entry["question"].strip():
+            raise problems.error("question must be a non-empty string", record=where, field="question")
+        choices = entry.get("choices")
+        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+            raise problems.error("choices must be a list of at least 2 strings", record=where, field="choices")
+        if not _is_int(entry.get("answer")) or not 0 <= entry["answer"] < len(choices):
+            raise problems.error(f"answer must index choices (0..{len(choices) - 1}), got {entry.get('answer')!r}",
+                                 record=where, field="answer")
+        by_id[entry["image_id"]].questions.append(
+            Question(entry["question"], list(choices), entry["answer"], str(entry.get("kind", "other"))))
+    return dataset
+
+
+def _where(kind: str, entry, index: int) -> str:
+    """'annotation id 7' when the entry has a usable id, else 'annotations[3]'."""
+    if isinstance(entry, dict) and isinstance(entry.get("id"), int) and not isinstance(entry.get("id"), bool):
+        return f"{kind} id {entry['id']}"
+    return f"{kind}s[{index}]"
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _read_categories(entries: list, problems: Problems) -> dict[int, str]:
+    categories: dict[int, str] = {}
+    for index, entry in enumerate(entries):
+        where = _where("category", entry, index)
+        try:
+            if not isinstance(entry, dict) or not _is_int(entry.get("id")):
+                raise problems.error("category needs an integer 'id'", record=where, field="id")
+            if not isinstance(entry.get("name"), str):
+                raise problems.error("category needs a string 'name'", record=where, field="name")
+            if entry["id"] in categories:
+                raise problems.error(f"duplicate category id {entry['id']}", record=where, field="id")
+        except DataError as error:
+            problems.handle(error, kind="category", ident=entry.get("id") if isinstance(entry, dict) else None)
+            continue
+        categories[entry["id"]] = entry["name"]
+    return categories
+
+
+def _read_images(entries: list, image_root: Path, problems: Problems, check_images) -> dict[int, dict]:
+    images: dict[int, dict] = {}
+    seen: dict[int, int] = {}                     # id -> index of its first entry
+    for index, entry in enumerate(entries):
+        where = _where("image", entry, index)
+        ident = entry.get("id") if isinstance(entry, dict) else None
+        try:
+            if not isinstance(entry, dict) or not _is_int(ident):
+                raise problems.error("image needs an integer 'id'", record=where, field="id")
+            if ident in seen:
+                raise problems.error(f"duplicate image id {ident} (first at images[{seen[ident]}])",
+                                     record=f"images[{index}]", field="id")
+            seen[ident] = index
+            if not isinstance(entry.get("file_name"), str) or not entry["file_name"]:
+                raise problems.error("image needs a non-empty string 'file_name'", record=where, field="file_name")
+            for key in ("width", "height"):
+                value = entry.get(key)
+                if not is_number(value) or float(value) != int(value) or int(value) <= 0:
+                    raise problems.error(f"{key} must be a positive integer, got {value!r}", record=where, field=key)
+            width, height = int(entry["width"]), int(entry["height"])
+            if check_images:
+                path = Path(entry["file_name"])
+                path = path if path.is_absolute() else image_root / path
+                check_image(path, width, height, problems, record=where, decode=check_images == "full")
+        except DataError as error:
+            problems.handle(error, kind="image", ident=ident)
+            continue
+        images[ident] = {"file_name": entry["file_name"], "width": width, "height": height}
+    return images
+
+
+def _read_annotations(entries: list, images: dict, categories: dict, problems: Problems) -> dict[int, dict]:
+    """Group valid annotations by image id: {image_id: {"instances": [...], "captions": [...]}}."""
+    grouped: dict[int, dict] = {}
+    seen: dict[int, int] = {}                     # id -> index of its first entry
+    for index, ann in enumerate(entries):
+        where = _where("annotation", ann, index)
+        ident = ann.get("id") if isinstance(ann, dict) else None
+        try:
+            if not isinstance(ann, dict) or not _is_int(ident):
+                raise problems.error("annotation needs an integer 'id'", record=where, field="id")
+            if ident in seen:
+                raise problems.error(f"duplicate annotation id {ident} (first at annotations[{seen[ident]}])",
+                                     record=f"annotations[{index}]", field="id")
+            seen[ident] = index
+            image_id = ann.get("image_id")
+            if image_id not in images:
+                reason = "was skipped as invalid" if problems.skip_invalid else "is not in 'images'"
+                raise problems.error(f"image_id {image_id!r} {reason}", record=where, field="image_id")
+            slot = grouped.setdefault(image_id, {"instances": [], "captions": []})
+            if "caption" in ann and "bbox" not in ann:
+                if not isinstance(ann["caption"], str) or not ann["caption"].strip():
+                    raise problems.error("caption must be a non-empty string", record=where, field="caption")
+                slot["captions"].append(ann["caption"].strip())
+                continue
+            slot["instances"].append(_check_instance(ann, images[image_id], categories, problems, where))
+        except DataError as error:
+            problems.handle(error, kind="annotation", ident=ident)
+    return grouped
+
+
+def _check_instance(ann: dict, image: dict, categories: dict, problems: Problems, where: str) -> dict:
+    if ann.get("category_id") not in categories:
+        raise problems.error(f"unknown category_id {ann.get('category_id')!r} (known: "
+                             f"{sorted(categories)[:20]})", record=where, field="category_id")
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(is_number(v) for v in bbox):
+        raise problems.error(f"bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}", record=where,
+                             field="bbox")
+    x, y, w, h = (float(v) for v in bbox)
+    check_box((x, y, x + w, y + h), image["width"], image["height"], problems, record=where, field="bbox")
+    iscrowd = ann.get("iscrowd", 0)
+    if iscrowd not in (0, 1):          # True/False compare equal to 1/0 and are accepted
+        raise problems.error(f"iscrowd must be 0 or 1, got {iscrowd!r}", record=where, field="iscrowd")
+    area = ann.get("area")
+    if area is not None and (not is_number(area) or area < 0):
+        raise problems.error(f"area must be a finite number >= 0, got {area!r}", record=where, field="area")
+    segmentation = ann.get("segmentation")
+    if segmentation is not None:
+        _check_segmentation(segmentation, image, problems, where)
+    return {"id": ann["id"], "box": (x, y, x + w, y + h), "category_id": ann["category_id"],
+            "iscrowd": bool(iscrowd), "area": None if area is None else float(area), "segmentation": segmentation}
+
+
+def _check_segmentation(segmentation, image: dict, problems: Problems, where: str) -> None:
+    if isinstance(segmentation, list):
+        if not segmentation:
+            raise problems.error("empty polygon list", record=where, field="segmentation")
+        for k, polygon in enumerate(segmentation):
+            if not isinstance(polygon, list) or not polygon:
+                raise problems.error(f"polygon {k} is empty", record=where, field="segmentation")
+            if len(polygon) < 6 or len(polygon) % 2 or not all(is_number(v) for v in polygon):
+                raise problems.error(f"polygon {k} must be an even number (>= 6) of finite coordinates "
+                                     f"x1, y1, x2, y2, ..., got {len(polygon)} values", record=where,
+                                     field="segmentation")
+        return
+    if not isinstance(segmentation, dict) or "size" not in segmentation or "counts" not in segmentation:
+        raise problems.error("segmentation must be a list of polygons or an RLE {'size', 'counts'}",
+                             record=where, field="segmentation")
+    if list(segmentation["size"]) != [image["height"], image["width"]]:
+        raise problems.error(f"RLE size {segmentation['size']} differs from the image's "
+                             f"[height, width] = [{image['height']}, {image['width']}]", record=where,
+                             field="segmentation")
+    counts = segmentation["counts"]
+    try:
+        if isinstance(counts, str):
+            from scenekit.masks import string_to_counts
+            counts = string_to_counts(counts)
+        total = sum(int(c) for c in counts) if all(_is_int(c) and c >= 0 for c in counts) else -1
+    except (TypeError, ValueError):
+        total = -1
+    if total != image["height"] * image["width"]:
+        raise problems.error(f"RLE counts must be non-negative integers summing to height * width = "
+                             f"{image['height'] * image['width']}", record=where, field="segmentation")
+
+
+def _make_record(image_id: int, info: dict, instances: list, captions: list) -> Record:
+    boxes = np.array([a["box"] for a in instances], dtype=np.float64).reshape(-1, 4)
+    areas = [a["area"] if a["area"] is not None else (a["box"][2] - a["box"][0]) * (a["box"][3] - a["box"][1])
+             for a in instances]       # a missing "area" falls back to the box area
+    has_masks = any(a["segmentation"] is not None for a in instances)
+    return Record(
+        image_id=image_id, file_name=info["file_name"], width=info["width"], height=info["height"],
+        boxes=boxes, labels=[a["category_id"] for a in instances], ann_ids=[a["id"] for a in instances],
+        iscrowd=[a["iscrowd"] for a in instances], areas=areas,
+        segmentations=[a["segmentation"] for a in instances] if has_masks else None, captions=list(captions))
+
+
+# ------------------------------------------------------------------------------------------------- writing
+def to_coco_dict(dataset: Dataset, file_names: dict | None = None) -> dict:
+    """The COCO instances dict of a dataset (what `write_coco` writes).
+
+    Annotation ids are the records' `ann_ids` when they are unique across the dataset and >= 1, else they are
+    renumbered 1..M in order (pycocotools' evaluation treats id 0 as "unmatched").
+    """
+    file_names = file_names or {}
+    all_ids = np.concatenate([r.ann_ids for r in dataset.records]) if dataset.records else np.zeros(0)
+    keep_ids = len(np.unique(all_ids)) == len(all_ids) and (len(all_ids) == 0 or all_ids.min() >= 1)
+    images, annotations, next_id = [], [], 1
+    for index, record in enumerate(dataset.records):
+        images.append({"id": int(record.image_id), "file_name": file_names.get(index, record.file_name),
+                       "width": int(record.width), "height": int(record.height)})
+        for k, (x1, y1, x2, y2) in enumerate(record.boxes.tolist()):
+            ann = {"id": int(record.ann_ids[k]) if keep_ids else next_id, "image_id": int(record.image_id),
+                   "category_id": int(record.labels[k]), "bbox": [x1, y1, x2 - x1, y2 - y1],
+                   "area": float(record.areas[k]) if record.areas is not None else (x2 - x1) * (y2 - y1),
+                   "iscrowd": int(record.iscrowd[k])}
+            segmentation = record.segmentations[k] if record.segmentations is not None else None
+            if segmentation is not None:
+                ann["segmentation"] = _plain(segmentation)
+            annotations.append(ann)
+            next_id += 1
+    categories = [{"id": int(i), "name": name, "supercategory": ""} for i, name in sorted(dataset.categories.items())]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def write_coco(dataset: Dataset, json_path, image_dir=None) -> Path:
+    """Write a COCO instances file; with `image_dir`, also put every image there (in-memory ones as PNG,
+    files as copies) and point `file_name` at them, relative to the JSON's folder.
+
+    Without `image_dir`, file-backed images stay where they are and `file_name` is rewritten relative to the
+    new JSON's folder, so the file reads back from anywhere.
+    """
+    json_path = Path(json_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    file_names = {}
+    for index, record in enumerate(dataset.records):
+        if image_dir is not None:
+            path = export_image(dataset, record, Path(image_dir))
+        elif record.image is None:
+            path = dataset.image_path(record)
+        else:
+            continue
+        file_names[index] = Path(os.path.relpath(Path(path).resolve(), json_path.parent.resolve())).as_posix()
+    json_path.write_text(json.dumps(to_coco_dict(dataset, file_names)))
+    return json_path
+
+
+def write_coco_captions(dataset: Dataset, json_path) -> Path:
+    """Write the records' captions as a COCO captions file (`{"images", "annotations": [{id, image_id, caption}]}`)."""
+    json_path = Path(json_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    images = [{"id": int(r.image_id), "file_name": r.file_name, "width": int(r.width), "height": int(r.height)}
+              for r in dataset.records]
+    pairs = [(int(r.image_id), c) for r in dataset.records for c in r.captions]
+    annotations = [{"id": number, "image_id": image_id, "caption": caption}
+                   for number, (image_id, caption) in enumerate(pairs, start=1)]
+    json_path.write_text(json.dumps({"images": images, "annotations": annotations}))
+    return json_path
+
+
+def _plain(value):
+    """numpy scalars/arrays and bytes -> JSON-able Python values."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("ascii")
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# ------------------------------------------------------------------------------------------------- results
+def read_coco_results(path) -> list[dict]:
+    """Read and check a COCO detection results file: a list of `{image_id, category_id, bbox, score}`
+    (optionally `segmentation` as RLE); caption results `{image_id, caption}` are accepted too."""
+    path = Path(path)
+    results = load_json(path, "results file")
+    if isinstance(results, dict) and "annotations" in results:
+        raise DataError("is an object with 'annotations' (a ground-truth file?); a results file is a bare list",
+                        file=str(path))
+    if not isinstance(results, list):
+        raise DataError(f"a results file must be a JSON list, got {type(results).__name__}", file=str(path))
+    for index, result in enumerate(results):
+        _check_result(result, index, str(path))
+    return results
+
+
+def write_coco_results(results, path) -> Path:
+    """Check and write detection (or caption) results as a COCO results file."""
+    path = Path(path)
+    results = [_plain(dict(r)) for r in results]
+    for index, result in enumerate(results):
+        _check_result(result, index, None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results))
+    return path
+
+
+def _check_result(result, index: int, file) -> None:
+    where = f"results[{index}]"
+    if not isinstance(result, dict):
+        raise DataError("each result must be an object", file=file, record=where)
+    if not _is_int(result.get("image_id")):
+        raise DataError(f"image_id must be an integer, got {result.get('image_id')!r}", file=file, record=where,
+                        field="image_id")
+    if "caption" in result:
+        if not isinstance(result["caption"], str):
+            raise DataError("caption must be a string", file=file, record=where, field="caption")
+        return
+    if not _is_int(result.get("category_id")):
+        raise DataError(f"category_id must be an integer, got {result.get('category_id')!r}", file=file,
+                        record=where, field="category_id")
+    if not is_number(result.get("score")):
+        raise DataError(f"score must be a finite number, got {result.get('score')!r}", file=file, record=where,
+                        field="score")
+    bbox = result.get("bbox")
+    if bbox is None and "segmentation" in result:
+        return                                              # segm results may omit bbox (pycocotools derives it)
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(is_number(v) for v in bbox):
+        raise DataError(f"bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}", file=file, record=where,
+                        field="bbox")
+    if bbox[2] < 0 or bbox[3] < 0:
+        raise DataError(f"bbox has negative size (w {bbox[2]:g}, h {bbox[3]:g})", file=file, record=where,
+                        field="bbox")
+    segmentation = result.get("segmentation")
+    if segmentation is not None and not (isinstance(segmentation, dict) and {"size", "counts"} <= set(segmentation)):
+        raise DataError("segmentation must be an RLE {'size', 'counts'}", file=file, record=where,
+                        field="segmentation")
