@@ -33,8 +33,904 @@ def run_demo(args):
     return 0
 
 
+# ---------------------------------------------------------------------------------------------------- data
+def add_data_parser(sub):
+    p = sub.add_parser("data", help="convert, check, show and generate datasets (COCO, VOC, YOLO, the world)",
+                       formatter_class=_formatter,
+                       description="SPEC is world | world:N | coco:PATH | voc:PATH | yolo:PATH.")
+    data_sub = p.add_subparsers(dest="data_command", metavar="COMMAND")
+    data_sub.required = True
+
+    def reader_options(q, images_default):
+        q.add_argument("--split", default="train", help="split to read (VOC ImageSets/Main/<split>.txt, YOLO "
+                       "YAML key, COCO instances_<split>.json in a folder, world split)")
+        q.add_argument("--skip-invalid", action="store_true",
+                       help="skip invalid images/annotations instead of stopping, and list them in --report")
+        q.add_argument("--report", default="skipped.json", help="JSON report of what --skip-invalid skipped")
+        q.add_argument("--images", choices=["full", "header", "none"], default=images_default,
+                       help="check image files: decode every pixel, read headers only, or not at all")
+        q.add_argument("--seed", type=int, default=0, help="random seed (world specs)")
+
+    q = data_sub.add_parser("convert", help="convert between formats: --from SPEC --to SPEC",
+                            formatter_class=_formatter)
+    q.add_argument("--from", dest="source", required=True, help="input SPEC, e.g. coco:annotations/x.json")
+    q.add_argument("--to", dest="target", required=True, help="output SPEC, e.g. voc:out/VOC or yolo:out/yolo")
+    reader_options(q, "header")
+    q.add_argument("--json", action="store_true", help="print a JSON summary")
+    q = data_sub.add_parser("check", help="validate a dataset and print statistics", formatter_class=_formatter)
+    q.add_argument("spec", metavar="SPEC", help="dataset to check")
+    reader_options(q, "full")
+    q.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    q = data_sub.add_parser("show", help="draw one image's annotations to a PNG", formatter_class=_formatter)
+    q.add_argument("spec", metavar="SPEC", help="dataset to read")
+    q.add_argument("--image-id", type=int, required=True, help="id of the image to draw")
+    q.add_argument("--out", default="show.png", help="PNG file to write")
+    q.add_argument("--no-masks", action="store_true", help="draw boxes only")
+    reader_options(q, "header")
+    q = data_sub.add_parser("world", help="generate the scene world as files (PNGs + COCO JSON)",
+                            formatter_class=_formatter)
+    q.add_argument("--out", default="world", help="folder to write")
+    q.add_argument("--images", type=int, default=200, help="number of images")
+    q.add_argument("--seed", type=int, default=0, help="random seed")
+    q.add_argument("--split", default="train", choices=["train", "val", "test"], help="split (disjoint seed streams)")
+    q.add_argument("--image-size", type=int, default=None, help="fixed square image size (default: varied sizes)")
+    p.set_defaults(func=run_data)
+
+
+def _load_for_cli(spec, args):
+    from scenekit.data.sources import load_data, parse_spec
+
+    options = {"skip_invalid": args.skip_invalid, "report_path": args.report if args.skip_invalid else None,
+               "check_images": {"full": "full", "header": True, "none": False}[args.images]}
+    if parse_spec(spec)[0] == "world":
+        return load_data(spec, args.split, seed=args.seed)
+    return load_data(spec, args.split, **options)
+
+
+def run_data(args):
+    import json
+
+    if args.data_command == "world":
+        from scenekit.data.world import write_world
+
+        path = write_world(args.out, args.images, seed=args.seed, split=args.split, image_size=args.image_size)
+        print(f"wrote {args.images} images and their annotations: {path}")
+        return 0
+    if args.data_command == "convert":
+        from scenekit.data.sources import save_data
+
+        dataset = _load_for_cli(args.source, args)
+        written = save_data(dataset, args.target, args.split)
+        summary = {"images": len(dataset), "objects": int(sum(r.num_objects for r in dataset.records)),
+                   "written": str(written)}
+        print(json.dumps(summary) if args.json else
+              f"converted {summary['images']} images, {summary['objects']} objects to {written}")
+        return 0
+    if args.data_command == "check":
+        from scenekit.data.sources import format_statistics, statistics
+
+        stats = statistics(_load_for_cli(args.spec, args))
+        print(json.dumps(stats) if args.json else format_statistics(stats))
+        return 0
+    from scenekit.data.transforms import load_image, record_masks
+    from scenekit.errors import DataError
+    from scenekit.viz import draw_boxes, draw_masks
+
+    dataset = _load_for_cli(args.spec, args)
+    record = next((r for r in dataset.records if r.image_id == args.image_id), None)
+    if record is None:
+        raise DataError(f"no image with id {args.image_id} (ids run {dataset.records[0].image_id}.."
+                        f"{dataset.records[-1].image_id})" if dataset.records else "the dataset is empty",
+                        file=args.spec, field="image_id")
+    picture = load_image(dataset, record)
+    with_mask = [k for k in range(record.num_objects) if record.segmentations and record.segmentations[k] is not None]
+    if with_mask and not args.no_masks:
+        masks = record_masks(record, box_fallback=True)[with_mask]
+        picture = draw_masks(picture, masks, record.labels[with_mask])
+    picture = draw_boxes(picture, record.boxes, record.labels, names=dataset.categories)
+    picture.save(args.out)
+    print(f"drew image {record.image_id} ({record.num_objects} objects) to {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- models
+# The one table of model names (DESIGN.md): name -> (module, recipe function, preset recipe options).
+MODELS = {
+    "localizer": ("scenekit.models.localizer", "recipe", {"class_specific": True}),
+    "localizer-agnostic": ("scenekit.models.localizer", "recipe", {"class_specific": False}),
+    "overfeat": ("scenekit.models.localizer", "recipe", {"class_specific": True, "inference": "overfeat"}),
+    "fcn": ("scenekit.models.fcn", "recipe", {"architecture": "fcn8s"}),
+    "fcn-32s": ("scenekit.models.fcn", "recipe", {"architecture": "fcn32s"}),
+    "fcn-16s": ("scenekit.models.fcn", "recipe", {"architecture": "fcn16s"}),
+    "fcn-8s": ("scenekit.models.fcn", "recipe", {"architecture": "fcn8s"}),
+    "deconvnet": ("scenekit.models.fcn", "recipe", {"architecture": "deconvnet", "upsample": "unpool"}),
+    "deconvnet-transposed": ("scenekit.models.fcn", "recipe", {"architecture": "deconvnet", "upsample": "transposed"}),
+    "sliding-window": ("scenekit.models.fcn", "window_recipe", {}),
+    "fast-rcnn": ("scenekit.models.fast_rcnn", "recipe", {}),
+    "faster-rcnn": ("scenekit.models.faster_rcnn", "recipe", {}),
+    "rcnn": ("scenekit.models.rcnn", "recipe", {}),
+    "yolo1": ("scenekit.models.yolo", "recipe", {"version": 1}),
+    "yolo2": ("scenekit.models.yolo", "recipe", {"version": 2}),
+    "mask-rcnn": ("scenekit.models.mask_rcnn", "recipe", {}),
+    "charlm": ("scenekit.models.language", "char_lm_recipe", {}),
+    "deepimagesent": ("scenekit.models.captioner", "recipe", {"kind": "deepimagesent"}),
+    "showtell": ("scenekit.models.captioner", "recipe", {"kind": "showtell"}),
+    "showattendtell": ("scenekit.models.captioner", "recipe", {"kind": "showattendtell"}),
+    "vqa": ("scenekit.models.vqa", "recipe", {}),
+}
+
+
+def make_recipe(name: str, categories: dict, options: dict | None = None):
+    """The recipe of model `name` for `categories`, with `options` over the table's presets."""
+    import importlib
+
+    from scenekit.errors import DataError
+
+    if name not in MODELS:
+        raise DataError(f"unknown model {name!r}; known: {', '.join(MODELS)}", field="model")
+    module, function, preset = MODELS[name]
+    factory = getattr(importlib.import_module(module), function)
+    return factory(categories, name=name, **{**preset, **(options or {})})
+
+
+def _parse_options(pairs) -> dict:
+    """--option KEY=VALUE pairs; VALUE is read as JSON when it parses (numbers, true, [1, 2]), else a string."""
+    import json
+
+    from scenekit.errors import DataError
+
+    options = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise DataError(f"--option needs KEY=VALUE, got {pair!r}", field="option")
+        try:
+            options[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.replace("-", "_")] = value
+    return options
+
+
+def _load_model_data(spec: str, split: str, recipe, num_images: int, seed: int):
+    """A dataset for a model: `world` is generated the way the model's recipe asks (recipe.world)."""
+    from scenekit.data.captions import is_language_spec, load_language_data
+    from scenekit.data.sources import load_data, parse_spec
+
+    if is_language_spec(spec):                  # coco-captions:PATH, flickr8k:PATH, text:FILE|shakespeare
+        return load_language_data(spec, split)
+    if parse_spec(spec)[0] == "world":
+        return load_data(spec, split, num_images=num_images, seed=seed, **recipe.world)
+    return load_data(spec, split)
+
+
+def _restore(checkpoint_path: str, device_name: str = "auto"):
+    """(recipe, model on its device, device, checkpoint) rebuilt from a checkpoint's name and configuration."""
+    from scenekit.engine.checkpoint import load_checkpoint
+    from scenekit.engine.evaluate import restore_model
+    from scenekit.engine.train import resolve_device
+
+    checkpoint = load_checkpoint(checkpoint_path)
+    recipe = make_recipe(checkpoint["model_name"], checkpoint["categories"], checkpoint["options"])
+    device = resolve_device(device_name)
+    return recipe, restore_model(recipe, checkpoint, device), device, checkpoint
+
+
+# ---------------------------------------------------------------------------------------------------- train
+def add_train_parser(sub):
+    p = sub.add_parser("train", help="train a model (checkpoints, resume, multi-process under torchrun)",
+                       formatter_class=_formatter,
+                       description="Train MODEL on --data. Under `torchrun --nproc_per_node N scenekit train ...` "
+                                   "the same command trains with DistributedDataParallel.")
+    p.add_argument("model", metavar="MODEL", choices=sorted(MODELS), help=f"one of: {', '.join(MODELS)}")
+    p.add_argument("--data", default="world", help="world | coco:PATH | voc:PATH | yolo:PATH")
+    p.add_argument("--val-data", default=None,
+                   help="validation data spec (default: the world's val split for world, none otherwise)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs of the main phase (default: the recipe's)")
+    p.add_argument("--batch-size", type=int, default=32, help="global batch size, over all processes")
+    p.add_argument("--lr", type=float, default=None, help="learning rate of the main phase (default: the recipe's)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
+    p.add_argument("--out", default=None, help="folder for checkpoints and metrics.csv (default: runs/MODEL)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
+    p.add_argument("--seed", type=int, default=0, help="random seed (weights, data order, the world)")
+    p.add_argument("--image-size", type=int, default=None, help="training input size (default: the recipe's)")
+    p.add_argument("--backbone", default=None, choices=["small", "vgg16", "resnet18", "resnet50"],
+                   help="feature extractor (default: the recipe's, the small CNN)")
+    p.add_argument("--backbone-weights", default=None, help="torchvision-format state dict for the backbone")
+    p.add_argument("--train-images", type=int, default=2000, help="world images to generate for training")
+    p.add_argument("--val-images", type=int, default=300, help="world images to generate for validation")
+    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--checkpoint-every", type=int, default=0,
+                   help="also write OUT/last.pt every N steps (0: at the end of each epoch only)")
+    p.add_argument("--log-every", type=int, default=50, help="log line every N steps when not on a terminal")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="other recipe option (repeatable), e.g. --option hidden=128 --option flip=false")
+    p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    p.set_defaults(func=run_train)
+
+
+def run_train(args):
+    import json
+    from pathlib import Path
+
+    from scenekit.engine.checkpoint import load_checkpoint
+    from scenekit.engine.train import TrainConfig, train
+
+    out = Path(args.out or f"runs/{args.model}")
+    options = _parse_options(args.option)
+    for key, value in (("epochs", args.epochs), ("lr", args.lr), ("image_size", args.image_size),
+                       ("backbone", args.backbone), ("backbone_weights", args.backbone_weights)):
+        if value is not None:
+            options[key] = value
+    categories = None
+    if args.resume and (out / "last.pt").is_file():
+        checkpoint = load_checkpoint(out / "last.pt")   # the run's own options win, so --resume needs no repeats
+        options, categories = {**checkpoint["options"], **options}, checkpoint["categories"]
+    from scenekit.data.world import CATEGORIES
+    probe = make_recipe(args.model, categories or dict(CATEGORIES), options)
+    train_data = _load_model_data(args.data, "train", probe, args.train_images, args.seed)
+    recipe = make_recipe(args.model, categories or train_data.categories, options)
+    val_spec = args.val_data or (args.data if args.data.split(":")[0] == "world" else None)
+    val_data = _load_model_data(val_spec, "val", recipe, args.val_images, args.seed) if val_spec else None
+    config = TrainConfig(out=str(out), batch_size=args.batch_size, device=args.device, seed=args.seed,
+                         workers=args.workers, checkpoint_every=args.checkpoint_every, log_every=args.log_every)
+    fit = getattr(recipe, "fit", None) or train      # a recipe may train in its own stages (R-CNN)
+    result = fit(recipe, train_data, val_data, config, resume=args.resume)
+    if result.last_checkpoint is None:       # not rank 0 under torchrun
+        return 0
+    final = result.history[-1] if result.history else {}
+    summary = {"model": args.model, "out": str(out), "best": result.best, "best_metric": recipe.best_metric,
+               "final": final}
+    if args.json:
+        print(json.dumps(summary, default=str))
+    else:
+        print(f"trained {args.model}: best {recipe.best_metric} {result.best} -> {out / 'best.pt'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- predict
+def add_predict_parser(sub):
+    p = sub.add_parser("predict", help="run a trained checkpoint on images: pictures + COCO result JSON",
+                       formatter_class=_formatter)
+    p.add_argument("images", metavar="IMAGES", nargs="*", help="image files (PNG, JPEG, ...)")
+    p.add_argument("--stream", metavar="FOLDER", default=None,
+                   help="real-time mode: run over a folder of images frame by frame (sorted by name), printing "
+                        "each frame's detections and the frames per second; no pictures, OUT/predictions.json")
+    p.add_argument("--checkpoint", default=None, help="a checkpoint written by `scenekit train` (best.pt)")
+    p.add_argument("--onnx", default=None, help="instead of --checkpoint: a file from `scenekit export`, run with "
+                                                "onnxruntime (CPU)")
+    p.add_argument("--out", default="predictions", help="folder for pictures and predictions.json")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
+    p.add_argument("--score-threshold", type=float, default=0.3,
+                   help="draw detections scoring at least this (the best one is always drawn)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (for models that sample)")
+    p.add_argument("--json", action="store_true", help="print the COCO results as JSON")
+    p.set_defaults(func=run_predict)
+
+
+def run_predict(args):
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from scenekit.errors import DataError
+    from scenekit.viz import draw_boxes
+
+    torch.manual_seed(args.seed)
+    if args.onnx:                               # the exported graph in onnxruntime (see the export section)
+        recipe, predict = _restore_onnx(args)
+        model = device = None
+    else:
+        if args.checkpoint is None:
+            raise DataError("needs --checkpoint FILE (or --onnx FILE)", field="checkpoint")
+        recipe, model, device, _ = _restore(args.checkpoint, args.device)
+        predict = lambda images: recipe.predict(model, images, device)   # noqa: E731
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.stream is not None:
+        return _predict_stream(args, recipe, model, device, out)
+    if not args.images:
+        raise DataError("give image files, or --stream FOLDER", field="images")
+    results, index = [], []
+    for image_id, name in enumerate(args.images, start=1):
+        try:
+            with Image.open(name) as picture:
+                image = np.asarray(picture.convert("RGB"))
+        except (OSError, ValueError) as error:
+            raise DataError(f"cannot read image ({error})", file=name) from None
+        found = predict([image])[0]
+        boxes, scores, labels = (np.asarray(found[k], dtype=np.float64) for k in ("boxes", "scores", "labels"))
+        shown = (scores >= args.score_threshold) | (np.arange(len(scores)) == 0)
+        picture = image
+        if "masks" in found and len(scores):          # instance masks (Mask R-CNN) under the boxes
+            from scenekit.viz import draw_masks
+
+            picture = draw_masks(image, np.asarray(found["masks"])[shown], labels[shown].astype(int))
+        draw_boxes(picture, boxes[shown], labels[shown].astype(int), scores[shown],
+                   names=recipe.categories).save(out / f"{Path(name).stem}.png")
+        index.append({"id": image_id, "file_name": str(name), "width": image.shape[1], "height": image.shape[0]})
+        for box, score, label in zip(boxes, scores, labels):
+            results.append({"image_id": image_id, "category_id": int(label), "score": round(float(score), 6),
+                            "bbox": [round(float(v), 3) for v in (box[0], box[1], box[2] - box[0], box[3] - box[1])]})
+    (out / "predictions.json").write_text(json.dumps(results))
+    (out / "images.json").write_text(json.dumps(index, indent=1))
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print(f"{len(results)} detections on {len(args.images)} images -> {out / 'predictions.json'}, pictures in {out}")
+    return 0
+
+
+def _predict_stream(args, recipe, model, device, out):
+    """`predict --stream FOLDER`: frames per second of the model (and of the whole loop, reading included)."""
+    import json
+    import time
+
+    from scenekit.models.yolo import detections_to_coco, stream_predict
+
+    results, frames, model_seconds, started = [], 0, 0.0, time.perf_counter()
+    for frames, (path, found, seconds) in enumerate(stream_predict(recipe, model, args.stream, device), start=1):
+        model_seconds += seconds
+        detections = detections_to_coco(frames, found)
+        results += detections
+        if not args.json:
+            shown = sum(d["score"] >= args.score_threshold for d in detections)
+            print(f"{path.name}: {shown} detections >= {args.score_threshold} | {1 / max(seconds, 1e-9):.1f} fps "
+                  f"(mean {frames / max(model_seconds, 1e-9):.1f})", flush=True)
+    wall = time.perf_counter() - started
+    (out / "predictions.json").write_text(json.dumps(results))
+    summary = {"frames": frames, "fps": frames / max(model_seconds, 1e-9), "fps_with_reading": frames / max(wall, 1e-9),
+               "detections": len(results), "predictions": str(out / "predictions.json")}
+    print(json.dumps(summary) if args.json else
+          f"{frames} frames: {summary['fps']:.1f} frames/s model, {summary['fps_with_reading']:.1f} frames/s with "
+          f"reading -> {out / 'predictions.json'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- propose
+def _read_rgb(path: str):
+    """An image file as an [H, W, 3] uint8 array; unreadable files are a DataError naming the file."""
+    import numpy as np
+    from PIL import Image
+
+    from scenekit.errors import DataError
+
+    try:
+        with Image.open(path) as picture:
+            return np.asarray(picture.convert("RGB"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as error:
+        raise DataError(f"cannot read image ({error})", file=path) from None
+
+
+def add_propose_parser(sub):
+    p = sub.add_parser("propose", help="Selective Search object proposals for an image (R-CNN's proposals)",
+                       formatter_class=_formatter)
+    p.add_argument("image", metavar="IMAGE", help="image file (PNG, JPEG, ...)")
+    p.add_argument("--mode", default="fast", choices=["fast", "quality", "single"],
+                   help="diversification: fast (HSV+Lab, k 50/100, 2 similarities), quality (5 colour spaces, "
+                        "4 k, 4 similarities) or single (HSV, k 100, colour+texture+size+fill)")
+    p.add_argument("--top", type=int, default=50, help="number of best-ranked proposals to draw and print")
+    p.add_argument("--max-side", type=int, default=None,
+                   help="search a copy downscaled to this longer side (faster, coarser); boxes are mapped back")
+    p.add_argument("--out", default=None, help="PNG file to draw the top proposals on")
+    p.add_argument("--seed", type=int, default=0, help="seed of the ranking's random factor")
+    p.add_argument("--json", action="store_true", help="print the top proposals as JSON")
+    p.set_defaults(func=run_propose)
+
+
+def run_propose(args):
+    import json
+    import time
+
+    from scenekit.errors import DataError
+    from scenekit.proposals import selective_search
+
+    if args.top < 0:
+        raise DataError(f"--top must be >= 0, got {args.top}", field="top")
+    if args.max_side is not None and args.max_side < 1:
+        raise DataError(f"--max-side must be >= 1, got {args.max_side}", field="max_side")
+    image = _read_rgb(args.image)
+    start = time.perf_counter()
+    boxes = selective_search(image, mode=args.mode, seed=args.seed, max_side=args.max_side)
+    seconds = time.perf_counter() - start
+    top = boxes[:args.top].tolist()
+    if args.out:
+        try:
+            from scenekit.viz import draw_boxes
+        except ImportError:
+            draw_boxes = None
+        if draw_boxes is not None:
+            picture = draw_boxes(image, top, width=1)
+        else:
+            from PIL import Image, ImageDraw
+
+            picture = Image.fromarray(image)
+            for x1, y1, x2, y2 in top:
+                ImageDraw.Draw(picture).rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=(255, 0, 0))
+        picture.save(args.out)
+    if args.json:
+        print(json.dumps({"image": args.image, "mode": args.mode, "num_proposals": len(boxes),
+                          "seconds": round(seconds, 4), "boxes_xyxy": top}))
+    else:
+        print(f"{len(boxes)} proposals in {seconds:.2f} s ({args.mode} mode); top {len(top)}:")
+        for rank, (x1, y1, x2, y2) in enumerate(top, start=1):
+            print(f"{rank:5d}  {x1:6.0f} {y1:6.0f} {x2:6.0f} {y2:6.0f}")
+        if args.out:
+            print(f"drew the top {len(top)} to {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- segment
+def add_segment_parser(sub):
+    p = sub.add_parser("segment", help="super-pixels (Felzenszwalb-Huttenlocher), or semantic segmentation "
+                       "with a trained FCN checkpoint", formatter_class=_formatter)
+    p.add_argument("image", metavar="IMAGE", help="image file (PNG, JPEG, ...)")
+    p.add_argument("--superpixels", action="store_true",
+                   help="graph-based over-segmentation (this or --checkpoint is required)")
+    p.add_argument("--checkpoint", default=None,
+                   help="label every pixel with a segmentation model trained by `scenekit train fcn` (best.pt)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run --checkpoint")
+    p.add_argument("--scale", type=float, default=100.0, help="threshold k: larger gives larger segments")
+    p.add_argument("--sigma", type=float, default=0.8, help="Gaussian pre-smoothing (0: none)")
+    p.add_argument("--min-size", type=int, default=50, help="merge segments smaller than this many pixels")
+    p.add_argument("--out", default=None,
+                   help="PNG to write: each segment in a random colour, boundaries in white (default "
+                        "superpixels.png); with --checkpoint the image tinted by class with a legend (default "
+                        "segmentation.png), and the class map beside it as OUT_classes.png (palette of category ids)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the segment colours")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=run_segment)
+
+
+def run_segment(args):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from scenekit.errors import DataError
+    from scenekit.proposals import felzenszwalb
+
+    if args.checkpoint:
+        return _run_semantic_segment(args)
+    if not args.superpixels:
+        raise DataError("pass --superpixels (graph-based super-pixels) or --checkpoint (a trained FCN)",
+                        field="superpixels")
+    args.out = args.out or "superpixels.png"
+    image = _read_rgb(args.image)
+    try:
+        labels = felzenszwalb(image, scale=args.scale, sigma=args.sigma, min_size=args.min_size)
+    except ValueError as error:
+        raise DataError(str(error), file=args.image) from None
+    colours = np.random.default_rng(args.seed).integers(0, 256, (int(labels.max()) + 1, 3), dtype=np.uint8)
+    picture = colours[labels]                                   # [H, W] -> [H, W, 3]
+    boundary = np.zeros(labels.shape, bool)
+    boundary[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    boundary[1:, :] |= labels[1:, :] != labels[:-1, :]
+    picture[boundary] = 255
+    Image.fromarray(picture).save(args.out)
+    summary = {"image": args.image, "segments": int(labels.max()) + 1, "out": args.out}
+    print(json.dumps(summary) if args.json else f"{summary['segments']} super-pixels -> {args.out}")
+    return 0
+
+
+def _run_semantic_segment(args):
+    """`segment --checkpoint`: the class of every pixel, drawn as a tinted overlay and saved as a class map."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from scenekit.errors import DataError
+    from scenekit.models.fcn import draw_semantic
+    from scenekit.viz import colour_for
+
+    recipe, model, device, _ = _restore(args.checkpoint, args.device)
+    image = _read_rgb(args.image)
+    found = recipe.predict(model, [image], device)[0]
+    if "semantic" not in found:
+        raise DataError(f"model {recipe.model_name!r} does not label pixels; train fcn, fcn-32s/16s/8s, deconvnet "
+                        "or sliding-window", file=args.checkpoint)
+    class_map = np.asarray(found["semantic"])
+    out = Path(args.out or "segmentation.png")
+    draw_semantic(image, class_map, recipe.categories).save(out)
+    classes = Image.fromarray(class_map.astype(np.uint8), mode="P")     # pixel value = category id
+    classes.putpalette([v for c in range(256) for v in ((0, 0, 0) if c == 0 else colour_for(c))])
+    classes_path = out.with_name(f"{out.stem}_classes.png")
+    classes.save(classes_path)
+    counts = np.bincount(class_map.ravel(), minlength=1)
+    names = {0: "background", **recipe.categories}
+    pixels = {names.get(c, str(c)): round(int(n) / class_map.size, 6) for c, n in enumerate(counts) if n}
+    summary = {"image": args.image, "out": str(out), "class_map": str(classes_path), "pixels": pixels}
+    print(json.dumps(summary) if args.json else
+          f"{len(pixels)} classes ({', '.join(pixels)}) -> {out}, class map {classes_path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- evaluate
+def add_evaluate_parser(sub):
+    p = sub.add_parser("evaluate", help="score detections: COCO AP/AR (like pycocotools) or Pascal VOC AP",
+                       formatter_class=_formatter,
+                       description="Evaluate a COCO-format result file against COCO instances: "
+                                   "`scenekit evaluate --gt instances.json --pred results.json`. Prints the "
+                                   "12 COCO stats as pycocotools does (equal to its numbers), or the VOC "
+                                   "per-class AP table with --metric voc.")
+    p.add_argument("model", metavar="MODEL", nargs="?", default=None,
+                   help="evaluate a trained model instead of a result file: MODEL --checkpoint FILE [--data SPEC] "
+                        "runs the model's own metrics (e.g. ILSVRC localization errors for localizers)")
+    p.add_argument("--checkpoint", default=None, help="MODEL: a checkpoint written by `scenekit train` (best.pt)")
+    p.add_argument("--data", default="world", help="MODEL: data to evaluate on: world | coco:PATH | voc:PATH | "
+                                                   "yolo:PATH")
+    p.add_argument("--split", default="val", help="MODEL: split of --data to evaluate on")
+    p.add_argument("--images", type=int, default=300, help="MODEL: world images to generate")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="MODEL: where to run")
+    p.add_argument("--seed", type=int, default=0, help="MODEL: random seed (the world)")
+    p.add_argument("--gt", help="ground truth: a COCO instances JSON file")
+    p.add_argument("--pred", help="detections: a COCO results JSON file "
+                                  "([{image_id, category_id, bbox [x, y, w, h], score[, segmentation]}])")
+    p.add_argument("--metric", default="coco", choices=["coco", "voc"],
+                   help="coco: AP@[.5:.95], AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l; voc: per-class AP, mAP")
+    p.add_argument("--iou-type", default="bbox", choices=["bbox", "segm"],
+                   help="COCO: compare boxes or instance masks (segm needs segmentations in both files)")
+    p.add_argument("--img-ids", default=None, help="COCO: evaluate only these image ids (comma-separated)")
+    p.add_argument("--cat-ids", default=None, help="COCO: evaluate only these category ids (comma-separated)")
+    p.add_argument("--iou-threshold", type=float, default=0.5, help="VOC: overlap a match needs (>=)")
+    p.add_argument("--use-07-metric", action="store_true",
+                   help="VOC: the VOC2007 11-point AP instead of the VOC2010+ area under the curve")
+    p.add_argument("--plus-one", action="store_true",
+                   help="VOC: the devkit's inclusive pixel boxes (width x2 - x1 + 1) instead of continuous ones")
+    p.add_argument("--out", default=None,
+                   help="folder to also write stats.json and pr_curves.png (per-class PR curves at IoU 0.5; "
+                        "needs matplotlib)")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.set_defaults(func=run_evaluate)
+
+
+def _id_list(text: str | None, option: str):
+    from scenekit.errors import DataError
+
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise DataError(f"needs comma-separated integers, got {text!r}", field=option) from None
+
+
+def _run_evaluate_checkpoint(args):
+    """`scenekit evaluate MODEL --checkpoint FILE`: rebuild the model from its checkpoint, run its metrics."""
+    import json
+    from pathlib import Path
+
+    from scenekit.errors import DataError
+
+    if args.checkpoint is None:
+        raise DataError(f"evaluating model {args.model!r} needs --checkpoint FILE (from `scenekit train`)",
+                        field="checkpoint")
+    recipe, model, device, checkpoint = _restore(args.checkpoint, args.device)
+    if args.model is not None and args.model != checkpoint["model_name"]:
+        raise DataError(f"the checkpoint holds model {checkpoint['model_name']!r}, not {args.model!r}",
+                        file=args.checkpoint, field="model_name")
+    dataset = _load_model_data(args.data, args.split, recipe, args.images, args.seed)
+    metrics = recipe.evaluate(model, dataset, device)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(f"{checkpoint['model_name']} on {args.data} ({args.split}, {len(dataset)} images)")
+        for key, value in metrics.items():
+            print(f"  {key:<16} {value:.4f}" if isinstance(value, float) else f"  {key:<16} {value}")
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "stats.json").write_text(json.dumps(metrics, indent=1))
+    return 0
+
+
+def run_evaluate(args):
+    import json
+    import math
+    from pathlib import Path
+
+    from scenekit.errors import DataError
+    from scenekit.metrics import detection
+
+    if args.model is not None or args.checkpoint is not None:
+        return _run_evaluate_checkpoint(args)
+    if not args.gt or not args.pred:
+        raise DataError("needs --gt INSTANCES.json and --pred RESULTS.json", field="pred" if args.gt else "gt")
+    if args.metric == "voc":
+        summary = detection.voc_evaluate(args.gt, args.pred, args.iou_threshold, args.use_07_metric,
+                                         plus_one=args.plus_one)
+        stats = {"mAP": summary["mAP"], "AP": {str(k): v for k, v in summary["AP"].items()}}
+        stats = json.loads(json.dumps(stats), parse_constant=lambda _: None)       # NaN -> null
+        if args.json:
+            print(json.dumps(stats))
+        else:
+            names = _category_names(args.gt)
+            width = max([len(str(n)) for n in names.values()] + [8])
+            for category, ap in summary["AP"].items():
+                shown = "  n/a (no gt)" if math.isnan(ap) else f"{ap:.4f}"
+                print(f"{names.get(category, category)!s:<{width}}  {shown}")
+            print(f"{'mAP':<{width}}  {summary['mAP']:.4f}")
+    else:
+        stats = detection.coco_evaluate(args.gt, args.pred, args.iou_type,
+                                        img_ids=_id_list(args.img_ids, "img-ids"),
+                                        cat_ids=_id_list(args.cat_ids, "cat-ids"))
+        print(json.dumps(stats) if args.json else detection.format_coco_stats(stats))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "stats.json").write_text(json.dumps(stats, indent=1))
+        curves = detection.precision_recall_curves(args.gt, args.pred,
+                                                   args.iou_type if args.metric == "coco" else "bbox")
+        detection.plot_precision_recall(curves, out / "pr_curves.png", _category_names(args.gt),
+                                        title="precision-recall at IoU 0.5")
+        if not args.json:
+            print(f"wrote {out / 'stats.json'} and {out / 'pr_curves.png'}")
+    return 0
+
+
+def _category_names(gt_path) -> dict:
+    from scenekit.metrics.detection import read_json
+
+    return {c["id"]: c.get("name", str(c["id"])) for c in read_json(gt_path, "ground-truth")["categories"]}
+
+
+# ---------------------------------------------------------------------------------------------------- caption
+def add_caption_parser(sub):
+    p = sub.add_parser("caption", help="caption images with a trained captioner (greedy, sampling or beam search)",
+                       formatter_class=_formatter)
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (PNG, JPEG, ...)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint of deepimagesent, showtell or showattendtell")
+    p.add_argument("--beam", type=int, default=1, help="beam size (1: greedy decoding)")
+    p.add_argument("--length-penalty", type=float, default=0.0,
+                   help="beam search ranks by log p / length^A (0: plain log-probability)")
+    p.add_argument("--temperature", type=float, default=None, help="sample words at this temperature instead")
+    p.add_argument("--max-length", type=int, default=20, help="most tokens to generate, <end> included")
+    p.add_argument("--attention-out", default=None,
+                   help="PNG of the attention map of every word (Show Attend and Tell; one image only)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
+    p.add_argument("--seed", type=int, default=0, help="random seed (sampling)")
+    p.add_argument("--json", action="store_true", help="print the captions as JSON")
+    p.set_defaults(func=run_caption)
+
+
+def run_caption(args):
+    import json
+
+    import torch
+
+    from scenekit.errors import DataError
+    from scenekit.models.captioner import Captioner, caption_images, draw_attention, prepare_image
+
+    if args.beam < 1 or args.max_length < 1:
+        raise DataError("--beam and --max-length must be >= 1", field="beam")
+    if args.attention_out and len(args.images) != 1:
+        raise DataError("--attention-out draws one image; give exactly one", field="attention_out")
+    _, model, device, checkpoint = _restore(args.checkpoint, args.device)
+    if not isinstance(model, Captioner):
+        raise DataError(f"the checkpoint holds {checkpoint['model_name']!r}, not a captioner", file=args.checkpoint)
+    if args.attention_out and model.config.kind != "showattendtell":
+        raise DataError(f"{model.config.kind} has no attention; --attention-out needs showattendtell",
+                        field="attention_out")
+    generator = torch.Generator().manual_seed(args.seed)
+    rows = []
+    for name in args.images:
+        image = _read_rgb(name)
+        tensor = prepare_image(image, model.config.image_size)[None].to(device)
+        text, words, alphas = caption_images(model, tensor, beam_size=args.beam, max_length=args.max_length,
+                                             length_penalty=args.length_penalty, temperature=args.temperature,
+                                             generator=generator)[0]
+        rows.append({"image": name, "caption": text})
+        if args.attention_out:
+            draw_attention(image, words, alphas if alphas is not None else torch.zeros(0, model.grid ** 2)) \
+                .save(args.attention_out)
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for row in rows:
+            print(f"{row['image']}: {row['caption']}")
+        if args.attention_out:
+            print(f"attention maps -> {args.attention_out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- ask
+def add_ask_parser(sub):
+    p = sub.add_parser("ask", help="answer a multiple-choice question about an image with a trained VQA model",
+                       formatter_class=_formatter)
+    p.add_argument("image", metavar="IMAGE", help="image file (PNG, JPEG, ...)")
+    p.add_argument("question", metavar="QUESTION", help='the question, e.g. "what colour is the star?"')
+    p.add_argument("--choices", nargs="+", required=True, help="the candidate answers (usually 4)")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint of `scenekit train vqa`")
+    p.add_argument("--attention-out", default=None, help="PNG of the attention map over the image")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
+    p.add_argument("--json", action="store_true", help="print the answer and the probabilities as JSON")
+    p.set_defaults(func=run_ask)
+
+
+def run_ask(args):
+    import json
+
+    from scenekit.errors import DataError
+    from scenekit.models.captioner import draw_attention
+    from scenekit.models.vqa import VQAModel, answer_question
+
+    _, model, device, checkpoint = _restore(args.checkpoint, args.device)
+    if not isinstance(model, VQAModel):
+        raise DataError(f"the checkpoint holds {checkpoint['model_name']!r}, not a VQA model", file=args.checkpoint)
+    image = _read_rgb(args.image)
+    result = answer_question(model, image, args.question, args.choices, device)
+    if args.attention_out:
+        if result["attention"] is None:
+            raise DataError("this VQA model was trained without attention", field="attention_out")
+        draw_attention(image, [result["answer"]], result["attention"][None]).save(args.attention_out)
+    if args.json:
+        print(json.dumps({"answer": result["answer"], "index": result["index"],
+                          "probabilities": dict(zip(args.choices, result["probabilities"]))}))
+    else:
+        print(result["answer"])
+        for choice, probability in zip(args.choices, result["probabilities"]):
+            print(f"  {probability:6.3f}  {choice}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- sample
+def add_sample_parser(sub):
+    p = sub.add_parser("sample", help="generate text with a trained character language model (charlm)",
+                       formatter_class=_formatter)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint of `scenekit train charlm`")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (0: greedy)")
+    p.add_argument("--length", type=int, default=500, help="characters (bytes) to generate at most")
+    p.add_argument("--prime", default="", help="text to start from")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.set_defaults(func=run_sample)
+
+
+def run_sample(args):
+    import torch
+
+    from scenekit.errors import DataError
+    from scenekit.models.language import CharLM, sample_text
+
+    _, model, _, checkpoint = _restore(args.checkpoint, args.device)
+    if not isinstance(model, CharLM):
+        raise DataError(f"the checkpoint holds {checkpoint['model_name']!r}, not charlm", file=args.checkpoint)
+    try:
+        text = sample_text(model, args.length, args.temperature, args.prime,
+                           generator=torch.Generator().manual_seed(args.seed))
+    except ValueError as error:
+        raise DataError(str(error), field="temperature/length") from None
+    print(text)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- export
+def add_export_parser(sub):
+    p = sub.add_parser("export", help="export a trained model to ONNX (run it with `scenekit predict --onnx`)",
+                       formatter_class=_formatter,
+                       description="Writes the model's network (backbone + heads, raw outputs) as ONNX with a "
+                                   "dynamic batch (and image size where the model allows); decoding and NMS stay "
+                                   "in Python. Two-stage detectors export backbone + RPN, captioners the encoder.")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by `scenekit train` (best.pt)")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
+    p.add_argument("--out", default="model.onnx", help="file to write")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip running the file with onnxruntime against PyTorch on a random input")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args):
+    import json
+
+    import torch
+
+    from scenekit import export
+
+    recipe, model, _, _ = _restore(args.checkpoint, "cpu")
+    path = export.export_onnx(recipe, model, args.out, opset=args.opset)
+    summary = {"onnx": str(path), "model": recipe.model_name, "bytes": path.stat().st_size}
+    metadata = export.read_metadata(path)
+    summary.update({"outputs": metadata["outputs"], "runnable": metadata["runnable"],
+                    "dynamic_size": metadata["dynamic_size"]})
+    if not args.no_check:
+        graph = export.export_graph(recipe, model)
+        with torch.no_grad():
+            expected = graph.network(graph.example)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        got = export.OnnxSession(path).run(graph.example)
+        summary["max_abs_difference"] = max(float(abs(g - e.numpy()).max()) for g, e in zip(got, expected))
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"exported {recipe.model_name} to {path} ({summary['bytes'] / 2 ** 20:.2f} MiB; outputs "
+              f"{', '.join(summary['outputs'])}; {'batch, height, width' if summary['dynamic_size'] else 'batch'} "
+              "dynamic)")
+        if "max_abs_difference" in summary:
+            print(f"onnxruntime vs PyTorch: max |difference| {summary['max_abs_difference']:.2e}")
+        if not summary["runnable"]:
+            print("note: this file is the network part only; `scenekit predict --onnx` needs the full model "
+                  "(use --checkpoint)")
+    return 0
+
+
+def _restore_onnx(args):
+    """(recipe, predict(images) -> predictions) for `predict --onnx FILE`."""
+    from scenekit.errors import DataError
+    from scenekit.export import load_onnx
+
+    if args.stream is not None:
+        raise DataError("--stream runs a checkpoint; give --checkpoint instead of --onnx", field="stream")
+    predictor = load_onnx(args.onnx, make_recipe)
+    return predictor.recipe, predictor.predict
+
+
+# ---------------------------------------------------------------------------------------------------- serve
+def add_serve_parser(sub):
+    p = sub.add_parser("serve", help="web demo: an HTTP API (POST /predict) and a page that draws the results",
+                       formatter_class=_formatter,
+                       description="Open http://HOST:PORT/ and drop an image. API: POST /predict (multipart, "
+                                   "field 'file') -> JSON boxes/labels/scores, masks as COCO RLE, or a caption; "
+                                   "GET /healthz.")
+    p.add_argument("--checkpoint", default=None, help="a checkpoint written by `scenekit train` (best.pt)")
+    p.add_argument("--onnx", default=None, help="instead of --checkpoint: a file from `scenekit export`")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run --checkpoint")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted request body, MiB")
+    p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest accepted image, width x height")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds one prediction may take (then 504)")
+    p.add_argument("--workers", type=int, default=1, help="predictions running at once")
+    p.add_argument("--max-pending", type=int, default=16,
+                   help="predictions running or waiting; more are answered 503 at once")
+    p.add_argument("--seed", type=int, default=0, help="random seed (for models that sample)")
+    p.set_defaults(func=run_serve)
+
+
+def run_serve(args):
+    import torch
+
+    from scenekit.errors import DataError
+
+    if (args.checkpoint is None) == (args.onnx is None):
+        raise DataError("give exactly one of --checkpoint FILE and --onnx FILE", field="checkpoint")
+    if min(args.workers, args.max_pending) < 1 or args.max_upload_mb <= 0 or args.max_pixels < 1 \
+            or args.timeout <= 0:
+        raise DataError("--workers, --max-pending, --max-upload-mb, --max-pixels and --timeout must be positive",
+                        field="workers")
+    try:
+        from scenekit.serve.app import ServeConfig, create_app, serve
+    except ImportError as error:
+        raise ScenekitError(str(error)) from None
+    torch.manual_seed(args.seed)
+    if args.onnx:
+        from scenekit.export import load_onnx
+
+        predictor = load_onnx(args.onnx, make_recipe)
+        recipe, predict = predictor.recipe, predictor.predict
+    else:
+        recipe, model, device, _ = _restore(args.checkpoint, args.device)
+
+        def predict(images):
+            with torch.no_grad():
+                return recipe.predict(model, images, device)
+    config = ServeConfig(max_upload_bytes=int(args.max_upload_mb * 2 ** 20), max_pixels=args.max_pixels,
+                         timeout_s=args.timeout, workers=args.workers, max_pending=args.max_pending)
+    app = create_app(predict, model_name=recipe.model_name, categories=recipe.categories, config=config)
+    print(f"serving {recipe.model_name} on http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
+    serve(app, args.host, args.port)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------- main
-PARSERS = [add_demo_parser]
+PARSERS = [add_demo_parser, add_data_parser, add_train_parser, add_predict_parser, add_propose_parser, add_segment_parser, add_evaluate_parser, add_caption_parser, add_ask_parser, add_sample_parser, add_export_parser, add_serve_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +955,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"scenekit {args.verb}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:                     # `scenekit ... | head`: the reader left, not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

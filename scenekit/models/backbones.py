@@ -1,0 +1,246 @@
+"""Backbones: small CNNs that train from scratch on a CPU, and VGG-16 / ResNet-18 / ResNet-50 in torchvision's layout.
+
+The small CNN is the default everywhere: a few 3x3 convolutions and 2x2 max-pools, enough for the embedded world
+and fast on two cores. It uses *unpadded* ("valid") convolutions by default, as Overfeat does (Sermanet et al.
+2013, Table 1): then a window cropped at a multiple of the network's stride gives exactly the features that the
+same window has inside a larger image, which is what makes the fully convolutional sliding window exact.
+
+VGG-16 (Simonyan & Zisserman 2015, configuration D) and ResNet-18/50 (He et al. 2016) are defined with module
+names that reproduce torchvision's state-dict keys exactly (`features.0.weight` ... `classifier.6.bias`;
+`conv1.weight`, `bn1.running_mean`, `layer1.0.conv1.weight`, `layer2.0.downsample.0.weight`, `fc.weight`), so
+weights a user has downloaded for torchvision load with `load_backbone_weights(model, path)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from scenekit.errors import DataError
+
+
+# ------------------------------------------------------------------------------------------------ small CNN
+class SmallCNN(nn.Module):
+    """`len(channels)` stages of [3x3 conv -> norm -> ReLU -> 2x2 max-pool]; output stride 2 ** len(channels).
+
+    `padding=0` keeps every output cell a function of one fixed input window (see the module docstring);
+    `norm` is "batch", "group" or "none" ("none" makes multi-process training match one process exactly,
+    because BatchNorm statistics are otherwise taken over each process's share of the batch).
+    """
+
+    def __init__(self, channels=(16, 32, 64), in_channels: int = 3, padding: int = 0, norm: str = "batch"):
+        super().__init__()
+        if norm not in ("batch", "group", "none"):
+            raise ValueError(f"norm must be 'batch', 'group' or 'none', got {norm!r}")
+        layers: list[nn.Module] = []
+        previous = in_channels
+        for width in channels:
+            layers.append(nn.Conv2d(previous, width, 3, padding=padding, bias=norm == "none"))
+            if norm == "batch":
+                layers.append(nn.BatchNorm2d(width))
+            elif norm == "group":
+                layers.append(nn.GroupNorm(min(8, width), width))
+            layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            previous = width
+        self.features = nn.Sequential(*layers)
+        self.channels, self.padding = tuple(channels), padding
+        self.out_channels = previous
+        self.stride = 2 ** len(channels)
+
+    def output_size(self, size: int) -> int:
+        """Spatial size of the feature map for an input of `size` pixels (per stage: conv, then floor-halving)."""
+        for _ in self.channels:
+            size = (size + 2 * self.padding - 2) // 2
+        return size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.features(images)    # [B, 3, H, W] -> [B, C, H', W']
+
+
+# ------------------------------------------------------------------------------------------------ VGG-16
+VGG16_LAYOUT = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+
+
+class VGG16(nn.Module):
+    """VGG-16 (configuration D), module indices as torchvision's `vgg16`: conv layers at features.0, 2, 5, ...
+
+    `include_classifier=False` keeps only `features` (stride 32, 512 channels), the part detectors use; loading
+    a full torchvision file into it ignores the file's `classifier.*` entries.
+    """
+
+    def __init__(self, num_classes: int = 1000, include_classifier: bool = True):
+        super().__init__()
+        layers: list[nn.Module] = []
+        previous = 3
+        for item in VGG16_LAYOUT:
+            if item == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            else:
+                layers += [nn.Conv2d(previous, item, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+                previous = item
+        self.features = nn.Sequential(*layers)
+        self.out_channels, self.stride = 512, 32
+        self.include_classifier = include_classifier
+        if include_classifier:
+            self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+            self.classifier = nn.Sequential(
+                nn.Linear(512 * 7 * 7, 4096), nn.ReLU(inplace=True), nn.Dropout(),
+                nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(),
+                nn.Linear(4096, num_classes))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.features(images)                                  # [B, 3, H, W] -> [B, 512, H/32, W/32]
+        if not self.include_classifier:
+            return x
+        return self.classifier(torch.flatten(self.avgpool(x), 1))  # [B, 512*7*7] -> [B, num_classes]
+
+
+# ------------------------------------------------------------------------------------------------ ResNet
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions plus the identity (He et al. 2016, Fig. 2); ResNet-18/34."""
+
+    expansion = 1
+
+    def __init__(self, in_channels: int, width: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _projection(in_channels, width * self.expansion, stride)
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3, 1x1 expand (x4) plus the identity (He et al. 2016, Fig. 5); ResNet-50.
+
+    The stride sits on the 3x3 convolution, as in torchvision ("ResNet v1.5").
+    """
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, width: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, width * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(width * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _projection(in_channels, width * self.expansion, stride)
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + identity)
+
+
+def _projection(in_channels: int, out_channels: int, stride: int):
+    """The 1x1 projection shortcut (option B of He et al. 2016) where the shape changes, else None."""
+    if stride == 1 and in_channels == out_channels:
+        return None
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                         nn.BatchNorm2d(out_channels))
+
+
+class ResNet(nn.Module):
+    """ResNet with torchvision's module names; `include_fc=False` drops `avgpool`/`fc` (stride 32 features)."""
+
+    def __init__(self, block, blocks_per_stage, num_classes: int = 1000, include_fc: bool = True):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        channels = 64
+        for stage, (width, count) in enumerate(zip((64, 128, 256, 512), blocks_per_stage), start=1):
+            stride = 1 if stage == 1 else 2
+            layers = []
+            for i in range(count):
+                layers.append(block(channels, width, stride if i == 0 else 1))
+                channels = width * block.expansion
+            setattr(self, f"layer{stage}", nn.Sequential(*layers))
+        self.out_channels, self.stride = channels, 32
+        self.include_fc = include_fc
+        if include_fc:
+            self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+            self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(images))))   # [B, 3, H, W] -> [B, 64, H/4, W/4]
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))   # -> [B, C, H/32, W/32]
+        if not self.include_fc:
+            return x
+        return self.fc(torch.flatten(self.avgpool(x), 1))           # [B, C] -> [B, num_classes]
+
+
+def resnet18(num_classes: int = 1000, include_fc: bool = True) -> ResNet:
+    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, include_fc)
+
+
+def resnet50(num_classes: int = 1000, include_fc: bool = True) -> ResNet:
+    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, include_fc)
+
+
+def vgg16(num_classes: int = 1000, include_classifier: bool = True) -> VGG16:
+    return VGG16(num_classes, include_classifier)
+
+
+def build_backbone(name: str = "small", *, weights: str | Path | None = None, **small_kwargs) -> nn.Module:
+    """A feature extractor by name: "small" (SmallCNN(**small_kwargs)), "vgg16", "resnet18", "resnet50".
+
+    The big ones come without their ImageNet classifier; `weights` loads a torchvision-format state dict.
+    Every backbone has `.out_channels` and `.stride` and maps [B, 3, H, W] to [B, out_channels, H', W'].
+    """
+    if name == "small":
+        model = SmallCNN(**small_kwargs)
+    elif name == "vgg16":
+        model = vgg16(include_classifier=False)
+    elif name == "resnet18":
+        model = resnet18(include_fc=False)
+    elif name == "resnet50":
+        model = resnet50(include_fc=False)
+    else:
+        raise ValueError(f"backbone must be 'small', 'vgg16', 'resnet18' or 'resnet50', got {name!r}")
+    if weights is not None:
+        load_backbone_weights(model, weights)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------ weights
+def load_backbone_weights(model: nn.Module, path: str | Path) -> list[str]:
+    """Load a torchvision-format state dict from `path` into `model`; returns the file's unused keys.
+
+    Every key of `model.state_dict()` must be in the file with the same shape; keys the model does not have
+    (an ImageNet classifier the backbone left out) are ignored and returned. A missing, unreadable or
+    mismatched file raises DataError naming the file and the first offending key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("backbone weights file not found", file=str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:   # torch raises several types for truncated or foreign files
+        raise DataError(f"cannot read backbone weights ({type(error).__name__}: {error})", file=str(path)) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DataError("not a state dict (a mapping of names to tensors)", file=str(path))
+    expected = model.state_dict()
+    for key, tensor in expected.items():
+        if key not in state:
+            raise DataError("missing key in backbone weights", file=str(path), field=key)
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise DataError(f"shape {tuple(state[key].shape)} does not match the model's {tuple(tensor.shape)}",
+                            file=str(path), field=key)
+    model.load_state_dict({key: state[key] for key in expected})
+    return [key for key in state if key not in expected]

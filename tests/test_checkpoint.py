@@ -1,0 +1,112 @@
+"""Checkpoints: atomic writes, clear errors, and a training run killed with SIGKILL that resumes exactly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from scenekit.engine import checkpoint as ckpt
+from scenekit.errors import DataError
+
+# A tiny localizer on a tiny world: 64 images, 8 steps per epoch, 2 + 1 epochs = 24 steps.
+TINY = ["train", "localizer", "--data", "world", "--train-images", "64", "--val-images", "8",
+        "--image-size", "32", "--option", "channels=[4,8]", "--option", "hidden=16", "--epochs", "2",
+        "--option", "regress_epochs=1", "--batch-size", "8", "--checkpoint-every", "3", "--log-every", "1"]
+
+
+def _env():
+    # One thread: CPU results then do not depend on how the work is split, so runs compare bit for bit.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _scenekit(*args) -> list[str]:
+    return [sys.executable, "-m", "scenekit.cli", *args]
+
+
+def test_atomic_write_replaces_whole_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "state.pt"
+    ckpt.save_checkpoint(path, {"model_name": "m", "model": {"w": torch.ones(3)}, "model_config": {},
+                                "categories": {1: "a"}})
+    ckpt.save_checkpoint(path, {"model_name": "m", "model": {"w": torch.full((3,), 2.0)}, "model_config": {},
+                                "categories": {1: "a"}})
+    assert torch.equal(ckpt.load_checkpoint(path)["model"]["w"], torch.full((3,), 2.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.pt"]
+
+
+def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    ckpt.atomic_write_bytes(path, b"old complete file")
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt.os, "fsync", crash)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.atomic_write_bytes(path, b"new file that never completes")
+    assert path.read_bytes() == b"old complete file"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_corrupt_or_foreign_checkpoint_is_a_data_error_naming_the_file(tmp_path):
+    truncated = tmp_path / "truncated.pt"
+    ckpt.save_checkpoint(truncated, {"model_name": "m", "model": {"w": torch.ones(100)}, "model_config": {},
+                                     "categories": {}})
+    truncated.write_bytes(truncated.read_bytes()[:50])
+    with pytest.raises(DataError, match="truncated.pt: cannot read checkpoint"):
+        ckpt.load_checkpoint(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.ones(2)}, foreign)
+    with pytest.raises(DataError, match="foreign.pt: not a scenekit checkpoint"):
+        ckpt.load_checkpoint(foreign)
+    with pytest.raises(DataError, match="missing.pt: checkpoint not found"):
+        ckpt.load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_rng_states_round_trip():
+    ckpt.seed_everything(3)
+    states = ckpt.rng_states()
+    first = (torch.rand(3), __import__("numpy").random.rand(), __import__("random").random())
+    ckpt.set_rng_states(states)
+    second = (torch.rand(3), __import__("numpy").random.rand(), __import__("random").random())
+    assert torch.equal(first[0], second[0]) and first[1:] == second[1:]
+
+
+@pytest.mark.timeout(120)
+def test_run_killed_with_sigkill_resumes_to_the_same_final_weights(tmp_path):
+    reference_out, killed_out = tmp_path / "reference", tmp_path / "killed"
+    reference = subprocess.Popen(_scenekit(*TINY, "--out", str(reference_out)), env=_env(),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    victim = subprocess.Popen(_scenekit(*TINY, "--out", str(killed_out)), env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in victim.stdout:
+        seen.append(line)
+        if " step 11 " in line:                      # mid-epoch 2, two steps after the step-9 checkpoint
+            victim.send_signal(signal.SIGKILL)
+            break
+    victim.wait(timeout=60)
+    assert victim.returncode == -signal.SIGKILL, "".join(seen)
+    interrupted = ckpt.load_checkpoint(killed_out / "last.pt")
+    assert 9 <= interrupted["step"] < 24                 # killed mid-run, after a checkpoint
+
+    resumed = subprocess.run(_scenekit(*TINY, "--out", str(killed_out), "--resume"), env=_env(),
+                             capture_output=True, text=True, timeout=90)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from {killed_out / 'last.pt'}" in resumed.stdout
+    assert reference.wait(timeout=90) == 0, reference.stderr.read()
+
+    expected, got = ckpt.load_checkpoint(reference_out / "last.pt"), ckpt.load_checkpoint(killed_out / "last.pt")
+    assert got["step"] == expected["step"] == 24
+    for name, tensor in expected["model"].items():
+        torch.testing.assert_close(got["model"][name], tensor, rtol=0, atol=1e-7, msg=name)
+    # The log of the interrupted-then-resumed run is the uninterrupted one, row for row.
+    assert (killed_out / "metrics.csv").read_text().splitlines()[0] == \
+        (reference_out / "metrics.csv").read_text().splitlines()[0]
+    got_rows = [line.split(",")[:4] for line in (killed_out / "metrics.csv").read_text().splitlines()]
+    expected_rows = [line.split(",")[:4] for line in (reference_out / "metrics.csv").read_text().splitlines()]
+    assert got_rows == expected_rows
