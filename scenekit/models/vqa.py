@@ -1,0 +1,257 @@
+"""Multiple-choice visual question answering with attention over image regions (Zhu et al. 2016, Visual7W).
+
+The attention-based LSTM of Visual7W (sec. 4): the LSTM first reads the image (a fully connected feature of the
+CNN grid, fed as the input at t = 0), then the question word by word. At every step t it also looks at the
+image: an attention map over the CNN's grid cells C(I), computed from the previous hidden state,
+
+    e_t = w_a^T tanh(W_he h_{t-1} + W_ce C(I)) + b_a,     a_t = softmax(e_t),     r_t = a_t^T C(I)   (eqs. (1)-(2))
+
+and r_t is fed to the LSTM together with the word embedding. After the question's last word, one more attention
+step gives r_T; the question-and-image state q = tanh(W_q h_T + W_r r_T) scores each candidate answer, embedded
+as the mean of its word embeddings and a linear layer, by a dot product; a softmax over the 4 candidates is
+trained with cross-entropy (the brief's multiple-choice head; Visual7W itself ranks answers by their likelihood
+under the LSTM). `attention=False` drops the attention terms: the plain LSTM baseline of the paper's Table 2.
+
+The grid cells carry their normalised (x, y) coordinates as two extra channels (`coords`, as CoordConv,
+Liu et al. 2018): a small CNN's cells do not know where they lie, and "where is the red circle?" needs the
+attended vector r_t to say where the attention went.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scenekit.data.vocab import Vocabulary
+from scenekit.errors import DataError
+from scenekit.models.backbones import SmallCNN
+from scenekit.models.captioner import _record_image, coordinate_channels, prepare_image
+from scenekit.models.language import LSTMCell
+from scenekit.recipes import Phase, Recipe
+
+
+@dataclass
+class VQAConfig:
+    words: list[str]                           # vocabulary of questions and answers, id order
+    image_size: int = 64
+    channels: tuple[int, ...] = (16, 32, 64)   # SmallCNN widths (padding 1)
+    feature: int = 128                         # fully connected image feature read at t = 0
+    embedding: int = 64
+    hidden: int = 128
+    attention_size: int = 64
+    joint: int = 128                           # size of q and of the answer embeddings
+    attention: bool = True
+    coords: bool = True
+
+
+class VQAModel(nn.Module):
+    """Attention-based LSTM question encoder + dot-product answer scorer (see the module docstring)."""
+
+    def __init__(self, config: VQAConfig):
+        super().__init__()
+        self.config = config
+        self.vocabulary = Vocabulary(config.words)
+        self.encoder = SmallCNN(tuple(config.channels), padding=1)
+        self.grid = config.image_size // self.encoder.stride
+        if self.grid < 1:
+            raise ValueError(f"image_size {config.image_size} is too small for {len(config.channels)} pooling stages")
+        d = self.encoder.out_channels + (2 if config.coords else 0)
+        e, h = config.embedding, config.hidden
+        self.embed = nn.Embedding(len(config.words), e, padding_idx=0)
+        self.image_feature = nn.Sequential(nn.Flatten(), nn.Linear(self.encoder.out_channels * self.grid ** 2,
+                                                                   config.feature), nn.ReLU(inplace=True),
+                                           nn.Linear(config.feature, e))
+        if config.attention:
+            self.att_hidden = nn.Linear(h, config.attention_size, bias=False)     # W_he
+            self.att_cells = nn.Linear(d, config.attention_size)                   # W_ce
+            self.att_score = nn.Linear(config.attention_size, 1)                   # w_a, b_a
+            self.joint_image = nn.Linear(d, config.joint)                          # W_r
+        self.cell = LSTMCell(e + (d if config.attention else 0), h)
+        self.joint_question = nn.Linear(h, config.joint)                           # W_q
+        self.answer = nn.Linear(e, config.joint)
+
+    def cells(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, 3, S, S] -> (grid cells C(I) [B, L, D], fully connected image input x_0 [B, E])."""
+        grid = self.encoder(images)                                               # [B, C, g, g]
+        x0 = self.image_feature(grid)
+        if self.config.coords:
+            grid = coordinate_channels(grid)
+        return grid.flatten(2).transpose(1, 2), x0
+
+    def attend(self, h: torch.Tensor, cells: torch.Tensor, projected: torch.Tensor):
+        """h [N, H], cells [N, L, D] -> (attended r [N, D], attention a [N, L])  (Zhu et al. 2016, eqs. (1)-(2))."""
+        a = self.att_score(torch.tanh(self.att_hidden(h)[:, None] + projected)).squeeze(-1).softmax(dim=1)
+        return (a[..., None] * cells).sum(dim=1), a
+
+    def encode(self, images: torch.Tensor, questions: torch.Tensor, owner: torch.Tensor):
+        """Questions [N, T] (padded with 0) about images[owner] -> (q [N, J], final attention [N, L] | None)."""
+        cells, x0 = self.cells(images)
+        cells, x0 = cells[owner], x0[owner]
+        projected = self.att_cells(cells) if self.config.attention else None
+        n, hidden = len(questions), self.config.hidden
+        h = c = x0.new_zeros(n, hidden)
+        inputs = [x0] + [self.embed(questions[:, t]) for t in range(questions.shape[1])]
+        valid = [torch.ones(n, dtype=torch.bool, device=questions.device)] + \
+                [questions[:, t] != 0 for t in range(questions.shape[1])]
+        for x, keep in zip(inputs, valid):
+            if self.config.attention:
+                x = torch.cat([x, self.attend(h, cells, projected)[0]], dim=1)
+            h_new, c_new = self.cell(x, (h, c))
+            h = torch.where(keep[:, None], h_new, h)                              # padding leaves the state
+            c = torch.where(keep[:, None], c_new, c)
+        q = self.joint_question(h)
+        alpha = None
+        if self.config.attention:
+            r, alpha = self.attend(h, cells, projected)
+            q = q + self.joint_image(r)
+        return torch.tanh(q), alpha
+
+    def score(self, q: torch.Tensor, choices: torch.Tensor) -> torch.Tensor:
+        """q [N, J], choices [N, K, Ta] word ids (0-padded) -> scores [N, K]: q . tanh(W mean(embeddings))."""
+        mask = (choices != 0).float()[..., None]                                  # [N, K, Ta, 1]
+        mean = (self.embed(choices) * mask).sum(dim=2) / mask.sum(dim=2).clamp(min=1)
+        return (torch.tanh(self.answer(mean)) * q[:, None]).sum(dim=-1)
+
+    def forward(self, images: torch.Tensor, targets: dict):
+        """targets {"questions" [N, T], "choices" [N, K, Ta], "owner" [N] and, to train, "answers" [N]}:
+        the cross-entropy over the K candidates, or (without "answers") the scores [N, K]."""
+        q, _ = self.encode(images, targets["questions"], targets["owner"])
+        scores = self.score(q, targets["choices"])
+        if "answers" not in targets:
+            return scores
+        return {"cross_entropy": F.cross_entropy(scores, targets["answers"])}
+
+
+# ------------------------------------------------------------------------------------------------ data
+def encode_question(vocabulary: Vocabulary, question: str, choices) -> tuple[torch.Tensor, torch.Tensor]:
+    """Question -> ids [T] (no <start>/<end>), choices -> ids [K, Ta] (0-padded)."""
+    q = torch.tensor(vocabulary.encode(question, add_start_end=False) or [vocabulary.unk_id])
+    rows = [torch.tensor(vocabulary.encode(c, add_start_end=False) or [vocabulary.unk_id]) for c in choices]
+    return q, torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+
+
+class QuestionData(torch.utils.data.Dataset):
+    """One item per image with questions: (image [3, S, S], {"questions": [...], "choices": [...],
+    "answers": [...], "kinds": [...]})."""
+
+    def __init__(self, dataset, vocabulary: Vocabulary, image_size: int):
+        self.dataset, self.vocabulary, self.size = dataset, vocabulary, image_size
+        self.records = [r for r in dataset.records if r.questions]
+        if not self.records:
+            raise DataError("no image has a question", field="questions")
+        counts = {len(q.choices) for r in self.records for q in r.questions}
+        if len(counts) != 1:
+            raise DataError(f"every question needs the same number of choices, got {sorted(counts)}",
+                            field="questions")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        record = self.records[index]
+        encoded = [encode_question(self.vocabulary, q.question, q.choices) for q in record.questions]
+        return prepare_image(_record_image(self.dataset, record), self.size), {
+            "questions": [e[0] for e in encoded], "choices": [e[1] for e in encoded],
+            "answers": [q.answer for q in record.questions], "kinds": [q.kind for q in record.questions]}
+
+
+def collate_questions(batch):
+    """Images stacked; questions padded to [N, T], choices to [N, K, Ta]; owner [N] is each question's image."""
+    images = torch.stack([image for image, _ in batch])
+    questions = [q for _, t in batch for q in t["questions"]]
+    choices = [c for _, t in batch for c in t["choices"]]
+    width = max(c.shape[1] for c in choices)
+    choices = torch.stack([F.pad(c, (0, width - c.shape[1])) for c in choices])
+    return images, {
+        "questions": torch.nn.utils.rnn.pad_sequence(questions, batch_first=True),
+        "choices": choices,
+        "answers": torch.tensor([a for _, t in batch for a in t["answers"]]),
+        "owner": torch.tensor([i for i, (_, t) in enumerate(batch) for _ in t["questions"]]),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ use
+@torch.no_grad()
+def answer_question(model: VQAModel, image: np.ndarray, question: str, choices, device=None) -> dict:
+    """Answer one question about an [H, W, 3] uint8 image -> {"answer", "index", "probabilities", "attention"}."""
+    if len(choices) < 2:
+        raise DataError(f"give at least 2 choices, got {len(choices)}", field="choices")
+    device = device or next(model.parameters()).device
+    model.eval()
+    q, c = encode_question(model.vocabulary, question, choices)
+    images = prepare_image(image, model.config.image_size)[None].to(device)
+    encoded, alpha = model.encode(images, q[None].to(device), torch.zeros(1, dtype=torch.int64, device=device))
+    probabilities = model.score(encoded, c[None].to(device)).softmax(dim=1)[0].cpu()
+    best = int(probabilities.argmax())
+    return {"answer": choices[best], "index": best, "probabilities": probabilities.tolist(),
+            "attention": None if alpha is None else alpha[0].cpu()}
+
+
+@torch.no_grad()
+def evaluate_vqa(model: VQAModel, dataset, device, batch_size: int = 64) -> dict:
+    """Accuracy over all questions and per question kind (`accuracy_<kind>`), and questions per second."""
+    model.eval()
+    data = QuestionData(dataset, model.vocabulary, model.config.image_size)
+    right, kinds, elapsed = [], [], 0.0
+    for start in range(0, len(data), batch_size):
+        items = [data[i] for i in range(start, min(len(data), start + batch_size))]
+        images, targets = collate_questions(items)
+        began = time.perf_counter()
+        scores = model(images.to(device), {k: v.to(device) for k, v in targets.items() if k != "answers"})
+        elapsed += time.perf_counter() - began
+        right += (scores.argmax(dim=1).cpu() == targets["answers"]).tolist()
+        kinds += [k for _, t in items for k in t["kinds"]]
+    right = np.array(right, dtype=bool)
+    result = {"accuracy": float(right.mean())}
+    for kind in sorted(set(kinds)):
+        mine = np.array([k == kind for k in kinds])
+        result[f"accuracy_{kind}"] = float(right[mine].mean())
+    result.update({"questions": len(right), "questions_per_s": len(right) / max(elapsed, 1e-9)})
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ recipe
+WORLD_OPTIONS = {"image_size": 96, "max_objects": 4}
+
+
+def recipe(categories=None, *, name: str = "vqa", vocabulary=None, min_count: int = 1, image_size: int = 64,
+           channels=(16, 32, 64), feature: int = 128, embedding: int = 64, hidden: int = 128,
+           attention_size: int = 64, joint: int = 128, attention: bool = True, coords: bool = True,
+           epochs: int | None = None, lr: float | None = None, clip: float = 5.0) -> Recipe:
+    """The VQA recipe: Adam, cosine schedule, gradient clipping; best checkpoint by validation accuracy."""
+    from scenekit.data.captions import resolve_vocabulary
+
+    words = resolve_vocabulary(vocabulary, min_count=min_count, with_questions=True).words
+    config = VQAConfig(words=list(words), image_size=image_size, channels=tuple(channels), feature=feature,
+                       embedding=embedding, hidden=hidden, attention_size=attention_size, joint=joint,
+                       attention=attention, coords=coords)
+    vocab = Vocabulary(list(words))
+    phases = [Phase("train", epochs=15 if epochs is None else epochs, lr=2e-3 if lr is None else lr,
+                    optimizer="adam", schedule="cosine", warmup_steps=20, clip_grad_norm=clip)]
+
+    def build(model_config: dict) -> VQAModel:
+        values = dict(model_config)
+        values["channels"] = tuple(values["channels"])
+        return VQAModel(VQAConfig(**values))
+
+    def predict(model, images, device):
+        raise DataError("a VQA model answers questions; use `scenekit ask IMAGE QUESTION --choices ...`",
+                        field="checkpoint")
+
+    options = {"vocabulary": list(words), "min_count": min_count, "image_size": image_size,
+               "channels": list(channels), "feature": feature, "embedding": embedding, "hidden": hidden,
+               "attention_size": attention_size, "joint": joint, "attention": attention, "coords": coords,
+               "epochs": epochs, "lr": lr, "clip": clip}
+    model_config = asdict(config)
+    model_config["channels"] = list(config.channels)
+    return Recipe(model_name=name, categories=dict(categories or {}), options=options, model_config=model_config,
+                  build_model=build, phases=phases,
+                  make_dataset=lambda dataset, train: QuestionData(dataset, vocab, image_size),
+                  collate=collate_questions,
+                  evaluate=lambda model, dataset, device: evaluate_vqa(model, dataset, device),
+                  predict=predict, best_metric="accuracy", best_mode="max", world=dict(WORLD_OPTIONS))
