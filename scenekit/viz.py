@@ -1,4 +1,5 @@
-"""Pictures: boxes with class names and scores, instance masks as translucent overlays.
+"""Pictures: boxes with class names and scores, instance masks as translucent overlays, semantic maps with a
+legend, captions under the image, attention maps per word, precision-recall and training curves.
 
 Every function takes an `[H, W, 3]` uint8 array (or a PIL image) and returns a new PIL image; nothing is drawn
 in place. Colours come from a fixed palette indexed by label so a class keeps its colour across pictures.
@@ -67,3 +68,222 @@ def draw_masks(image, masks, labels=None, alpha: float = 0.45) -> Image.Image:
         label = i if labels is None else int(np.asarray(labels)[i])
         array[mask] = (1 - alpha) * array[mask] + alpha * np.asarray(colour_for(label), dtype=np.float32)
     return Image.fromarray(array.round().astype(np.uint8), mode="RGB")
+
+
+# ------------------------------------------------------------------------------------------------ legends, text
+def _text_width(font, text: str) -> int:
+    return int(font.getlength(text))
+
+
+def _with_legend(picture: Image.Image, entries: list[tuple[tuple[int, int, int], str]]) -> Image.Image:
+    """`picture` with a white column on its right listing (colour swatch, name) rows."""
+    font = ImageFont.load_default()
+    line, swatch = 14, 10
+    width = swatch + 12 + max([_text_width(font, name) for _, name in entries] + [40])
+    canvas = Image.new("RGB", (picture.width + width, max(picture.height, line * len(entries) + 8)),
+                       (255, 255, 255))
+    canvas.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    x = picture.width + 4
+    for row, (colour, name) in enumerate(entries):
+        y = 4 + row * line
+        draw.rectangle([x, y, x + swatch, y + swatch], fill=colour, outline=(0, 0, 0))
+        draw.text((x + swatch + 4, y - 1), name, fill=(0, 0, 0), font=font)
+    return canvas
+
+
+def _wrap(font, text: str, width: int) -> list[str]:
+    """Greedy word wrap to lines no wider than `width` pixels (a single over-long word gets its own line)."""
+    lines, current = [], ""
+    for word in text.split():
+        candidate = f"{current} {word}".strip()
+        if current and _text_width(font, candidate) > width:
+            lines.append(current)
+            current = word
+        else:
+            current = candidate
+    return lines + [current] if current else lines
+
+
+# ------------------------------------------------------------------------------------------------ semantic maps
+def draw_semantic(image, class_map, names: dict | None = None, alpha: float = 0.5, legend: bool = True,
+                  ignore_index: int = 255) -> Image.Image:
+    """Tint each category's pixels in its colour (the colour its boxes get) and list the categories present
+    in a legend on the right. `class_map` [H, W] holds category ids: 0 background (left as it is),
+    `ignore_index` (VOC's 255 border) white."""
+    array = np.asarray(to_pil(image), dtype=np.float32)
+    class_map = np.asarray(class_map)
+    if class_map.shape != array.shape[:2]:
+        raise ValueError(f"class_map has shape {class_map.shape}, the image {array.shape[:2]}")
+    present = [int(c) for c in np.unique(class_map) if c != 0]
+    colours = {c: (255, 255, 255) if c == ignore_index else colour_for(c) for c in present}
+    for category in present:
+        where = class_map == category
+        array[where] = (1 - alpha) * array[where] + alpha * np.asarray(colours[category], dtype=np.float32)
+    picture = Image.fromarray(array.round().astype(np.uint8), mode="RGB")
+    if not legend:
+        return picture
+    entries = [((255, 255, 255), "background")]
+    entries += [(colours[c], "ignore" if c == ignore_index else str((names or {}).get(c, c))) for c in present]
+    return _with_legend(picture, entries)
+
+
+# ------------------------------------------------------------------------------------------------ captions
+def draw_caption(image, caption: str, *, padding: int = 4) -> Image.Image:
+    """The image with `caption` written in a white band under it, wrapped to the image's width."""
+    picture = to_pil(image)
+    font = ImageFont.load_default()
+    lines = _wrap(font, str(caption), max(1, picture.width - 2 * padding)) or [""]
+    line = 14
+    canvas = Image.new("RGB", (picture.width, picture.height + line * len(lines) + 2 * padding), (255, 255, 255))
+    canvas.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for row, text in enumerate(lines):
+        draw.text((padding, picture.height + padding + row * line), text, fill=(0, 0, 0), font=font)
+    return canvas
+
+
+# ------------------------------------------------------------------------------------------------ attention
+def attention_heatmap(alpha, height: int, width: int) -> np.ndarray:
+    """One word's attention weights over a g x g (or h x w) grid of image cells -> [height, width] in [0, 1],
+    bilinearly upsampled and scaled so the most attended pixel is 1 (Xu et al. 2015, fig. 2 draws them so)."""
+    alpha = np.asarray(alpha, dtype=np.float64)
+    if alpha.ndim == 1:
+        side = int(round(np.sqrt(alpha.size)))
+        if side * side != alpha.size:
+            raise ValueError(f"alpha has {alpha.size} weights; a flat alpha must cover a square grid")
+        alpha = alpha.reshape(side, side)
+    if alpha.ndim != 2 or alpha.size == 0 or not np.isfinite(alpha).all():
+        raise ValueError(f"alpha must be a finite [g, g] grid, got shape {alpha.shape}")
+    grid = Image.fromarray(alpha.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR)
+    heat = np.clip(np.asarray(grid, dtype=np.float64), 0, None)
+    return heat / max(heat.max(), 1e-12)
+
+
+def draw_attention(image, words, alphas, *, cell: int = 96, columns: int = 5) -> Image.Image:
+    """A sheet of panels: the image, then for every word the image lit by that word's attention map (dark
+    where it was not looked at), the word written above its panel. `alphas` [n_words, L] (L = g * g)."""
+    words = [str(w) for w in words]
+    alphas = np.asarray(alphas, dtype=np.float64).reshape(len(words), -1) if words else np.zeros((0, 1))
+    base = np.asarray(to_pil(image).resize((cell, cell), Image.BILINEAR), dtype=np.float64)
+    panels = [("<image>", base)]
+    for word, alpha in zip(words, alphas):
+        heat = attention_heatmap(alpha, cell, cell)[..., None]
+        panels.append((word, base * (0.2 + 0.8 * heat)))
+    label = 14
+    columns = max(1, min(columns, len(panels)))
+    rows = -(-len(panels) // columns)
+    sheet = Image.new("RGB", (columns * cell, rows * (cell + label)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for k, (word, pixels) in enumerate(panels):
+        x, y = (k % columns) * cell, (k // columns) * (cell + label)
+        sheet.paste(Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8)), (x, y + label))
+        draw.text((x + 2, y + 1), word, fill=(0, 0, 0))
+    return sheet
+
+
+# ------------------------------------------------------------------------------------------------ predictions
+def draw_prediction(image, found: dict, names: dict | None = None, score_threshold: float = 0.3) -> Image.Image:
+    """Whatever a recipe's `predict` returned for one image, drawn: the semantic map (tinted, legend), the
+    instance masks, the boxes scoring at least `score_threshold` (the best one always), the caption under it."""
+    picture = to_pil(image)
+    if found.get("semantic") is not None:
+        picture = draw_semantic(picture, np.asarray(found["semantic"]), names, legend=False)
+    scores = np.asarray(found.get("scores", np.zeros(0)), dtype=np.float64).reshape(-1)
+    boxes = np.asarray(found.get("boxes", np.zeros((0, 4))), dtype=np.float64).reshape(-1, 4)
+    labels = np.asarray(found.get("labels", np.zeros(0)), dtype=np.int64).reshape(-1)
+    shown = (scores >= score_threshold) | (np.arange(len(scores)) == 0)
+    if found.get("masks") is not None and len(scores) and found.get("semantic") is None:
+        picture = draw_masks(picture, np.asarray(found["masks"])[shown], labels[shown])
+    if len(scores) and found.get("semantic") is None:
+        picture = draw_boxes(picture, boxes[shown], labels[shown], scores[shown], names=names)
+    if found.get("semantic") is not None:
+        present = [int(c) for c in np.unique(np.asarray(found["semantic"])) if c != 0]
+        entries = [((255, 255, 255), "background")] + [(colour_for(c), str((names or {}).get(c, c)))
+                                                        for c in present]
+        picture = _with_legend(picture, entries)
+    if found.get("caption") is not None:
+        picture = draw_caption(picture, found["caption"])
+    return picture
+
+
+# ------------------------------------------------------------------------------------------------ plots
+def plot_precision_recall(curves, path, names: dict | None = None, title: str = ""):
+    """Per-class precision-recall curves (from `scenekit.metrics.detection.precision_recall_curves`) as a PNG;
+    the metrics module draws them, this is the same function under the pictures' roof."""
+    from scenekit.metrics.detection import plot_precision_recall as plot
+
+    return plot(curves, path, names, title)
+
+
+def read_training_log(csv_path) -> list[dict]:
+    """The engine's metrics.csv (one row per epoch: phase, epoch, step, lr, seconds, train_<loss>..., then the
+    recipe's validation metrics) with numbers parsed; empty cells become None."""
+    import csv
+    from pathlib import Path
+
+    from scenekit.errors import DataError
+
+    path = Path(csv_path)
+    try:
+        with open(path, newline="") as file:
+            rows = list(csv.DictReader(file))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"cannot read the training log ({error})", file=str(path)) from None
+    if not rows or "epoch" not in rows[0]:
+        raise DataError("not a metrics.csv of `scenekit train` (no rows or no 'epoch' column)", file=str(path))
+    parsed = []
+    for index, row in enumerate(rows):
+        values = {}
+        for key, text in row.items():
+            if key == "phase" or key is None:
+                values[key] = text
+                continue
+            try:
+                values[key] = float(text) if text not in ("", None) else None
+            except ValueError:
+                raise DataError(f"{text!r} is not a number", file=str(path), record=f"row {index + 1}",
+                                field=key) from None
+        parsed.append(values)
+    return parsed
+
+
+def plot_training_curves(csv_path, path, title: str = ""):
+    """Two panels from metrics.csv against the epoch: the training losses (train_*) and the validation
+    metrics (every other numeric column but step, lr and seconds). Phase boundaries are dotted lines."""
+    from pathlib import Path
+
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("plotting needs matplotlib: pip install 'scenekit[plots]'") from None
+    rows = read_training_log(csv_path)
+    epochs = [row["epoch"] for row in rows]
+    columns = [k for k in rows[0] if k not in ("phase", "epoch", "step", "lr", "seconds")]
+    for row in rows[1:]:
+        columns += [k for k in row if k not in columns and k not in ("phase", "epoch", "step", "lr", "seconds")]
+    losses = [c for c in columns if c.startswith("train_")]
+    metrics = [c for c in columns if not c.startswith("train_")]
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, group, label in ((axes[0], losses, "training loss"), (axes[1], metrics, "validation")):
+        for column in group:
+            points = [(e, row.get(column)) for e, row in zip(epochs, rows) if row.get(column) is not None]
+            if points:
+                axis.plot(*zip(*points), marker="o", markersize=3, label=column.removeprefix("train_"))
+        for k in range(1, len(rows)):
+            if rows[k].get("phase") != rows[k - 1].get("phase"):
+                axis.axvline(epochs[k] - 0.5, color="grey", linestyle=":")
+        axis.set(xlabel="epoch", title=label)
+        axis.grid(alpha=0.3)
+        if axis.lines:
+            axis.legend(fontsize="small")
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
