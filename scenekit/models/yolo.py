@@ -1,0 +1,787 @@
+"""YOLO v1 (Redmon et al. 2016) and YOLOv2 (Redmon & Farhadi 2017): detection as one regression over a grid.
+
+**YOLO v1** divides the input into an S x S grid. "If the center of an object falls into a grid cell, that grid
+cell is responsible for detecting that object" (sec. 2). Each cell predicts B boxes (x, y, w, h, confidence) and
+C class probabilities, so the network outputs S x S x (5B + C) (7 x 7 x 30 for VOC's 20 classes). x, y are the
+box centre relative to the cell, w, h are relative to the image and predicted as square roots (sec. 2.2, so a
+small error matters more in a small box). Convolutions extract features and two fully connected layers predict
+the whole tensor. The loss is eq. (3), sum-squared error with lambda_coord = 5 and lambda_noobj = 0.5; of a
+cell's B predictors the one whose current box has the highest IoU with the ground truth is "responsible", and
+its confidence target is that IoU. At test time a box's class-specific score is P(class | object) x confidence
+(eq. 2 ... "class-specific confidence scores"), followed by non-maximum suppression.
+
+**YOLOv2** keeps the grid but predicts from a fully convolutional map ("we remove the fully connected layers
+from YOLO and use anchor boxes"). Each of the A anchors per cell predicts t_x, t_y, t_w, t_h, t_o and C class
+scores (softmax). Its ingredients, each a switch here so the paper's Table 2 ("the path from YOLO to YOLOv2")
+can be rebuilt on any data (`benchmarks/yolo.py` does it on the embedded world):
+- batch normalization on every convolution (dropout removed);
+- anchor priors from k-means with the distance 1 - IoU on the training boxes' shapes ("Dimension Clusters",
+  `scenekit.anchors.kmeans_anchors`), instead of hand-picked ones (Faster R-CNN's 3 scales x 3 ratios);
+- direct location prediction: b_x = sigmoid(t_x) + c_x, b_y = sigmoid(t_y) + c_y, b_w = p_w e^{t_w},
+  b_h = p_h e^{t_h}, objectness sigmoid(t_o); switched off, the offsets are RPN's unconstrained
+  x = x_a + t_x w_a, which the paper found unstable early in training;
+- the passthrough layer: the stride-16 map, stacked space-to-depth (2 x 2 neighbours into channels,
+  `F.pixel_unshuffle`) to the stride-32 grid and concatenated with the final features;
+- multi-scale training: every 10 batches a new input size, a multiple of the stride (32), is drawn.
+
+Units: images are letterboxed (aspect kept, padded) to a square input of `size` pixels; boxes inside the model and
+its losses are fractions of that side (0..1), and anchor priors (p_w, p_h) are fractions too, so one set of
+priors serves every input size of multi-scale training. (Darknet stores priors in cells of a 13 x 13 grid.)
+
+The YOLOv2 paper gives no loss formula; `yolo2_loss` keeps eq. (3)'s sum-squared form on the new parameters,
+weighted as the authors' released `yolo-voc` configuration (object 5, no-object 1, class 1, coordinates 1 x
+(2 - w h)), where a prediction that overlaps some ground truth by more than 0.6 is not pushed towards background,
+and classes are a softmax trained with cross-entropy.
+
+Small by default, to train in minutes on a CPU: a darknet-style stack of 3 x 3 convolutions + leaky ReLU (0.1)
++ 2 x 2 max-pools (widths 16 ... 256 instead of Darknet-19's 32 ... 1024), trained from scratch with AdamW.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scenekit.anchors import kmeans_anchors, wh_iou
+from scenekit.errors import DataError
+from scenekit.nms import batched_nms
+from scenekit.recipes import Phase, Recipe
+
+LEAKY_SLOPE = 0.1                      # "leaky rectified linear activation" phi(x) = x if x > 0 else 0.1 x
+# Faster R-CNN's hand-picked anchors (3 areas x aspect ratios 1:2, 1:1, 2:1) as fractions of the input side:
+# the "9 anchor boxes" YOLOv2's Table 1 compares k-means priors against.
+HAND_PICKED_ANCHORS = tuple((round(s * math.sqrt(1 / r), 4), round(s * math.sqrt(r), 4))
+                            for s in (0.125, 0.25, 0.5) for r in (0.5, 1.0, 2.0))
+
+
+# ================================================================================================ the models
+@dataclass
+class YoloConfig:
+    version: int = 2                                   # 1: YOLO v1, 2: YOLOv2
+    num_classes: int = 20
+    image_size: int = 160                              # training input side (v1: the only one)
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256)   # one 3x3 conv + 2x2 pool per entry: stride 2 ** len
+    batch_norm: bool = True
+    # YOLO v1
+    grid: int = 7                                      # S
+    boxes_per_cell: int = 2                            # B
+    hidden: int = 512                                  # the first fully connected layer (4096 in the paper)
+    dropout: float = 0.0                               # after it (0.5 in the paper, before batch norm)
+    # YOLOv2
+    anchors: list | None = None                        # [[p_w, p_h], ...] fractions of the input side
+    num_anchors: int = 5                               # A, used while `anchors` is None (not yet clustered)
+    head_channels: int = 256                           # width of the detection convolutions
+    direct_location: bool = True
+    passthrough: bool = True
+
+    @property
+    def stride(self) -> int:
+        return 2 ** len(self.channels)
+
+
+def conv_block(in_channels: int, out_channels: int, kernel: int, batch_norm: bool) -> nn.Sequential:
+    """Convolution -> [batch norm] -> leaky ReLU; with batch norm the convolution needs no bias."""
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2,
+                                         bias=not batch_norm)]
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(out_channels))
+    layers.append(nn.LeakyReLU(LEAKY_SLOPE, inplace=True))
+    return nn.Sequential(*layers)
+
+
+class DarknetFeatures(nn.Module):
+    """[conv 3x3 -> (pool 2x2 -> conv 3x3) x (n - 1)] -> pool: the fine map (stride 2^(n-1)) and the output
+    (stride 2^n). As in Darknet-19, the passthrough takes the last convolution's map before the last pool."""
+
+    def __init__(self, channels, batch_norm: bool):
+        super().__init__()
+        layers: list[nn.Module] = []
+        previous = 3
+        for index, width in enumerate(channels):
+            if index:
+                layers.append(nn.MaxPool2d(2))
+            layers.append(conv_block(previous, width, 3, batch_norm))
+            previous = width
+        self.fine = nn.Sequential(*layers)
+        self.pool = nn.MaxPool2d(2)
+        self.out_channels, self.stride = previous, 2 ** len(channels)
+
+    def forward(self, images: torch.Tensor):
+        fine = self.fine(images)          # [B, 3, H, W] -> [B, C, H / 16, W / 16]
+        return fine, self.pool(fine)      # -> [B, C, H / 32, W / 32]
+
+
+def _channels_last(images: torch.Tensor) -> torch.Tensor:
+    """The same numbers in [B, H, W, C] memory order: PyTorch's CPU convolutions and max-pools run 2-3x faster
+    on it than on [B, C, H, W] order (the models are built channels-last too)."""
+    return images.contiguous(memory_format=torch.channels_last)
+
+
+def _check_images(images, stride: int, fixed: int | None = None) -> None:
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be a [B, 3, H, W] tensor, got {getattr(images, 'shape', type(images))}")
+    height, width = images.shape[-2:]
+    if fixed is not None and (height, width) != (fixed, fixed):
+        raise ValueError(f"YOLO v1's fully connected layers need {fixed} x {fixed} inputs, got {height} x {width}")
+    if height % stride or width % stride:
+        raise ValueError(f"input sides must be multiples of the stride {stride}, got {height} x {width}")
+
+
+class Yolo1(nn.Module):
+    """YOLO v1: convolutional features -> fully connected -> [B, S, S, 5B + C] (Redmon et al. 2016, sec. 2.1).
+
+    Per cell the last axis holds B x (x, y, sqrt(w), sqrt(h), confidence), then the C class probabilities.
+    The final layer is linear, as in the paper.
+    """
+
+    def __init__(self, config: YoloConfig):
+        super().__init__()
+        self.config = config
+        if config.image_size % config.stride:
+            raise ValueError(f"image_size {config.image_size} must be a multiple of the stride {config.stride}")
+        self.features = DarknetFeatures(config.channels, config.batch_norm)
+        side = config.image_size // config.stride
+        s, b, c = config.grid, config.boxes_per_cell, config.num_classes
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(self.features.out_channels * side * side, config.hidden),
+            nn.LeakyReLU(LEAKY_SLOPE, inplace=True), nn.Dropout(config.dropout),
+            nn.Linear(config.hidden, s * s * (5 * b + c)))
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, images: torch.Tensor, targets: list[dict] | None = None):
+        _check_images(images, self.config.stride, self.config.image_size)
+        _, features = self.features(_channels_last(images))     # [B, 3, S_in, S_in] -> [B, C, h, w]
+        s = self.config.grid
+        output = self.head(features).view(len(images), s, s, -1)       # -> [B, S, S, 5B + C]
+        if targets is None:
+            return output
+        return yolo1_loss(output, normalised_targets(targets, images.shape[-1]), self.config.boxes_per_cell)
+
+
+class Yolo2(nn.Module):
+    """YOLOv2: fully convolutional, A anchors per cell -> [B, G, G, A, 5 + C] (Redmon & Farhadi 2017, sec. 2).
+
+    The last axis is (t_x, t_y, t_w, t_h, t_o, class scores). `anchors` [A, 2] is a buffer, so checkpoints
+    carry the priors the model was trained with.
+    """
+
+    def __init__(self, config: YoloConfig):
+        super().__init__()
+        self.config = config
+        anchors = config.anchors if config.anchors is not None else placeholder_anchors(config.num_anchors)
+        self.register_buffer("anchors", torch.tensor(anchors, dtype=torch.float32).view(-1, 2))
+        self.features = DarknetFeatures(config.channels, config.batch_norm)
+        c, d = self.features.out_channels, config.head_channels
+        self.head = nn.Sequential(conv_block(c, d, 3, config.batch_norm), conv_block(d, d, 3, config.batch_norm))
+        joined = d
+        self.passthrough = None
+        if config.passthrough:
+            # The released configuration first thins the fine map with a 1 x 1 convolution (512 -> 64).
+            thin = max(1, c // 8)
+            self.passthrough = conv_block(c, thin, 1, config.batch_norm)
+            joined += 4 * thin
+        a, k = len(self.anchors), config.num_classes
+        self.predict = nn.Sequential(conv_block(joined, d, 3, config.batch_norm), nn.Conv2d(d, a * (5 + k), 1))
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, images: torch.Tensor, targets: list[dict] | None = None):
+        _check_images(images, self.config.stride)
+        fine, coarse = self.features(_channels_last(images))            # [B, C, 2G, 2G], [B, C, G, G]
+        x = self.head(coarse)                              # -> [B, D, G, G]
+        if self.passthrough is not None:
+            stacked = F.pixel_unshuffle(self.passthrough(fine), 2)    # [B, c, 2G, 2G] -> [B, 4c, G, G]
+            x = torch.cat([x, stacked], dim=1)                         # -> [B, D + 4c, G, G]
+        x = self.predict(x)                                # -> [B, A * (5 + K), G, G]
+        batch, _, rows, cols = x.shape
+        output = x.view(batch, len(self.anchors), -1, rows, cols).permute(0, 3, 4, 1, 2)   # [B, G, G, A, 5+K]
+        if targets is None:
+            return output
+        return yolo2_loss(output, normalised_targets(targets, images.shape[-1]), self.anchors,
+                          direct_location=self.config.direct_location)
+
+
+def build_yolo(config: YoloConfig) -> nn.Module:
+    if config.version not in (1, 2):
+        raise ValueError(f"version must be 1 or 2, got {config.version!r}")
+    return Yolo1(config) if config.version == 1 else Yolo2(config)
+
+
+def placeholder_anchors(k: int) -> list[list[float]]:
+    """Squares of geometric sizes, used only until k-means has seen the training boxes."""
+    return [[float(s), float(s)] for s in np.geomspace(0.08, 0.6, k)]
+
+
+# ================================================================================================ geometry
+def normalised_targets(targets: list[dict], size: int) -> list[dict]:
+    """Targets in input pixels -> boxes as fractions of the (square) input side."""
+    return [{"boxes": t["boxes"].float() / size, "labels": t["labels"]} for t in targets]
+
+
+def elementwise_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of a[..., i] with b[..., i] (broadcasting), xyxy: [..., 4], [..., 4] -> [...]."""
+    inter = (torch.minimum(a[..., 2:], b[..., 2:]) - torch.maximum(a[..., :2], b[..., :2])).clamp(min=0).prod(-1)
+    area_a = (a[..., 2:] - a[..., :2]).clamp(min=0).prod(-1)
+    area_b = (b[..., 2:] - b[..., :2]).clamp(min=0).prod(-1)
+    union = area_a + area_b - inter
+    return inter / union.clamp(min=1e-12)
+
+
+def _centre_size(boxes: torch.Tensor):
+    return (boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2, \
+        boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
+
+
+def _corners(cx, cy, w, h) -> torch.Tensor:
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+
+
+def _cell_of(cx: torch.Tensor, cy: torch.Tensor, rows: int, cols: int):
+    """The grid cell containing each centre (a centre on the far border belongs to the last cell)."""
+    col = (cx * cols).floor().long().clamp(0, cols - 1)
+    row = (cy * rows).floor().long().clamp(0, rows - 1)
+    return row, col
+
+
+def _check_boxes(boxes: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+    if not isinstance(boxes, torch.Tensor) or boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must be an [N, 4] tensor, got {getattr(boxes, 'shape', type(boxes))}")
+    if not bool(torch.isfinite(boxes).all()):
+        raise ValueError("boxes contain NaN or infinite values")
+    if not bool(((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all()):
+        raise ValueError("boxes need x2 > x1 and y2 > y1 (YOLO regresses sqrt / log of the size)")
+    if labels is not None and (labels.dim() != 1 or len(labels) != len(boxes)):
+        raise ValueError(f"labels must have shape [{len(boxes)}], got {list(labels.shape)}")
+
+
+def _one_per_cell(slot: torch.Tensor, area: torch.Tensor) -> torch.Tensor:
+    """Indices of the objects that keep their slot when several share one: the largest (a grid cell "only
+    predicts one class" and few boxes, YOLO's stated limitation, sec. 2.4)."""
+    order = torch.argsort(-area, stable=True)
+    _, first = np.unique(slot[order].cpu().numpy(), return_index=True)
+    return order[torch.as_tensor(first, device=order.device)]
+
+
+# ------------------------------------------------------------------------------------------------ YOLO v1
+def encode_yolo1(boxes: torch.Tensor, labels: torch.Tensor, grid: int, num_classes: int) -> dict:
+    """One image's ground truth on the S x S grid (Redmon et al. 2016, sec. 2 and 2.2).
+
+    boxes [N, 4] xyxy as fractions of the image, labels [N] class indices. Returns dense tensors:
+    "has_object" [S, S] bool, "coords" [S, S, 4] (x, y offsets of the centre in its cell, sqrt(w), sqrt(h)),
+    "classes" [S, S, C] one-hot, "boxes" [S, S, 4] the cell's ground-truth box.
+    """
+    _check_boxes(boxes, labels)
+    device = boxes.device
+    out = {"has_object": torch.zeros(grid, grid, dtype=torch.bool, device=device),
+           "coords": torch.zeros(grid, grid, 4, device=device),
+           "classes": torch.zeros(grid, grid, num_classes, device=device),
+           "boxes": torch.zeros(grid, grid, 4, device=device)}
+    if len(boxes) == 0:
+        return out
+    cx, cy, w, h = _centre_size(boxes.float())
+    row, col = _cell_of(cx, cy, grid, grid)
+    keep = _one_per_cell(row * grid + col, w * h)
+    row, col = row[keep], col[keep]
+    out["has_object"][row, col] = True
+    out["coords"][row, col] = torch.stack([cx[keep] * grid - col, cy[keep] * grid - row,
+                                           w[keep].sqrt(), h[keep].sqrt()], dim=-1)
+    out["classes"][row, col] = F.one_hot(labels[keep].long(), num_classes).float()
+    out["boxes"][row, col] = boxes[keep].float()
+    return out
+
+
+def decode_yolo1(output: torch.Tensor, boxes_per_cell: int):
+    """[N, S, S, 5B + C] -> boxes [N, S, S, B, 4] xyxy (fractions of the image), confidence [N, S, S, B],
+    class probabilities [N, S, S, C]. The centre is (col + x, row + y) / S; the size is the square of the
+    predicted square root."""
+    n, s = output.shape[0], output.shape[1]
+    predictors = output[..., :5 * boxes_per_cell].reshape(n, s, s, boxes_per_cell, 5)
+    cells = torch.arange(s, device=output.device, dtype=output.dtype)
+    cx = (cells.view(1, 1, s, 1) + predictors[..., 0]) / s
+    cy = (cells.view(1, s, 1, 1) + predictors[..., 1]) / s
+    boxes = _corners(cx, cy, predictors[..., 2] ** 2, predictors[..., 3] ** 2)
+    return boxes, predictors[..., 4], output[..., 5 * boxes_per_cell:]
+
+
+def yolo1_loss(output: torch.Tensor, targets: list[dict], boxes_per_cell: int, *, lambda_coord: float = 5.0,
+               lambda_noobj: float = 0.5, rescore: bool = True) -> dict:
+    """YOLO v1's multi-part loss, eq. (3) of Redmon et al. 2016, summed over the grid, averaged over images.
+
+        lambda_coord sum_ij 1obj_ij [(x_i - x^_i)^2 + (y_i - y^_i)^2]
+      + lambda_coord sum_ij 1obj_ij [(sqrt w_i - sqrt w^_i)^2 + (sqrt h_i - sqrt h^_i)^2]
+      + sum_ij 1obj_ij (C_i - C^_i)^2 + lambda_noobj sum_ij 1noobj_ij (C_i - C^_i)^2
+      + sum_i 1obj_i sum_c (p_i(c) - p^_i(c))^2
+
+    1obj_i: an object's centre is in cell i; 1obj_ij: predictor j of that cell has the highest IoU with the
+    ground truth among the cell's predictors; 1noobj_ij is every other predictor. The confidence target C^ is
+    that IoU (`rescore`; 1 otherwise). output [N, S, S, 5B + C]; targets: per image "boxes" [M, 4] xyxy
+    fractions, "labels" [M] class indices.
+    """
+    output = output.float()                                                # AMP: the loss in full precision
+    n, s = output.shape[0], output.shape[1]
+    num_classes = output.shape[-1] - 5 * boxes_per_cell
+    encoded = [encode_yolo1(t["boxes"], t["labels"], s, num_classes) for t in targets]
+    has_object = torch.stack([e["has_object"] for e in encoded])           # [N, S, S]
+    coords = torch.stack([e["coords"] for e in encoded])                   # [N, S, S, 4]
+    classes = torch.stack([e["classes"] for e in encoded])                 # [N, S, S, C]
+    gt_boxes = torch.stack([e["boxes"] for e in encoded])                  # [N, S, S, 4]
+
+    predictors = output[..., :5 * boxes_per_cell].reshape(n, s, s, boxes_per_cell, 5)
+    boxes, confidence, probabilities = decode_yolo1(output, boxes_per_cell)
+    iou = elementwise_iou(boxes.detach(), gt_boxes[..., None, :])          # [N, S, S, B]
+    best = F.one_hot(iou.argmax(dim=-1), boxes_per_cell).bool()            # [N, S, S, B]
+    responsible = best & has_object[..., None]                             # 1obj_ij
+    coord_error = ((predictors[..., :4] - coords[..., None, :]) ** 2).sum(-1)   # [N, S, S, B]
+    confidence_target = iou if rescore else torch.ones_like(iou)
+    zero = output.new_zeros(())
+    return {
+        "coordinates": lambda_coord * torch.where(responsible, coord_error, zero).sum() / n,
+        "object": torch.where(responsible, (confidence - confidence_target) ** 2, zero).sum() / n,
+        "no_object": lambda_noobj * torch.where(responsible, zero, confidence ** 2).sum() / n,
+        "class": torch.where(has_object[..., None], (probabilities - classes) ** 2, zero).sum() / n,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ YOLOv2
+def encode_yolo2(boxes: torch.Tensor, grid: tuple[int, int], anchors: torch.Tensor,
+                 direct_location: bool = True) -> dict:
+    """Each ground-truth box's slot and regression targets (Redmon & Farhadi 2017, sec. 2).
+
+    The slot is the cell containing the centre and the anchor whose shape has the highest IoU with the box's
+    (both centred at one point, `scenekit.anchors.wh_iou`). Targets: "xy" [M, 2] the offsets sigma(t_x),
+    sigma(t_y) = (c_x * G - col, c_y * G - row) for direct location prediction, else RPN's t = (x - x_a) / w_a;
+    "wh" [M, 2] (t_w, t_h) = log(w / p_w), log(h / p_h). Also "row", "col", "anchor" [M] and "boxes" [M, 4].
+    boxes [M, 4] xyxy fractions of the input, with positive width and height.
+    """
+    _check_boxes(boxes)
+    rows, cols = grid
+    anchors = anchors.to(boxes.device, torch.float32)
+    boxes = boxes.float()
+    cx, cy, w, h = _centre_size(boxes)
+    row, col = _cell_of(cx, cy, rows, cols)
+    if len(boxes):
+        anchor = wh_iou(torch.stack([w, h], dim=1), anchors).argmax(dim=1)      # [M, A] -> [M]
+    else:
+        anchor = torch.zeros(0, dtype=torch.long, device=boxes.device)
+    prior_w, prior_h = anchors[anchor, 0], anchors[anchor, 1]
+    if direct_location:
+        xy = torch.stack([cx * cols - col, cy * rows - row], dim=1)
+    else:
+        xy = torch.stack([(cx - (col + 0.5) / cols) / prior_w, (cy - (row + 0.5) / rows) / prior_h], dim=1)
+    wh = torch.stack([torch.log(w / prior_w), torch.log(h / prior_h)], dim=1)
+    return {"row": row, "col": col, "anchor": anchor, "xy": xy, "wh": wh, "boxes": boxes}
+
+
+MAX_LOG_SCALE = 8.0          # e^8 ~ 3000 x the prior: caps an untrained net's boxes before exp overflows
+
+
+def decode_yolo2(output: torch.Tensor, anchors: torch.Tensor, direct_location: bool = True):
+    """[N, G, G, A, 5 + C] -> boxes [N, G, G, A, 4] xyxy fractions of the input, objectness sigmoid(t_o)
+    [N, G, G, A], class probabilities softmax [N, G, G, A, C].
+
+    Direct: b_x = (sigmoid(t_x) + c_x) / G, b_w = p_w e^{t_w} (sec. 2, "Direct location prediction");
+    otherwise b_x = x_a + t_x p_w with x_a the cell centre (the anchor-box offsets of Faster R-CNN's RPN).
+    """
+    rows, cols = output.shape[1], output.shape[2]
+    anchors = anchors.to(output)
+    col = torch.arange(cols, device=output.device, dtype=output.dtype).view(1, 1, cols, 1)
+    row = torch.arange(rows, device=output.device, dtype=output.dtype).view(1, rows, 1, 1)
+    prior_w, prior_h = anchors[:, 0], anchors[:, 1]                        # [A] each, broadcast last
+    if direct_location:
+        cx = (col + output[..., 0].sigmoid()) / cols
+        cy = (row + output[..., 1].sigmoid()) / rows
+    else:
+        cx = (col + 0.5) / cols + output[..., 0] * prior_w
+        cy = (row + 0.5) / rows + output[..., 1] * prior_h
+    w = prior_w * output[..., 2].clamp(max=MAX_LOG_SCALE).exp()
+    h = prior_h * output[..., 3].clamp(max=MAX_LOG_SCALE).exp()
+    return _corners(cx, cy, w, h), output[..., 4].sigmoid(), output[..., 5:].softmax(dim=-1)
+
+
+def yolo2_loss(output: torch.Tensor, targets: list[dict], anchors: torch.Tensor, *, direct_location: bool = True,
+               lambda_coord: float = 1.0, lambda_obj: float = 5.0, lambda_noobj: float = 1.0,
+               lambda_class: float = 1.0, ignore_iou: float = 0.6, rescore: bool = True) -> dict:
+    """Eq. (3)'s sum-squared error on YOLOv2's parameters, averaged over images (see the module docstring).
+
+      coordinates: lambda_coord (2 - w h) [(sigma(t_x) - x^)^2 + (sigma(t_y) - y^)^2 + (t_w - t^_w)^2 + (t_h - t^_h)^2]
+                   on each ground truth's slot (t_x itself instead of sigma(t_x) without direct location);
+      object:      lambda_obj (sigma(t_o) - IoU(predicted box, ground truth))^2 on those slots;
+      no_object:   lambda_noobj sigma(t_o)^2 on every other slot whose box overlaps no ground truth by > 0.6;
+      class:       lambda_class x cross-entropy of the softmax class scores on the responsible slots.
+    """
+    output = output.float()                                                # AMP: the loss in full precision
+    n, rows, cols, num_anchors, _ = output.shape
+    boxes, objectness, _ = decode_yolo2(output, anchors, direct_location)
+    background = torch.ones(n, rows, cols, num_anchors, dtype=torch.bool, device=output.device)
+    slots, picked = [], []
+    for index, target in enumerate(targets):
+        gt = target["boxes"].float()
+        if len(gt) == 0:
+            continue
+        overlap = elementwise_iou(boxes[index].detach()[..., None, :], gt)      # [G, G, A, M]
+        background[index] = overlap.max(dim=-1).values <= ignore_iou
+        encoded = encode_yolo2(gt, (rows, cols), anchors, direct_location)
+        slot = (encoded["row"] * cols + encoded["col"]) * num_anchors + encoded["anchor"]
+        keep = _one_per_cell(slot, (gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1]))
+        slots.append(torch.stack([torch.full_like(slot[keep], index), encoded["row"][keep], encoded["col"][keep],
+                                  encoded["anchor"][keep]], dim=1))
+        picked.append({key: encoded[key][keep] for key in ("xy", "wh", "boxes")}
+                      | {"labels": target["labels"][keep].long()})
+    zero = output.sum() * 0.0                                                  # keeps the graph when empty
+    if not slots:
+        return {"coordinates": zero, "object": zero, "no_object": lambda_noobj * (objectness ** 2).sum() / n,
+                "class": zero}
+    b, r, c, a = torch.cat(slots).unbind(1)                                    # [M] each
+    xy_target, wh_target, gt_boxes, labels = (torch.cat([p[k] for p in picked]) for k in ("xy", "wh", "boxes",
+                                                                                          "labels"))
+    responsible = torch.zeros_like(background)
+    responsible[b, r, c, a] = True
+    raw = output[b, r, c, a]                                                   # [M, 5 + C]
+    xy = raw[:, :2].sigmoid() if direct_location else raw[:, :2]
+    scale = 2.0 - (gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])
+    coord_error = ((xy - xy_target) ** 2).sum(1) + ((raw[:, 2:4] - wh_target) ** 2).sum(1)
+    iou = elementwise_iou(boxes[b, r, c, a].detach(), gt_boxes)
+    object_target = iou if rescore else torch.ones_like(iou)
+    negatives = background & ~responsible
+    return {
+        "coordinates": lambda_coord * (scale * coord_error).sum() / n,
+        "object": lambda_obj * ((objectness[b, r, c, a] - object_target) ** 2).sum() / n,
+        "no_object": lambda_noobj * torch.where(negatives, objectness ** 2, zero).sum() / n,
+        "class": lambda_class * F.cross_entropy(raw[:, 5:], labels, reduction="sum") / n,
+    }
+
+
+def yolo2_priors(dataset, k: int = 5, seed: int = 0) -> list[list[float]]:
+    """Anchor priors by k-means with the 1 - IoU distance on the training boxes' shapes ("Dimension
+    Clusters", Redmon & Farhadi 2017), as fractions of the letterboxed input: (w, h) / longer image side."""
+    shapes = []
+    for record in dataset.records:
+        keep = _trainable(record)
+        wh = record.boxes[keep, 2:] - record.boxes[keep, :2]
+        shapes.append(wh[(wh > 0).all(axis=1)] / max(record.width, record.height))
+    wh = np.concatenate(shapes) if shapes else np.zeros((0, 2))
+    if len(wh) < k:
+        raise DataError(f"k-means priors need at least {k} boxes, the training data has {len(wh)}",
+                        field="anchors")
+    return kmeans_anchors(torch.from_numpy(wh), k=k, seed=seed).tolist()
+
+
+# ================================================================================================ data
+def _trainable(record) -> np.ndarray:
+    """Objects to learn from: not crowd regions, not VOC 'difficult' ones."""
+    keep = np.ones(record.num_objects, dtype=bool)
+    if len(record.iscrowd):
+        keep &= ~record.iscrowd.astype(bool)
+    if len(record.difficult):
+        keep &= ~record.difficult.astype(bool)
+    return keep
+
+
+def letterbox(image: np.ndarray, size: int):
+    """[H, W, 3] uint8 -> ([3, size, size] float32 in [0, 1], (scale, left, top)) with the aspect kept."""
+    from scenekit.data.transforms import Letterbox
+
+    canvas, target = Letterbox(size)(image, {"boxes": np.zeros((0, 4))})
+    scale_x, scale_y, left, top = target["letterbox"]
+    tensor = torch.from_numpy(np.ascontiguousarray(canvas)).permute(2, 0, 1).float().div_(255.0)
+    return tensor, (float(scale_x), float(scale_y), float(left), float(top))
+
+
+class YoloData(torch.utils.data.Dataset):
+    """Images letterboxed to `size` x `size`; item: (image [3, size, size], {"boxes" [N, 4] input pixels,
+    "labels" [N] class indices 0..K-1, "image_id"}). `flip` mirrors with probability 1/2 using torch's global
+    generator (seeded and checkpointed by the engine). Crowd and difficult objects are left out."""
+
+    def __init__(self, dataset, class_ids: list[int], size: int, flip: bool = False):
+        from scenekit.data.transforms import load_image
+
+        self.dataset, self.size, self.flip, self.load_image = dataset, int(size), flip, load_image
+        self.index_of = {int(c): i for i, c in enumerate(class_ids)}
+
+    def __len__(self) -> int:
+        return len(self.dataset.records)
+
+    def __getitem__(self, index: int):
+        from scenekit.data.transforms import Letterbox, clip_boxes
+
+        record = self.dataset.records[index]
+        keep = _trainable(record)
+        unknown = [int(c) for c in record.labels[keep] if int(c) not in self.index_of]
+        if unknown:
+            raise DataError(f"category id {unknown[0]} is not one of the model's {sorted(self.index_of)}",
+                            record=f"image id {record.image_id}", field="labels")
+        boxes = clip_boxes(record.boxes[keep], record.width, record.height)
+        canvas, target = Letterbox(self.size)(self.load_image(self.dataset, record),
+                                              {"boxes": boxes, "labels": record.labels[keep]})
+        boxes = np.asarray(target["boxes"], dtype=np.float32).reshape(-1, 4)
+        labels = np.array([self.index_of[int(c)] for c in target["labels"]], dtype=np.int64)
+        real = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])     # resizing can flatten tiny boxes
+        image = torch.from_numpy(np.ascontiguousarray(canvas)).permute(2, 0, 1).float().div_(255.0)
+        boxes = torch.from_numpy(boxes[real])
+        if self.flip and bool(torch.rand(()) < 0.5):
+            image = image.flip(-1)
+            boxes = torch.stack([self.size - boxes[:, 2], boxes[:, 1], self.size - boxes[:, 0], boxes[:, 3]], 1)
+        return image, {"boxes": boxes, "labels": torch.from_numpy(labels[real]), "image_id": int(record.image_id)}
+
+
+def multi_scale_sizes(image_size: int, stride: int = 32) -> list[int]:
+    """Multiples of `stride` from 0.75 to 1.5 x `image_size` (the paper's {320, ..., 608} around 416)."""
+    low = max(stride, math.ceil(0.75 * image_size / stride) * stride)
+    high = max(low, math.floor(1.5 * image_size / stride) * stride)
+    return list(range(low, high + 1, stride))
+
+
+class YoloCollate:
+    """Stacks a batch; with `sizes`, resizes it to a size drawn anew every `every` batches ("every 10 batches
+    our network randomly chooses a new image dimension size", Redmon & Farhadi 2017, "Multi-Scale Training").
+
+    The items come letterboxed at the largest size and are scaled down with their boxes. The size of block
+    k = batch // every is drawn from a generator seeded by (seed, k), so it depends on the batch count
+    alone. (The count restarts with a resumed run and is per worker process with DataLoader workers.)
+    """
+
+    def __init__(self, sizes: list[int] | None = None, every: int = 10, seed: int = 0):
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.sizes, self.every, self.seed, self.batches = list(sizes or []), int(every), int(seed), 0
+
+    def size_of_batch(self, number: int) -> int:
+        block = number // self.every
+        return self.sizes[int(np.random.default_rng([self.seed, block]).integers(len(self.sizes)))]
+
+    def __call__(self, batch):
+        images = torch.stack([image for image, _ in batch])                   # [B, 3, S, S]
+        targets = [dict(target) for _, target in batch]
+        if self.sizes:
+            size = self.size_of_batch(self.batches)
+            self.batches += 1
+            if size != images.shape[-1]:
+                factor = size / images.shape[-1]
+                images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
+                                       antialias=True)                          # -> [B, 3, size, size]
+                for target in targets:
+                    target["boxes"] = target["boxes"] * factor
+        return images, targets
+
+
+# ================================================================================================ inference
+@torch.no_grad()
+def detect(model: nn.Module, images: list[np.ndarray], device, class_ids: list[int], *, size: int | None = None,
+           score_threshold: float = 0.005, nms_threshold: float = 0.45, max_detections: int = 100) -> list[dict]:
+    """Detections on [H, W, 3] uint8 images: letterbox, one forward pass, class-specific scores, per-class NMS.
+
+    Score of (box, class) = P(class | object) x confidence (v1: the linear outputs, negatives clipped to 0;
+    v2: softmax x sigmoid(t_o)). Returns per image {"boxes" [N, 4] xyxy image pixels (float64), "scores" [N],
+    "labels" [N] category ids}, best first.
+    """
+    config = model.config
+    size = config.image_size if (size is None or config.version == 1) else int(size)
+    if not images:
+        return []
+    model.eval()
+    tensors, undo = zip(*(letterbox(image, size) for image in images))
+    output = model(torch.stack(tensors).to(device)).float()
+    if config.version == 1:
+        boxes, confidence, probabilities = decode_yolo1(output, config.boxes_per_cell)
+        n = len(images)
+        probabilities = probabilities.clamp(min=0)[..., None, :].expand(*confidence.shape, -1)
+        scores = confidence.clamp(min=0)[..., None] * probabilities          # [N, S, S, B, C]
+    else:
+        boxes, objectness, probabilities = decode_yolo2(output, model.anchors, config.direct_location)
+        n = len(images)
+        scores = objectness[..., None] * probabilities                      # [N, G, G, A, C]
+    boxes = boxes.reshape(n, -1, 4).double().cpu() * size                  # [N, P, 4] input pixels
+    scores = scores.reshape(n, boxes.shape[1], -1).double().cpu()          # [N, P, C]
+    results = []
+    for index, image in enumerate(images):
+        height, width = image.shape[:2]
+        candidate, label = (scores[index] > score_threshold).nonzero(as_tuple=True)
+        kept_boxes, kept_scores = boxes[index, candidate], scores[index, candidate, label]
+        keep = batched_nms(kept_boxes, kept_scores, label, nms_threshold, max_output=max_detections)
+        scale_x, scale_y, left, top = undo[index]
+        found = (kept_boxes[keep] - torch.tensor([left, top, left, top], dtype=torch.float64)) \
+            / torch.tensor([scale_x, scale_y, scale_x, scale_y], dtype=torch.float64)
+        found[:, 0::2] = found[:, 0::2].clamp(0, width)
+        found[:, 1::2] = found[:, 1::2].clamp(0, height)
+        ids = torch.tensor(class_ids, dtype=torch.int64)[label[keep]]
+        results.append({"boxes": found, "scores": kept_scores[keep], "labels": ids})
+    return results
+
+
+def detections_to_coco(image_id: int, found: dict) -> list[dict]:
+    boxes = found["boxes"].tolist()
+    return [{"image_id": int(image_id), "category_id": int(label), "score": float(score),
+             "bbox": [x1, y1, x2 - x1, y2 - y1]}
+            for (x1, y1, x2, y2), score, label in zip(boxes, found["scores"].tolist(), found["labels"].tolist())]
+
+
+@torch.no_grad()
+def evaluate_yolo(model: nn.Module, dataset, device, class_ids: list[int], *, size: int | None = None,
+                  batch_size: int = 16, **detect_options) -> dict:
+    """VOC mAP at IoU 0.5 (all-point), COCO AP / AP50, and images per second of `detect` (letterbox, forward,
+    decoding, NMS; not the reading of files) on `dataset`."""
+    from scenekit.data.transforms import load_image
+    from scenekit.metrics.detection import coco_evaluate, voc_evaluate
+
+    results, seconds = [], 0.0
+    records = dataset.records
+    for start in range(0, len(records), batch_size):
+        chunk = records[start:start + batch_size]
+        images = [load_image(dataset, record) for record in chunk]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        began = time.perf_counter()
+        found = detect(model, images, device, class_ids, size=size, **detect_options)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds += time.perf_counter() - began
+        for record, detections in zip(chunk, found):
+            results += detections_to_coco(record.image_id, detections)
+    voc = voc_evaluate(dataset, results) if results else {"mAP": 0.0}
+    coco = coco_evaluate(dataset, results) if results else {"AP": 0.0, "AP50": 0.0}
+    return {"mAP50": voc["mAP"], "coco_AP": coco["AP"], "coco_AP50": coco["AP50"],
+            "detections": len(results), "images_per_s": len(records) / max(seconds, 1e-9)}
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def stream_predict(recipe: Recipe, model: nn.Module, folder, device):
+    """Run a trained model over a folder of images as a stream of frames (sorted by name), the real-time use
+    YOLO was made for. Yields (path, detections, seconds) per frame, `seconds` being the model's time
+    (`recipe.predict`); the next file is decoded on a second thread meanwhile, so frames per second are
+    1 / seconds when decoding keeps up. Works for any recipe's model."""
+    from PIL import Image
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError("not a folder of images", file=str(folder))
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise DataError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in the folder", file=str(folder))
+
+    def read(path):
+        try:
+            with Image.open(path) as picture:
+                return np.asarray(picture.convert("RGB"))
+        except (OSError, ValueError) as error:
+            raise DataError(f"cannot read image ({error})", file=str(path)) from None
+
+    model.eval()
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        upcoming = reader.submit(read, paths[0])
+        for number, path in enumerate(paths):
+            image = upcoming.result()
+            if number + 1 < len(paths):
+                upcoming = reader.submit(read, paths[number + 1])
+            began = time.perf_counter()
+            found = recipe.predict(model, [image], device)[0]
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            yield path, found, time.perf_counter() - began
+
+
+# ================================================================================================ recipe
+def recipe(categories: dict[int, str], *, name: str = "yolo2", version: int | None = None,
+           image_size: int | None = None, channels=(16, 32, 64, 128, 256), batch_norm: bool | None = None,
+           backbone: str = "darknet", backbone_weights: str | None = None,
+           grid: int = 7, boxes_per_cell: int = 2, hidden: int = 512, dropout: float | None = None,
+           anchors="kmeans", num_anchors: int = 5, head_channels: int = 256, direct_location: bool = True,
+           passthrough: bool = True, multi_scale: bool | None = None, scale_every: int = 10, sizes=None,
+           test_size: int | None = None, epochs: int | None = None, lr: float | None = None,
+           optimizer: str = "adamw", weight_decay: float = 5e-4, warmup_steps: int = 50, flip: bool = True,
+           score_threshold: float = 0.005, nms_threshold: float | None = None, max_detections: int = 100,
+           seed: int = 0) -> Recipe:
+    """The training recipe of YOLO v1 (`version=1`, name "yolo1") or YOLOv2 (`version=2`, "yolo2").
+
+    Defaults: v1 as the paper (no batch norm, dropout 0.5, one fixed input size, NMS 0.5); v2 with every
+    ingredient on (batch norm, k-means priors, direct location, passthrough, multi-scale, NMS 0.45).
+    `anchors` is "kmeans" (`num_anchors` priors clustered on the training boxes), "hand" (the 9 Faster R-CNN
+    shapes) or an explicit [[p_w, p_h], ...] list of fractions of the input side. `test_size` evaluates a v2
+    model at another input size ("high resolution detector", e.g. 1.5 x `image_size`).
+
+    k-means needs the training boxes, which the engine hands to `make_dataset(data, train=True)` only after
+    building the model; so that call clusters them and writes the priors into the model it just built and
+    into `model_config`, which every checkpoint stores.
+    """
+    version = version if version is not None else (1 if "1" in name else 2)
+    if version not in (1, 2):
+        raise DataError(f"version must be 1 or 2, got {version!r}", field="version")
+    if backbone not in ("darknet", "small"):
+        raise DataError(f"YOLO models use their own darknet-style backbone (--option channels=[...]), "
+                        f"not {backbone!r}", field="backbone")
+    if backbone_weights is not None:
+        raise DataError("YOLO models train their backbone from scratch; pretrained weights are not supported",
+                        field="backbone_weights")
+    stride = 2 ** len(channels)
+    image_size = image_size if image_size is not None else (128 if version == 1 else 160)
+    if image_size % stride:
+        raise DataError(f"image_size {image_size} must be a multiple of the stride {stride}", field="image_size")
+    batch_norm = (version == 2) if batch_norm is None else batch_norm
+    dropout = (0.0 if batch_norm else 0.5) if dropout is None else dropout
+    multi_scale = (version == 2) if multi_scale is None else multi_scale
+    if multi_scale and version == 1:
+        raise DataError("multi-scale training needs a fully convolutional model (yolo2); YOLO v1's fully "
+                        "connected layers fix the input size", field="multi_scale")
+    nms_threshold = (0.5 if version == 1 else 0.45) if nms_threshold is None else nms_threshold
+    if isinstance(anchors, str) and anchors not in ("kmeans", "hand"):
+        raise DataError(f"anchors must be 'kmeans', 'hand' or a list of [w, h], got {anchors!r}", field="anchors")
+    explicit = None
+    if anchors == "hand":
+        explicit = [list(a) for a in HAND_PICKED_ANCHORS]
+    elif not isinstance(anchors, str):
+        explicit = [[float(w), float(h)] for w, h in anchors]
+    class_ids = sorted(int(c) for c in categories)
+    config = YoloConfig(version=version, num_classes=len(class_ids), image_size=image_size, channels=tuple(channels),
+                        batch_norm=batch_norm, grid=grid, boxes_per_cell=boxes_per_cell, hidden=hidden,
+                        dropout=dropout, anchors=explicit, num_anchors=len(explicit) if explicit else num_anchors,
+                        head_channels=head_channels, direct_location=direct_location, passthrough=passthrough)
+    model_config = asdict(config)
+    model_config["channels"] = list(config.channels)
+    sizes = [int(s) for s in sizes] if sizes else multi_scale_sizes(image_size, stride)
+    built: dict = {}
+
+    def build(values: dict) -> nn.Module:
+        values = dict(values)
+        values["channels"] = tuple(values["channels"])
+        built["model"] = build_yolo(YoloConfig(**values))
+        return built["model"]
+
+    def make_dataset(dataset, train: bool):
+        if train and version == 2 and anchors == "kmeans":
+            priors = yolo2_priors(dataset, num_anchors, seed)
+            model_config["anchors"] = priors
+            if "model" in built:
+                built["model"].anchors.copy_(torch.tensor(priors))
+        size = max(sizes) if (train and multi_scale) else image_size
+        return YoloData(dataset, class_ids, size, flip=flip and train)
+
+    detect_options = {"score_threshold": score_threshold, "nms_threshold": nms_threshold,
+                      "max_detections": max_detections}
+    options = {"version": version, "image_size": image_size, "channels": list(channels), "batch_norm": batch_norm,
+               "grid": grid, "boxes_per_cell": boxes_per_cell, "hidden": hidden, "dropout": dropout,
+               "anchors": anchors if isinstance(anchors, str) else explicit, "num_anchors": num_anchors,
+               "head_channels": head_channels, "direct_location": direct_location, "passthrough": passthrough,
+               "multi_scale": multi_scale, "scale_every": scale_every, "sizes": sizes, "test_size": test_size,
+               "epochs": epochs, "lr": lr, "optimizer": optimizer, "weight_decay": weight_decay,
+               "warmup_steps": warmup_steps, "flip": flip, "seed": seed, **detect_options}
+    phases = [Phase("detect", epochs=30 if epochs is None else epochs, lr=2e-3 if lr is None else lr,
+                    optimizer=optimizer, weight_decay=weight_decay, schedule="cosine", warmup_steps=warmup_steps,
+                    clip_grad_norm=10.0)]
+    return Recipe(
+        model_name=name, categories=dict(categories), options=options, model_config=model_config,
+        build_model=build, phases=phases, make_dataset=make_dataset,
+        collate=YoloCollate(sizes if multi_scale else None, scale_every, seed),
+        evaluate=lambda model, dataset, device: evaluate_yolo(model, dataset, device, class_ids, size=test_size,
+                                                              **detect_options),
+        predict=lambda model, images, device: detect(model, images, device, class_ids, size=test_size,
+                                                     **detect_options),
+        best_metric="mAP50", best_mode="max", world={"image_size": max(128, image_size)},
+    )
