@@ -1,0 +1,559 @@
+"""Fast R-CNN (Girshick 2015): one CNN pass per image, RoI max-pooling, and a multitask head.
+
+R-CNN ran the CNN once per warped proposal. Fast R-CNN runs it once per *image* and cuts each proposal's
+features out of the shared feature map with RoI max-pooling (sec. 2.1, `scenekit.roi.roi_pool`) to a fixed
+h x w grid; fully connected layers then give, per region of interest (RoI),
+
+- p = softmax over K + 1 classes (class 0 is background), and
+- t^k = (t_x, t_y, t_w, t_h), a class-specific box regression offset for each of the K object classes,
+
+trained together with the multitask loss of eq. (1):  L(p, u, t^u, v) = L_cls(p, u) + lambda [u >= 1] L_loc(t^u, v),
+where L_cls = -log p_u, L_loc = sum_i smooth_L1(t^u_i - v_i) (eq. 2) with smooth_L1(x) = 0.5 x^2 if |x| < 1
+else |x| - 0.5 (eq. 3), and lambda = 1. Mini-batches hold R RoIs from N images (R / N per image, sec. 2.3),
+25% of them foreground (IoU >= 0.5 with a ground-truth box), the rest background (IoU in [0.1, 0.5)); images
+are flipped horizontally with probability 1/2. Regression targets are normalised to roughly unit variance
+(box-coder weights 10, 10, 5, 5, the authors' code). At test time each class's boxes are decoded, clipped and
+suppressed with per-class NMS (sec. 3).
+
+The proposals are Selective Search's (`scenekit.proposals.selective_search`, "fast" mode as in the paper),
+computed once per image and cached (`ProposalCache`); the ground-truth boxes are added to a training image's
+proposals, as in the authors' code.
+
+This file also holds what the three two-stage detectors share: the backbone, the box head, the data pipeline
+(images fitted into S x S), the inference loop that maps detections back to the image, and the evaluation
+(Pascal VOC mAP@0.5, COCO AP, time per image split into convolutions, proposals and region-wise work, the
+break-down of Ren et al. 2015, Table 10). `faster_rcnn.py` and `mask_rcnn.py` extend `FastRCNN`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scenekit.boxes import clip_boxes_to_image, decode_boxes, encode_boxes
+from scenekit.models.backbones import SmallCNN, build_backbone
+from scenekit.models.detection_targets import label_regions, sample_labels
+from scenekit.nms import batched_nms
+from scenekit.recipes import Phase, Recipe
+from scenekit.roi import roi_align, roi_pool
+
+
+@dataclass
+class FastRCNNConfig:
+    num_classes: int                       # K object classes (the head has K + 1 outputs)
+    image_size: int = 160                  # S: images are scaled so the longer side is S, then padded to S x S
+    backbone: str = "small"                # "small" | "vgg16" | "resnet18" | "resnet50"
+    channels: tuple[int, ...] = (16, 32, 64)    # small backbone: one conv + 2x2 pool per stage (stride 8)
+    extra_convs: int = 2                   # small backbone: 3x3 convs after the last stage (receptive field)
+    norm: str = "batch"                    # "batch" | "group" | "none"
+    backbone_weights: str | None = None    # torchvision-format state dict for vgg16 / resnet*
+    roi_size: int = 7                      # h = w of the pooled RoI features
+    roi_op: str = "pool"                   # "pool" (RoI max-pooling, Fast R-CNN) | "align" (RoIAlign)
+    hidden: int = 256                      # width of the two fully connected layers (4096 in the paper)
+    rois_per_image: int = 64               # R / N (the paper: 128 / 2)
+    fg_fraction: float = 0.25
+    fg_iou: float = 0.5
+    bg_low: float = 0.1                    # background IoU in [bg_low, fg_iou)
+    box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    score_threshold: float = 0.05          # test time: drop class scores below this
+    nms_threshold: float = 0.3             # test time: per-class NMS (the authors' code uses 0.3)
+    detections_per_image: int = 100
+    max_proposals: int = 1000              # proposals per image fed to the head (Selective Search's best)
+
+
+# ------------------------------------------------------------------------------------------------ backbone
+class ConvFeatures(nn.Module):
+    """The small CNN with "same" padding (stride 2 ** len(channels)) plus `extra_convs` 3x3 convolutions.
+
+    The extra convolutions keep the stride (small objects stay several cells wide) and enlarge the receptive
+    field so that the RPN's 3x3 window sees the large objects too.
+    """
+
+    def __init__(self, channels=(16, 32, 64), extra_convs: int = 2, norm: str = "batch"):
+        super().__init__()
+        self.body = SmallCNN(channels=tuple(channels), padding=1, norm=norm)
+        width = self.body.out_channels
+        layers: list[nn.Module] = []
+        for _ in range(extra_convs):
+            layers.append(nn.Conv2d(width, width, 3, padding=1, bias=norm == "none"))
+            if norm == "batch":
+                layers.append(nn.BatchNorm2d(width))
+            elif norm == "group":
+                layers.append(nn.GroupNorm(min(8, width), width))
+            layers.append(nn.ReLU(inplace=True))
+        self.extra = nn.Sequential(*layers)
+        self.out_channels, self.stride = width, self.body.stride
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.extra(self.body(images))       # [B, 3, H, W] -> [B, C, H / stride, W / stride]
+
+
+def build_features(config) -> nn.Module:
+    if config.backbone == "small":
+        return ConvFeatures(config.channels, config.extra_convs, config.norm)
+    return build_backbone(config.backbone, weights=config.backbone_weights)
+
+
+# ------------------------------------------------------------------------------------------------ head
+class BoxHead(nn.Module):
+    """RoI features -> two fully connected layers -> (class logits [R, K + 1], class-specific deltas [R, K, 4])."""
+
+    def __init__(self, in_channels: int, roi_size: int, hidden: int, num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * roi_size * roi_size, hidden),
+                                nn.ReLU(inplace=True), nn.Linear(hidden, hidden), nn.ReLU(inplace=True))
+        self.cls_score = nn.Linear(hidden, num_classes + 1)
+        self.bbox_pred = nn.Linear(hidden, 4 * num_classes)
+        # The paper's initialisation: zero-mean Gaussians of std 0.01 (scores) and 0.001 (boxes), biases 0.
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, roi_features: torch.Tensor):
+        x = self.fc(roi_features)                                    # [R, C, h, w] -> [R, hidden]
+        deltas = self.bbox_pred(x).view(-1, self.num_classes, 4)     # -> [R, K, 4]
+        return self.cls_score(x), deltas                             # [R, K + 1], [R, K, 4]
+
+
+# ------------------------------------------------------------------------------------------------ losses
+def smooth_l1_loss(input: torch.Tensor, target: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+    """Girshick 2015, eq. (3), summed: smooth_L1(x) = 0.5 x^2 / beta if |x| < beta else |x| - 0.5 beta.
+
+    beta = 1 is the paper's function; a smaller beta (the RPN's 1/9 in the authors' code) makes it closer to L1.
+    """
+    diff = (input - target).abs()
+    return torch.where(diff < beta, 0.5 * diff ** 2 / beta, diff - 0.5 * beta).sum()
+
+
+def fast_rcnn_loss(class_logits: torch.Tensor, box_deltas: torch.Tensor, labels: torch.Tensor,
+                   box_targets: torch.Tensor, box_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The multitask loss of eq. (1), averaged over the R RoIs of the mini-batch -> (L_cls, lambda L_loc).
+
+    class_logits [R, K + 1], box_deltas [R, K, 4], labels u [R] (0 = background), box_targets v [R, 4] (read for
+    foreground RoIs only). L_loc uses the deltas of the true class u only, and only when u >= 1 (eq. 1's
+    Iverson bracket); its sum is divided by R too, so lambda = 1 balances the two terms as in the paper.
+    """
+    num = max(1, labels.numel())
+    classification = F.cross_entropy(class_logits, labels, reduction="sum") / num
+    foreground = torch.nonzero(labels >= 1).flatten()
+    own = box_deltas[foreground, labels[foreground] - 1]             # [F, 4]: t^u of each foreground RoI
+    localisation = box_weight * smooth_l1_loss(own, box_targets[foreground], beta=1.0) / num
+    return classification, localisation
+
+
+@dataclass
+class RegionSample:
+    """A training mini-batch of RoIs: rows (image index, x1, y1, x2, y2), class labels, box targets, and the
+    index of each RoI's matched object within its image's ground truth."""
+
+    rois: torch.Tensor           # [R, 5]
+    labels: torch.Tensor         # [R] int64, 0 = background
+    box_targets: torch.Tensor    # [R, 4] (zeros for background)
+    matched: torch.Tensor        # [R] int64
+
+
+# ------------------------------------------------------------------------------------------------ model
+class FastRCNN(nn.Module):
+    """Backbone + RoI pooling + box head; `model(images, targets)` -> losses, `model.detect(...)` -> detections.
+
+    Training targets per image: {"boxes" [N, 4] in input pixels, "labels" [N] class indices 1..K,
+    "proposals" [P, 4], "size" (height, width) of the image inside the padded input}.
+    """
+
+    def __init__(self, config: FastRCNNConfig):
+        super().__init__()
+        if config.roi_op not in ("pool", "align"):
+            raise ValueError(f"roi_op must be 'pool' or 'align', got {config.roi_op!r}")
+        self.config = config
+        self.features = build_features(config)
+        self.box_head = BoxHead(self.features.out_channels, config.roi_size, config.hidden, config.num_classes)
+
+    # -- shared pieces
+    def pool(self, features: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] features, rois [R, 5] -> [R, C, h, w] (RoI max-pooling, or RoIAlign for Mask R-CNN)."""
+        scale, size = 1.0 / self.features.stride, self.config.roi_size
+        if self.config.roi_op == "pool":
+            return roi_pool(features, rois, size, scale)
+        return roi_align(features, rois, size, scale, sampling_ratio=2, aligned=True)
+
+    def sample_regions(self, proposals: list[torch.Tensor], targets: list[dict]) -> RegionSample:
+        """Label every image's proposals (plus its gt boxes) and sample R / N of them, 25% foreground."""
+        c = self.config
+        rois, labels, box_targets, matched = [], [], [], []
+        for index, (regions, target) in enumerate(zip(proposals, targets)):
+            gt_boxes, gt_labels = target["boxes"], target["labels"]
+            regions = torch.cat([regions.detach().to(gt_boxes.dtype), gt_boxes])      # the gt are RoIs too
+            region_labels, region_match, _ = label_regions(regions, gt_boxes, gt_labels, fg_iou=c.fg_iou,
+                                                           bg_low=c.bg_low)
+            positive, negative = sample_labels(region_labels, c.rois_per_image, c.fg_fraction)
+            keep = torch.cat([positive, negative])
+            chosen, chosen_labels, chosen_match = regions[keep], region_labels[keep], region_match[keep]
+            targets_here = torch.zeros_like(chosen)
+            if positive.numel():
+                fg = slice(0, positive.numel())
+                targets_here[fg] = encode_boxes(gt_boxes[chosen_match[fg]], chosen[fg], c.box_weights)
+            rois.append(torch.cat([torch.full_like(chosen[:, :1], index), chosen], dim=1))
+            labels.append(chosen_labels)
+            box_targets.append(targets_here)
+            matched.append(chosen_match)
+        return RegionSample(torch.cat(rois), torch.cat(labels), torch.cat(box_targets), torch.cat(matched))
+
+    def head_losses(self, features: torch.Tensor, proposals: list[torch.Tensor], targets: list[dict]):
+        sample = self.sample_regions(proposals, targets)
+        class_logits, box_deltas = self.box_head(self.pool(features, sample.rois))
+        classification, localisation = fast_rcnn_loss(class_logits, box_deltas, sample.labels, sample.box_targets)
+        return {"classification": classification, "box_regression": localisation}, sample
+
+    def detect_regions(self, features: torch.Tensor, proposals: list[torch.Tensor],
+                       image_sizes: list[tuple[int, int]]) -> list[dict]:
+        """Score and refine every proposal, then per-class NMS (sec. 3) -> per image {"boxes", "scores",
+        "labels" (class indices 1..K)} in input pixels."""
+        counts = [len(p) for p in proposals]
+        rois = torch.cat([torch.cat([torch.full_like(p[:, :1], i), p], dim=1) for i, p in enumerate(proposals)])
+        class_logits, box_deltas = self.box_head(self.pool(features, rois.to(features.dtype)))
+        results = []
+        for p, logits, deltas, size in zip(proposals, class_logits.split(counts), box_deltas.split(counts),
+                                           image_sizes):
+            results.append(postprocess_detections(logits, deltas, p, size, self.config))
+        return results
+
+    # -- the engine's contract
+    def forward(self, images: torch.Tensor, targets: list[dict] | None = None):
+        if targets is None:
+            raise ValueError("FastRCNN needs proposals at test time: call model.detect(images, sizes, proposals)")
+        features = self.features(images)                                   # [B, 3, S, S] -> [B, C, S/8, S/8]
+        losses, _ = self.head_losses(features, [t["proposals"] for t in targets], targets)
+        return losses
+
+    @torch.no_grad()
+    def detect(self, images: torch.Tensor, image_sizes: list[tuple[int, int]],
+               proposals: list[torch.Tensor] | None = None) -> tuple[list[dict], dict]:
+        """Detections per image and the seconds spent in {"conv", "proposals", "region"}."""
+        if proposals is None:
+            raise ValueError("FastRCNN.detect needs the proposals of every image")
+        started = clock(images)
+        features = self.features(images)
+        convolved = clock(images)
+        detections = self.detect_regions(features, [p.to(features.dtype) for p in proposals], image_sizes)
+        return detections, {"conv": convolved - started, "proposals": 0.0, "region": clock(images) - convolved}
+
+
+def clock(tensor: torch.Tensor) -> float:
+    """perf_counter after the device has finished its queued work (CUDA runs asynchronously)."""
+    if tensor.is_cuda:
+        torch.cuda.synchronize(tensor.device)
+    return time.perf_counter()
+
+
+def postprocess_detections(class_logits: torch.Tensor, box_deltas: torch.Tensor, proposals: torch.Tensor,
+                           image_size: tuple[int, int], config) -> dict:
+    """One image: [P, K + 1] logits, [P, K, 4] deltas, [P, 4] proposals -> the kept (box, score, class) triples.
+
+    Every (proposal, class) pair is a candidate with that class's probability and its own refined box; pairs
+    scoring < score_threshold or with a degenerate box are dropped, then NMS runs per class and the
+    `detections_per_image` best survive.
+    """
+    num_classes = box_deltas.shape[1]
+    scores = class_logits.float().softmax(dim=1)[:, 1:]                           # [P, K] (no background)
+    boxes = decode_boxes(box_deltas.float(), proposals.float()[:, None, :], config.box_weights)   # [P, K, 4]
+    boxes = clip_boxes_to_image(boxes, tuple(int(v) for v in image_size))
+    classes = torch.arange(1, num_classes + 1, device=scores.device).expand_as(scores)
+    boxes, scores, classes = boxes.reshape(-1, 4), scores.reshape(-1), classes.reshape(-1)
+    wide = (boxes[:, 2] - boxes[:, 0] >= 1e-2) & (boxes[:, 3] - boxes[:, 1] >= 1e-2)
+    keep = torch.nonzero((scores >= config.score_threshold) & wide).flatten()
+    boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+    keep = batched_nms(boxes, scores, classes, config.nms_threshold, max_output=config.detections_per_image)
+    return {"boxes": boxes[keep], "scores": scores[keep], "labels": classes[keep]}
+
+
+# ------------------------------------------------------------------------------------------------ proposals
+class ProposalCache:
+    """Selective Search boxes per image, computed once: in memory, and in `directory` (.npz files) if given.
+
+    Keyed by a hash of the pixels, so the same image is found whatever record or file it came from. Each entry
+    also keeps the seconds the search took, so timings stay honest when proposals come from the cache.
+    """
+
+    def __init__(self, mode: str = "fast", max_side: int | None = None, directory: str | Path | None = None):
+        self.mode, self.max_side = mode, max_side
+        self.directory = Path(directory) if directory else None
+        self.memory: dict[str, tuple[np.ndarray, float]] = {}
+
+    def key(self, image: np.ndarray) -> str:
+        digest = hashlib.sha1(np.ascontiguousarray(image).tobytes())
+        digest.update(f"{image.shape}/{self.mode}/{self.max_side}".encode())
+        return digest.hexdigest()
+
+    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        """[H, W, 3] uint8 -> (boxes [P, 4] float32 xyxy in image pixels, best first; seconds of the search)."""
+        key = self.key(image)
+        if key in self.memory:
+            return self.memory[key]
+        path = self.directory / f"{key}.npz" if self.directory else None
+        if path is not None and path.is_file():
+            with np.load(path) as stored:
+                entry = (stored["boxes"], float(stored["seconds"]))
+        else:
+            from scenekit.proposals import selective_search
+
+            started = time.perf_counter()
+            boxes = selective_search(image, mode=self.mode, max_side=self.max_side).numpy()
+            entry = (boxes.astype(np.float32), time.perf_counter() - started)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                temporary = path.with_suffix(".tmp.npz")
+                np.savez(temporary, boxes=entry[0], seconds=entry[1])
+                temporary.replace(path)
+        self.memory[key] = entry
+        return entry
+
+
+def select_proposals(boxes: np.ndarray, scale: float, limit: int) -> torch.Tensor:
+    """Scale proposals into the fitted image, drop those under 1 pixel wide or high, keep the best `limit`."""
+    boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4) * scale
+    wide = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+    return boxes[wide][:limit]
+
+
+# ------------------------------------------------------------------------------------------------ data
+def fit_image(image: np.ndarray, size: int) -> tuple[torch.Tensor, float, tuple[int, int]]:
+    """[H, W, 3] uint8 -> ([3, S, S] float32 in [0, 1], scale, (h, w)): scaled so the longer side is S, placed at
+    the top-left corner of a zero canvas, so a box maps into the input by a multiplication by `scale`."""
+    height, width = image.shape[:2]
+    scale = size / max(height, width)
+    tensor = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)   # a copy
+    h, w = min(size, round(height * scale)), min(size, round(width * scale))
+    if (h, w) != (height, width):
+        tensor = F.interpolate(tensor[None], size=(h, w), mode="bilinear", align_corners=False,
+                               antialias=scale < 1)[0]
+    canvas = torch.zeros(3, size, size)
+    canvas[:, :h, :w] = tensor
+    return canvas, scale, (h, w)
+
+
+def load_record_image(dataset, record) -> np.ndarray:
+    from scenekit.data.transforms import load_image
+
+    return load_image(dataset, record)
+
+
+class DetectionData(torch.utils.data.Dataset):
+    """(image [3, S, S], target) pairs for the two-stage detectors.
+
+    target: {"boxes" [N, 4] float32 in input pixels, "labels" [N] int64 class indices 1..K, "size" [2] (h, w),
+    "image_id"} plus "masks" [N, S, S] uint8 (with_masks) and "proposals" [P, 4] (with a ProposalCache).
+    `flip` mirrors the image and everything in its target with probability 1/2 (torch's global generator, which
+    the engine seeds and checkpoints).
+    """
+
+    def __init__(self, dataset, class_ids: list[int], image_size: int, *, flip: bool = False,
+                 with_masks: bool = False, proposals: ProposalCache | None = None, max_proposals: int = 1000):
+        self.dataset, self.size, self.flip, self.with_masks = dataset, image_size, flip, with_masks
+        self.proposals, self.max_proposals = proposals, max_proposals
+        self.index_of = {cid: i + 1 for i, cid in enumerate(class_ids)}
+
+    def __len__(self) -> int:
+        return len(self.dataset.records)
+
+    def __getitem__(self, index: int):
+        record = self.dataset.records[index]
+        image = load_record_image(self.dataset, record)
+        tensor, scale, (h, w) = fit_image(image, self.size)
+        boxes = torch.as_tensor(np.asarray(record.boxes, dtype=np.float32).reshape(-1, 4)) * scale
+        boxes = clip_boxes_to_image(boxes, (h, w))
+        try:
+            labels = torch.tensor([self.index_of[int(c)] for c in record.labels], dtype=torch.int64)
+        except KeyError as error:
+            from scenekit.errors import DataError
+            raise DataError(f"category id {error.args[0]} is not one of the model's {sorted(self.index_of)}",
+                            record=f"image id {record.image_id}", field="labels") from None
+        # Degenerate boxes (zero width or height after fitting) cannot be regression targets, and crowd
+        # regions are not single objects to learn.
+        keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+        keep &= ~torch.as_tensor(np.asarray(record.iscrowd, dtype=bool).reshape(-1))
+        target = {"boxes": boxes[keep], "labels": labels[keep], "size": torch.tensor([h, w]),
+                  "image_id": int(record.image_id)}
+        if self.with_masks:
+            from scenekit.data.transforms import record_masks
+
+            masks = torch.from_numpy(record_masks(record, box_fallback=True)[keep.numpy()]).float()   # [N, H, W]
+            fitted = torch.zeros(masks.shape[0], self.size, self.size, dtype=torch.uint8)
+            if masks.shape[0]:
+                fitted[:, :h, :w] = (F.interpolate(masks[None], size=(h, w), mode="bilinear",
+                                                   align_corners=False)[0] >= 0.5).to(torch.uint8)
+            target["masks"] = fitted
+        if self.proposals is not None:
+            target["proposals"] = select_proposals(self.proposals(image)[0], scale, self.max_proposals)
+        if self.flip and bool(torch.rand(()) < 0.5):
+            tensor, target = flip_horizontally(tensor, target, w)
+        return tensor, target
+
+
+def flip_horizontally(image: torch.Tensor, target: dict, width: int) -> tuple[torch.Tensor, dict]:
+    """Mirror the image part [0, width) of the canvas and every box (x -> width - x) and mask in the target."""
+    image = image.clone()
+    image[:, :, :width] = image[:, :, :width].flip(-1)
+    target = dict(target)
+    for key in ("boxes", "proposals"):
+        if key in target:
+            b = target[key]
+            target[key] = torch.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], dim=1)
+    if "masks" in target:
+        masks = target["masks"].clone()
+        masks[:, :, :width] = masks[:, :, :width].flip(-1)
+        target["masks"] = masks
+    return image, target
+
+
+def collate(batch):
+    return torch.stack([image for image, _ in batch]), [target for _, target in batch]
+
+
+# ------------------------------------------------------------------------------------------------ inference
+@torch.no_grad()
+def run_detector(model: FastRCNN, images: list[np.ndarray], device, class_ids: list[int], *,
+                 proposals: ProposalCache | None = None, batch_size: int = 8) -> tuple[list[dict], dict]:
+    """Detect objects in [H, W, 3] uint8 images of any size -> (per image {"boxes" [N, 4] float64 xyxy in image
+    pixels, "scores" [N], "labels" [N] category ids, and "masks" [N, H, W] uint8 for Mask R-CNN}, seconds spent
+    in {"conv", "proposals", "region", "paste"} over all images)."""
+    model.eval()
+    size = model.config.image_size
+    results, seconds = [], {"conv": 0.0, "proposals": 0.0, "region": 0.0, "paste": 0.0}
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        fitted = [fit_image(image, size) for image in chunk]
+        batch = torch.stack([tensor for tensor, _, _ in fitted]).to(device)
+        sizes = [hw for _, _, hw in fitted]
+        given = None
+        if proposals is not None:
+            given = []
+            for image, (_, scale, _) in zip(chunk, fitted):
+                boxes, spent = proposals(image)
+                seconds["proposals"] += spent
+                given.append(select_proposals(boxes, scale, model.config.max_proposals).to(device))
+        detections, spent = model.detect(batch, sizes, given)
+        for key, value in spent.items():
+            seconds[key] += value
+        for image, (_, scale, _), found in zip(chunk, fitted, detections):
+            height, width = image.shape[:2]
+            boxes = clip_boxes_to_image(found["boxes"].double().cpu() / scale, (height, width))
+            labels = torch.as_tensor([class_ids[int(c) - 1] for c in found["labels"]], dtype=torch.int64)
+            result = {"boxes": boxes, "scores": found["scores"].double().cpu(), "labels": labels}
+            if "mask_probs" in found:
+                from scenekit.models.mask_rcnn import paste_masks
+
+                began = time.perf_counter()
+                result["masks"] = paste_masks(found["mask_probs"].float().cpu(), boxes, (height, width))
+                seconds["paste"] += time.perf_counter() - began
+            results.append(result)
+    return results, seconds
+
+
+def coco_results(image_id: int, found: dict) -> list[dict]:
+    """One image's detections as COCO result records (bbox [x, y, w, h]; RLE segmentation if masks)."""
+    records = []
+    rles = None
+    if "masks" in found:
+        from scenekit.masks import compress, rle_encode
+
+        rles = [compress(rle_encode(mask)) for mask in found["masks"].numpy()]
+    for k, (box, score, label) in enumerate(zip(found["boxes"].tolist(), found["scores"].tolist(),
+                                                found["labels"].tolist())):
+        record = {"image_id": int(image_id), "category_id": int(label), "score": float(score),
+                  "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]}
+        if rles is not None:
+            record["segmentation"] = rles[k]
+        records.append(record)
+    return records
+
+
+def evaluate_detector(model: FastRCNN, dataset, device, class_ids: list[int], *,
+                      proposals: ProposalCache | None = None, batch_size: int = 8) -> dict:
+    """Pascal VOC mAP@0.5, the 12 COCO box stats (and mask AP for Mask R-CNN) and milliseconds per image.
+
+    Times: `conv_ms` (shared convolutions), `proposal_ms` (Selective Search on the CPU, or the RPN and its
+    proposal layer), `region_ms` (RoI pooling, head, NMS, mask head) and `total_ms` (the three), per image.
+    """
+    from scenekit.metrics.detection import coco_evaluate, voc_evaluate
+
+    images = [load_record_image(dataset, record) for record in dataset.records]
+    found, seconds = run_detector(model, images, device, class_ids, proposals=proposals, batch_size=batch_size)
+    results = [r for record, f in zip(dataset.records, found) for r in coco_results(record.image_id, f)]
+    count = max(1, len(images))
+    metrics: dict[str, float] = {"mAP50": voc_evaluate(dataset, results)["mAP"] if results else 0.0}
+    box_stats = coco_evaluate(dataset, results, "bbox") if results else {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
+    metrics.update({name: float(box_stats[name]) for name in ("AP", "AP50", "AP75")})
+    if any("masks" in f for f in found):
+        mask_stats = coco_evaluate(dataset, results, "segm") if results else {"AP": 0.0, "AP50": 0.0,
+                                                                             "AP75": 0.0}
+        metrics.update({f"mask_{name}": float(mask_stats[name]) for name in ("AP", "AP50", "AP75")})
+    metrics.update({"conv_ms": 1000 * seconds["conv"] / count, "proposal_ms": 1000 * seconds["proposals"] / count,
+                    "region_ms": 1000 * (seconds["region"] + seconds["paste"]) / count})
+    metrics["total_ms"] = metrics["conv_ms"] + metrics["proposal_ms"] + metrics["region_ms"]
+    metrics["detections_per_image"] = len(results) / count
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------------ recipes
+def two_stage_recipe(name: str, categories: dict, config, *, epochs: int, lr: float, flip: bool,
+                     build, proposals: ProposalCache | None = None, with_masks: bool = False,
+                     options: dict, world: dict) -> Recipe:
+    """The recipe the three detectors share: one end-to-end phase (AdamW, warm-up, cosine decay)."""
+    class_ids = sorted(int(c) for c in categories)
+    phases = [Phase("detect", epochs=epochs, lr=lr, optimizer="adamw", weight_decay=1e-4, schedule="cosine",
+                    warmup_steps=50, clip_grad_norm=10.0)]
+    model_config = asdict(config)
+    model_config = {k: list(v) if isinstance(v, tuple) else v for k, v in model_config.items()}
+
+    def make_dataset(dataset, train):
+        return DetectionData(dataset, class_ids, config.image_size, flip=flip and train, with_masks=with_masks,
+                             proposals=proposals, max_proposals=config.max_proposals)
+
+    def predict(model, images, device):
+        return run_detector(model, list(images), device, class_ids, proposals=proposals)[0]
+
+    return Recipe(model_name=name, categories=dict(categories), options=options, model_config=model_config,
+                  build_model=build, phases=phases, make_dataset=make_dataset, collate=collate,
+                  evaluate=lambda model, dataset, device: evaluate_detector(model, dataset, device, class_ids,
+                                                                            proposals=proposals),
+                  predict=predict, best_metric="mAP50", best_mode="max", world=world)
+
+
+def config_from_dict(config_class, values: dict):
+    """A config dataclass from a checkpoint's plain dict (lists back to tuples)."""
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return config_class(**values)
+
+
+def recipe(categories: dict, *, name: str = "fast-rcnn", image_size: int = 160, backbone: str = "small",
+           backbone_weights: str | None = None, channels=(16, 32, 64), extra_convs: int = 2, norm: str = "batch",
+           hidden: int = 256, rois_per_image: int = 64, bg_low: float = 0.1, epochs: int | None = None,
+           lr: float | None = None, flip: bool = True, proposal_mode: str = "fast",
+           proposal_cache: str | None = None, max_proposals: int = 1000) -> Recipe:
+    """Fast R-CNN on Selective Search proposals ("fast" mode), trained end to end with the multitask loss.
+
+    `proposal_cache`: a folder where each image's proposals are stored (.npz), so later runs skip the search.
+    """
+    config = FastRCNNConfig(num_classes=len(categories), image_size=image_size, backbone=backbone,
+                            channels=tuple(channels), extra_convs=extra_convs, norm=norm,
+                            backbone_weights=backbone_weights, hidden=hidden, rois_per_image=rois_per_image,
+                            bg_low=bg_low, max_proposals=max_proposals)
+    epochs = 6 if epochs is None else epochs
+    lr = 1e-3 if lr is None else lr
+    options = {"image_size": image_size, "backbone": backbone, "backbone_weights": backbone_weights,
+               "channels": list(channels), "extra_convs": extra_convs, "norm": norm, "hidden": hidden,
+               "rois_per_image": rois_per_image, "bg_low": bg_low, "epochs": epochs, "lr": lr, "flip": flip,
+               "proposal_mode": proposal_mode, "proposal_cache": proposal_cache, "max_proposals": max_proposals}
+    return two_stage_recipe(name, categories, config, epochs=epochs, lr=lr, flip=flip,
+                            build=lambda values: FastRCNN(config_from_dict(FastRCNNConfig, values)),
+                            proposals=ProposalCache(proposal_mode, directory=proposal_cache),
+                            options=options, world={"image_size": image_size})

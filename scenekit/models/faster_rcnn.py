@@ -1,0 +1,202 @@
+"""Faster R-CNN (Ren et al. 2015): a Region Proposal Network shares the convolutions with Fast R-CNN.
+
+Selective Search costs seconds per image on a CPU, more than the detector itself. The RPN makes proposals
+nearly free: a small network slides a 3x3 window over the last shared feature map (sec. 3.1), and at every
+position predicts, for each of k = 9 anchors (3 sizes x 3 aspect ratios, `scenekit.anchors`; the sizes here
+fit the world's objects), an objectness score and a box regression from the anchor to the object (the paper's
+cls layer is a 2-way softmax; "alternatively one may use logistic regression", which is what we do: one logit
+per anchor).
+
+Training (sec. 3.1.2, `detection_targets.label_anchors`): anchors with IoU > 0.7 with a ground-truth box, or the
+highest IoU for one, are positive; IoU < 0.3 negative; the rest, and anchors crossing the image border, are
+ignored. Each image contributes 256 sampled anchors, up to half positive. The RPN loss is eq. (1):
+(1 / N_cls) sum L_cls(p_i, p*_i) + lambda (1 / N_reg) sum p*_i L_reg(t_i, t*_i); with lambda = 10 and N_reg
+~ 2400 anchor positions the regression term weighs about as much as normalising by the 256 sampled anchors,
+which we do (as the authors' code and torchvision do), with the code's smooth L1 of beta = 1/9.
+
+Proposals (sec. 3.3): anchors moved by the predicted deltas, clipped to the image, boxes smaller than a
+minimum size removed, the top-scoring pre-NMS set kept, NMS at IoU 0.7, then the top-N go to the Fast R-CNN
+head (`FastRCNN.head_losses` / `detect_regions`). Training is end to end ("approximate joint training",
+sec. 3.2): the four losses are summed and back-propagated together, the proposal boxes treated as constants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scenekit.anchors import anchors_for_feature_map
+from scenekit.boxes import clip_boxes_to_image, decode_boxes, encode_boxes
+from scenekit.models.detection_targets import label_anchors, sample_labels
+from scenekit.models.fast_rcnn import (FastRCNN, FastRCNNConfig, clock, config_from_dict, smooth_l1_loss,
+                                       two_stage_recipe)
+from scenekit.nms import nms
+from scenekit.recipes import Recipe
+
+# Sizes of the world's objects in a 160 px image run from ~11 px (small) to ~145 px (large); three sizes a
+# factor ~2.3 apart cover them as the paper's 128/256/512 cover PASCAL's objects in a 600 px image.
+WORLD_ANCHOR_SIZES = (20.0, 46.0, 106.0)
+
+
+@dataclass
+class FasterRCNNConfig(FastRCNNConfig):
+    bg_low: float = 0.0                    # the authors' end-to-end setting: every IoU < 0.5 is background
+    anchor_sizes: tuple[float, ...] = WORLD_ANCHOR_SIZES
+    anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_channels: int = 64                 # width of the 3x3 sliding-window layer (256 for ZF, 512 for VGG)
+    rpn_batch: int = 256                   # sampled anchors per image
+    rpn_positive_fraction: float = 0.5
+    rpn_positive_iou: float = 0.7
+    rpn_negative_iou: float = 0.3
+    allowed_border: float = 0.0            # training ignores anchors crossing the border by more than this
+    pre_nms_train: int = 1000
+    post_nms_train: int = 300
+    pre_nms_test: int = 600
+    post_nms_test: int = 100
+    rpn_nms: float = 0.7
+    min_proposal_size: float = 2.0         # pixels, in the input image
+
+
+class RegionProposalNetwork(nn.Module):
+    """3x3 conv + ReLU, then sibling 1x1 convs: objectness [B, A, H, W] and deltas [B, 4A, H, W] (sec. 3.1)."""
+
+    def __init__(self, in_channels: int, channels: int, num_anchors: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.objectness = nn.Conv2d(channels, num_anchors, 1)
+        self.deltas = nn.Conv2d(channels, 4 * num_anchors, 1)
+        for layer in (self.conv, self.objectness, self.deltas):   # the paper: Gaussian, std 0.01, bias 0
+            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, features: torch.Tensor):
+        x = F.relu(self.conv(features))
+        batch = features.shape[0]
+        # Position-major, anchor-minor, the order of anchors_for_feature_map.
+        objectness = self.objectness(x).permute(0, 2, 3, 1).reshape(batch, -1)        # [B, A, H, W] -> [B, HWA]
+        deltas = self.deltas(x).permute(0, 2, 3, 1).reshape(batch, -1, 4)             # [B, 4A, H, W] -> [B, HWA, 4]
+        return objectness, deltas
+
+
+def rpn_loss(objectness: torch.Tensor, deltas: torch.Tensor, anchors: torch.Tensor, targets: list[dict],
+             config: FasterRCNNConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. (1) of Ren et al. 2015 over the images of a batch -> (objectness loss, box loss).
+
+    objectness [B, A], deltas [B, A, 4], anchors [A, 4]; both terms are normalised by the number of sampled
+    anchors (N_cls), the regression term summed over the positive ones only (the p*_i factor).
+    """
+    logits, labels, predicted, wanted = [], [], [], []
+    for b, target in enumerate(targets):
+        height, width = (int(v) for v in target["size"])
+        anchor_labels, matched = label_anchors(anchors, target["boxes"], positive_iou=config.rpn_positive_iou,
+                                               negative_iou=config.rpn_negative_iou, image_size=(height, width),
+                                               allowed_border=config.allowed_border)
+        positive, negative = sample_labels(anchor_labels, config.rpn_batch, config.rpn_positive_fraction)
+        chosen = torch.cat([positive, negative])
+        logits.append(objectness[b, chosen])
+        labels.append((anchor_labels[chosen] == 1).to(objectness.dtype))
+        predicted.append(deltas[b, positive])
+        wanted.append(encode_boxes(target["boxes"][matched[positive]], anchors[positive]))
+    num_sampled = max(1, sum(len(x) for x in logits))
+    objectness_loss = F.binary_cross_entropy_with_logits(torch.cat(logits), torch.cat(labels),
+                                                         reduction="sum") / num_sampled
+    box_loss = smooth_l1_loss(torch.cat(predicted), torch.cat(wanted), beta=1 / 9) / num_sampled
+    return objectness_loss, box_loss
+
+
+@torch.no_grad()
+def propose(objectness: torch.Tensor, deltas: torch.Tensor, anchors: torch.Tensor,
+            image_sizes: list[tuple[int, int]], *, pre_nms: int, post_nms: int, nms_threshold: float,
+            min_size: float) -> list[torch.Tensor]:
+    """The proposal layer (sec. 3.3): per image, decode -> clip -> drop small -> top pre_nms -> NMS -> top
+    post_nms. objectness [B, A], deltas [B, A, 4] -> a list of [P, 4] boxes, best first."""
+    proposals = []
+    for scores, image_deltas, size in zip(objectness.float(), deltas.float(), image_sizes):
+        boxes = clip_boxes_to_image(decode_boxes(image_deltas, anchors), tuple(int(v) for v in size))
+        big = (boxes[:, 2] - boxes[:, 0] >= min_size) & (boxes[:, 3] - boxes[:, 1] >= min_size)
+        boxes, scores = boxes[big], scores[big]
+        top = scores.topk(min(pre_nms, scores.numel())).indices
+        boxes, scores = boxes[top], scores[top]
+        keep = nms(boxes, scores, nms_threshold, max_output=post_nms)
+        proposals.append(boxes[keep])
+    return proposals
+
+
+class FasterRCNN(FastRCNN):
+    """Backbone -> RPN -> proposals -> Fast R-CNN head; `model(images, targets)` -> the four losses."""
+
+    def __init__(self, config: FasterRCNNConfig):
+        super().__init__(config)
+        num_anchors = len(config.anchor_sizes) * len(config.anchor_ratios)
+        self.rpn = RegionProposalNetwork(self.features.out_channels, config.rpn_channels, num_anchors)
+        self._anchors: dict[tuple, torch.Tensor] = {}
+
+    def anchors(self, features: torch.Tensor) -> torch.Tensor:
+        """All anchors of the feature map, [H * W * A, 4] in input pixels (cached per map size)."""
+        key = (tuple(features.shape[2:]), features.device, features.dtype)
+        if key not in self._anchors:
+            self._anchors[key] = anchors_for_feature_map(
+                tuple(features.shape[2:]), self.features.stride, self.config.anchor_sizes,
+                self.config.anchor_ratios, dtype=features.dtype).to(features.device)
+        return self._anchors[key]
+
+    def region_proposals(self, features: torch.Tensor, image_sizes, training: bool):
+        objectness, deltas = self.rpn(features)                    # [B, HWA], [B, HWA, 4]
+        c = self.config
+        proposals = propose(objectness.detach(), deltas.detach(), self.anchors(features), image_sizes,
+                            pre_nms=c.pre_nms_train if training else c.pre_nms_test,
+                            post_nms=c.post_nms_train if training else c.post_nms_test,
+                            nms_threshold=c.rpn_nms, min_size=c.min_proposal_size)
+        return objectness, deltas, proposals
+
+    def forward(self, images: torch.Tensor, targets: list[dict] | None = None):
+        if targets is None:
+            return self.detect(images, [tuple(images.shape[2:])] * len(images))[0]
+        features = self.features(images)                           # [B, 3, S, S] -> [B, C, S/8, S/8]
+        sizes = [tuple(int(v) for v in t["size"]) for t in targets]
+        objectness, deltas, proposals = self.region_proposals(features, sizes, training=True)
+        rpn_objectness, rpn_box = rpn_loss(objectness, deltas, self.anchors(features), targets, self.config)
+        losses, _ = self.head_losses(features, proposals, targets)
+        return {"rpn_objectness": rpn_objectness, "rpn_box_regression": rpn_box, **losses}
+
+    @torch.no_grad()
+    def detect(self, images: torch.Tensor, image_sizes, proposals=None) -> tuple[list[dict], dict]:
+        """Detections per image and the seconds in {"conv", "proposals" (RPN + proposal layer), "region"}."""
+        started = clock(images)
+        features = self.features(images)
+        convolved = clock(images)
+        if proposals is None:
+            _, _, proposals = self.region_proposals(features, image_sizes, training=False)
+        proposed = clock(images)
+        detections = self.detect_regions(features, proposals, image_sizes)
+        return detections, {"conv": convolved - started, "proposals": proposed - convolved,
+                            "region": clock(images) - proposed}
+
+
+def recipe(categories: dict, *, name: str = "faster-rcnn", image_size: int = 160, backbone: str = "small",
+           backbone_weights: str | None = None, channels=(16, 32, 64), extra_convs: int = 2, norm: str = "batch",
+           hidden: int = 256, rois_per_image: int = 64, bg_low: float = 0.0, anchor_sizes=WORLD_ANCHOR_SIZES,
+           anchor_ratios=(0.5, 1.0, 2.0), roi_op: str = "pool", epochs: int | None = None, lr: float | None = None,
+           flip: bool = True) -> Recipe:
+    """Faster R-CNN trained end to end (approximate joint training) with the RPN's and the head's losses.
+
+    `roi_op="align"` swaps RoI max-pooling for Mask R-CNN's RoIAlign (the box head only, no masks).
+    """
+    config = FasterRCNNConfig(num_classes=len(categories), image_size=image_size, backbone=backbone,
+                              channels=tuple(channels), extra_convs=extra_convs, norm=norm,
+                              backbone_weights=backbone_weights, hidden=hidden, rois_per_image=rois_per_image,
+                              bg_low=bg_low, anchor_sizes=tuple(anchor_sizes), anchor_ratios=tuple(anchor_ratios),
+                              roi_op=roi_op)
+    epochs = 6 if epochs is None else epochs
+    lr = 1e-3 if lr is None else lr
+    options = {"image_size": image_size, "backbone": backbone, "backbone_weights": backbone_weights,
+               "channels": list(channels), "extra_convs": extra_convs, "norm": norm, "hidden": hidden,
+               "rois_per_image": rois_per_image, "bg_low": bg_low, "anchor_sizes": list(anchor_sizes),
+               "anchor_ratios": list(anchor_ratios), "roi_op": roi_op, "epochs": epochs, "lr": lr, "flip": flip}
+    return two_stage_recipe(name, categories, config, epochs=epochs, lr=lr, flip=flip,
+                            build=lambda values: FasterRCNN(config_from_dict(FasterRCNNConfig, values)),
+                            options=options, world={"image_size": image_size})
+

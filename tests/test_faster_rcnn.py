@@ -1,0 +1,145 @@
+"""Tests of scenekit.models.faster_rcnn: the RPN loss (Ren et al. 2015, eq. 1), the proposal layer, a
+single-image overfit, the empty cases, and `scenekit train/predict faster-rcnn` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from scenekit.boxes import box_iou, encode_boxes
+from scenekit.data.world import CATEGORIES, make_world
+from scenekit.models import faster_rcnn
+from scenekit.models.faster_rcnn import FasterRCNN, FasterRCNNConfig, propose, rpn_loss
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_rpn_loss_matches_hand_computation():
+    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0],      # IoU 1 with the object -> positive
+                            [30.0, 30.0, 40.0, 40.0],    # IoU 0 -> negative
+                            [0.0, 0.0, 10.0, 5.5]])      # IoU 0.55 -> ignored
+    gt = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    objectness = torch.tensor([[2.0, -1.0, 5.0]])
+    deltas = torch.zeros(1, 3, 4)
+    deltas[0, 0] = torch.tensor([0.1, 0.0, 0.0, -0.2])
+    deltas[0, 2] = torch.tensor([9.0, 9.0, 9.0, 9.0])     # ignored anchor: must not count
+    config = FasterRCNNConfig(num_classes=1, rpn_batch=256)
+    target = {"boxes": gt, "labels": torch.tensor([1]), "size": torch.tensor([50, 50])}
+    objectness_loss, box_loss = rpn_loss(objectness, deltas, anchors, [target], config)
+    # BCE over the 2 sampled anchors: -log sigmoid(2) - log(1 - sigmoid(-1)), divided by N_cls = 2.
+    expected = (math.log1p(math.exp(-2.0)) + math.log1p(math.exp(-1.0))) / 2
+    assert float(objectness_loss) == pytest.approx(expected, rel=1e-6)
+    # Smooth L1 with beta = 1/9 on the positive anchor (target deltas 0): 0.1 -> 0.5*0.01*9, 0.2 -> 0.2 - 1/18.
+    assert float(box_loss) == pytest.approx((0.5 * 0.01 * 9 + (0.2 - 0.5 / 9)) / 2, rel=1e-6)
+
+
+def test_rpn_regression_target_is_the_anchor_to_object_delta():
+    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    gt = torch.tensor([[1.0, 0.0, 11.0, 12.0]])
+    wanted = encode_boxes(gt, anchors)                    # what a perfect RPN predicts
+    config = FasterRCNNConfig(num_classes=1)
+    target = {"boxes": gt, "labels": torch.tensor([1]), "size": torch.tensor([20, 20])}
+    _, box_loss = rpn_loss(torch.zeros(1, 1), wanted[None], anchors, [target], config)
+    assert float(box_loss) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_proposal_layer_clips_drops_small_boxes_and_suppresses_overlaps():
+    anchors = torch.tensor([[-10.0, 0.0, 20.0, 20.0],     # clipped to x1 = 0
+                            [-8.0, 0.0, 20.0, 20.0],      # clipped: IoU 1 with the first -> suppressed
+                            [30.0, 30.0, 31.0, 31.0],     # 1 px: below min_size 2 -> dropped
+                            [40.0, 40.0, 60.0, 60.0]])
+    scores = torch.tensor([[3.0, 2.0, 10.0, 1.0]])
+    out = propose(scores, torch.zeros(1, 4, 4), anchors, [(50, 50)], pre_nms=10, post_nms=10,
+                  nms_threshold=0.7, min_size=2.0)[0]
+    assert out.tolist() == [[0, 0, 20, 20], [40, 40, 50, 50]]
+    top = propose(scores, torch.zeros(1, 4, 4), anchors, [(50, 50)], pre_nms=10, post_nms=1,
+                  nms_threshold=0.7, min_size=2.0)[0]
+    assert top.tolist() == [[0, 0, 20, 20]]
+
+
+def test_anchors_cover_every_feature_position_with_nine_shapes():
+    model = FasterRCNN(FasterRCNNConfig(num_classes=2, image_size=64))
+    features = model.features(torch.zeros(1, 3, 64, 64))
+    anchors = model.anchors(features)
+    assert features.shape[2:] == (8, 8) and anchors.shape == (8 * 8 * 9, 4)
+    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    assert centres[:9].tolist() == [[4.0, 4.0]] * 9           # cell (0, 0) centred at stride / 2
+    objectness, deltas = model.rpn(features)
+    assert objectness.shape == (1, 8 * 8 * 9) and deltas.shape == (1, 8 * 8 * 9, 4)
+
+
+def _train(model, batch, steps, lr=2e-3):
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    history = []
+    for _ in range(steps):
+        losses = model(*batch)
+        loss = sum(losses.values())
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        history.append(float(loss))
+    return history, losses
+
+
+def test_faster_rcnn_overfits_one_image_and_detects_its_objects(one_thread):
+    torch.manual_seed(0)
+    world = make_world(1, image_size=128, seed=11, min_objects=2, max_objects=3)
+    record = world.records[0]
+    r = faster_rcnn.recipe(CATEGORIES, image_size=128, flip=False)
+    model = r.build_model(r.model_config)
+    batch = r.collate([r.make_dataset(world, True)[0]])
+    history, losses = _train(model, batch, 80)
+    assert set(losses) == {"rpn_objectness", "rpn_box_regression", "classification", "box_regression"}
+    assert np.mean(history[-5:]) < 0.4 * np.mean(history[:5])
+    found = r.predict(model.eval(), [record.image], torch.device("cpu"))[0]
+    confident = found["scores"] >= 0.5
+    iou = box_iou(torch.tensor(record.boxes, dtype=torch.float64), found["boxes"][confident])
+    for k in range(len(record.boxes)):
+        best = int(iou[k].argmax())
+        assert float(iou[k, best]) >= 0.5
+        assert int(found["labels"][confident][best]) == int(record.labels[k])
+
+
+def test_image_without_objects_trains_and_detects_nothing_of_the_wrong_shape(one_thread):
+    torch.manual_seed(0)
+    model = FasterRCNN(FasterRCNNConfig(num_classes=3, image_size=64))
+    target = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "size": torch.tensor([64, 64])}
+    losses = model.train()(torch.zeros(1, 3, 64, 64), [target])
+    assert all(bool(torch.isfinite(v)) for v in losses.values())
+    assert float(losses["rpn_box_regression"]) == 0 and float(losses["box_regression"]) == 0
+    with torch.no_grad():
+        model.box_head.cls_score.bias[0] = 20.0               # background everywhere
+    found = model.eval()(torch.zeros(2, 3, 64, 64))
+    assert len(found) == 2
+    for one in found:
+        assert one["boxes"].shape == (0, 4) and one["scores"].shape == (0,) and one["labels"].shape == (0,)
+
+
+def test_cli_trains_validates_and_predicts_with_pictures(tmp_path, one_thread):
+    from PIL import Image
+
+    from scenekit.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "faster-rcnn", "--train-images", "4", "--val-images", "2", "--epochs", "1",
+                 "--batch-size", "2", "--out", str(out), "--option", "image_size=64", "--json"]) == 0
+    history = (out / "metrics.csv").read_text()
+    assert "mAP50" in history and "proposal_ms" in history
+    picture = tmp_path / "scene.png"
+    Image.fromarray(make_world(1, image_size=64, split="test").records[0].image).save(picture)
+    assert main(["predict", str(picture), "--checkpoint", str(out / "best.pt"), "--out",
+                 str(tmp_path / "pred")]) == 0
+    assert (tmp_path / "pred" / "scene.png").is_file()
+    results = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    assert all(set(r) == {"image_id", "category_id", "score", "bbox"} for r in results)
