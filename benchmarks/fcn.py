@@ -1,0 +1,170 @@
+"""Claim: on the embedded world, a fully convolutional network learns to label pixels (mean IoU >= 0.85 on the test
+split) within 10 CPU-minutes, and labels an image hundreds of times faster than the sliding window it replaces.
+
+Compared, all trained by `scenekit.engine.train` on the same world images (S x S px, 0-8 objects):
+  fcn-32s, fcn-16s, fcn-8s          FCN with 0, 1, 2 skip connections (Long et al. 2015, sec. 4.2)
+  deconvnet, deconvnet-transposed   the encoder-decoder upsampling by max-unpooling (Noh et al. 2015) or by a
+                                    learned stride-2 transposed convolution, otherwise identical
+  sliding-window                    a small CNN labelling the centre pixel of each window, run on every pixel
+
+Measured per model: training CPU seconds (`time.process_time`, all threads of the process) and wall seconds,
+test pixel accuracy / mean IoU / per-class IoU (one confusion matrix over the test images, Long et al. sec. 5),
+inference images/s, and, on the first `--window-images` test images, the time of the sliding window and of each
+network on the *same* images. Torch runs on `--threads` threads (default 1, so CPU time ~ uncontended wall time
+on a shared machine).
+
+    .venv/bin/python benchmarks/fcn.py                          # all models, then the table and the figure
+    .venv/bin/python benchmarks/fcn.py --models fcn-8s,deconvnet  # a subset (results go to --out/<model>.json)
+    .venv/bin/python benchmarks/fcn.py --report                 # table + figure from the saved results
+
+Figure: `--out/fcn_predictions.png`, test images with the true class map and each model's prediction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+MODELS = ["fcn-32s", "fcn-16s", "fcn-8s", "deconvnet", "deconvnet-transposed", "sliding-window"]
+
+
+def build_recipe(name: str, categories: dict, args):
+    from scenekit.cli import make_recipe
+
+    options = {"image_size": args.image_size}
+    if name == "sliding-window":
+        options.update(epochs=args.window_epochs, window=args.window, windows_per_image=args.windows_per_image)
+    else:
+        options.update(epochs=args.epochs)
+    return make_recipe(name, categories, options)
+
+
+def run_model(name: str, args) -> dict:
+    from scenekit.data.world import make_world
+    from scenekit.engine.train import TrainConfig, train
+    from scenekit.models.fcn import evaluate_segmentation
+
+    train_data = make_world(args.train_images, seed=args.seed, split="train", image_size=args.image_size)
+    test_data = make_world(args.test_images, seed=args.seed, split="test", image_size=args.image_size)
+    recipe = build_recipe(name, train_data.categories, args)
+    class_ids = sorted(train_data.categories)
+    config = TrainConfig(out=str(Path(args.out) / name), batch_size=args.batch_size, seed=args.seed,
+                         progress=False, log_every=10 ** 9, tensorboard=False)
+    cpu, wall = time.process_time(), time.perf_counter()
+    result = train(recipe, train_data, None, config)                 # no per-epoch validation: time is training
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    model, device = result.model.eval(), torch.device("cpu")
+    row = {"model": name, "train_cpu_s": cpu, "train_wall_s": wall, "threads": torch.get_num_threads(),
+           "train_images": args.train_images, "epochs": recipe.phases[0].epochs, "image_size": args.image_size,
+           "parameters": sum(p.numel() for p in model.parameters())}
+    # The sliding window is scored on the few images it can afford; the networks on all test images too.
+    few = make_world(args.window_images, seed=args.seed, split="test", image_size=args.image_size)
+    started = time.perf_counter()
+    few_scores = evaluate_segmentation(model, few, device, class_ids, args.image_size, batch_size=1)
+    row["window_images_s_per_image"] = (time.perf_counter() - started) / len(few)
+    row["window_images_mean_iou"] = few_scores["mean_iou"]
+    if name != "sliding-window":
+        scores = evaluate_segmentation(model, test_data, device, class_ids, args.image_size, batch_size=16)
+        row.update({f"test_{k}": v for k, v in scores.items()})
+    else:
+        row.update({f"test_{k}": v for k, v in few_scores.items()})
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+    (Path(args.out) / f"{name}.json").write_text(json.dumps(row, indent=1))
+    return row
+
+
+def report(args) -> None:
+    rows = [json.loads((Path(args.out) / f"{m}.json").read_text()) for m in MODELS
+            if (Path(args.out) / f"{m}.json").is_file()]
+    if not rows:
+        print(f"no results in {args.out}")
+        return
+    print(f"world {rows[0]['image_size']}x{rows[0]['image_size']} px, {rows[0]['train_images']} train images, "
+          f"torch threads {rows[0]['threads']}; test = {rows[0]['test_images']} test images "
+          f"(sliding window: the first {args.window_images})")
+    print(f"{'model':22s} {'epochs':>6s} {'train CPU s':>11s} {'wall s':>7s} {'mIoU':>6s} {'pix acc':>7s} "
+          f"{'img/s':>8s} {'s/img (same imgs)':>18s} {'mIoU (same)':>11s}")
+    for r in rows:
+        print(f"{r['model']:22s} {r['epochs']:6d} {r['train_cpu_s']:11.0f} {r['train_wall_s']:7.0f} "
+              f"{r['test_mean_iou']:6.3f} {r['test_pixel_accuracy']:7.3f} {r['test_images_per_s']:8.2f} "
+              f"{r['window_images_s_per_image']:18.3f} {r['window_images_mean_iou']:11.3f}")
+    names = [k[len("test_iou_"):] for k in rows[0] if k.startswith("test_iou_")]
+    print("\n" + f"{'per-class IoU':22s} " + " ".join(f"{n[:8]:>8s}" for n in names))
+    for r in rows:
+        print(f"{r['model']:22s} " + " ".join(f"{r['test_iou_' + n]:8.3f}" for n in names))
+    figure(args, [r["model"] for r in rows])
+
+
+def figure(args, models: list[str], count: int = 4) -> None:
+    """Test images | truth | each model's prediction, tinted by class (draw_semantic), in one PNG."""
+    from PIL import Image, ImageDraw
+
+    from scenekit.cli import _restore
+    from scenekit.data.world import make_world
+    from scenekit.models.fcn import draw_semantic
+
+    test = make_world(count, seed=args.seed, split="test", image_size=args.image_size, min_objects=3)
+    columns = [("image", None), ("truth", None)] + [(m, m) for m in models]
+    restored = {m: _restore(str(Path(args.out) / m / "best.pt"), "cpu")[:3] for m in models}
+    tiles = []
+    for record in test.records:
+        row = [Image.fromarray(record.image), draw_semantic(record.image, record.semantic, test.categories)]
+        for name in models:
+            recipe, model, device = restored[name]
+            found = recipe.predict(model, [record.image], device)[0]
+            row.append(draw_semantic(record.image, found["semantic"].numpy(), test.categories))
+        tiles.append(row)
+    width = max(t.width for row in tiles for t in row) + 4
+    height = max(t.height for row in tiles for t in row) + 4
+    canvas = Image.new("RGB", (width * len(columns), 14 + height * len(tiles)), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for c, (title, _) in enumerate(columns):
+        draw.text((c * width + 2, 1), title, fill=(0, 0, 0))
+    for r, row in enumerate(tiles):
+        for c, tile in enumerate(row):
+            canvas.paste(tile, (c * width, 14 + r * height))
+    path = Path(args.out) / "fcn_predictions.png"
+    canvas.save(path)
+    print(f"\nfigure: {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ", ".join(MODELS))
+    parser.add_argument("--image-size", type=int, default=128, help="world image side S (px)")
+    parser.add_argument("--train-images", type=int, default=2000, help="world train images")
+    parser.add_argument("--test-images", type=int, default=200, help="world test images for the networks")
+    parser.add_argument("--window-images", type=int, default=5,
+                        help="test images every model (the sliding window included) labels, for the time comparison")
+    parser.add_argument("--epochs", type=int, default=10, help="training epochs of the networks")
+    parser.add_argument("--window-epochs", type=int, default=6, help="training epochs of the sliding window")
+    parser.add_argument("--window", type=int, default=48, help="sliding-window side (px)")
+    parser.add_argument("--windows-per-image", type=int, default=32, help="training windows per image and epoch")
+    parser.add_argument("--batch-size", type=int, default=4, help="training batch (windows: x 16)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (world, weights, data order)")
+    parser.add_argument("--out", default="benchmarks/out/fcn", help="folder for checkpoints, results, figure")
+    parser.add_argument("--report", action="store_true", help="only print the table and draw the figure")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.out, exist_ok=True)
+    if not args.report:
+        for name in args.models.split(","):
+            if name not in MODELS:
+                parser.error(f"unknown model {name!r}")
+            batch = args.batch_size
+            if name == "sliding-window":
+                args.batch_size = batch * 16
+            run_model(name, args)
+            args.batch_size = batch
+    report(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,349 @@
+"""FCN, DeconvNet and the sliding window: unpooling and transposed convolution as adjoints, exact output sizes,
+class maps from every source, pictures, an overfit run and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from scenekit.data.records import Dataset, Record
+from scenekit.data.voc import VOC_CLASSES
+from scenekit.errors import DataError
+from scenekit.models.fcn import (IGNORE_INDEX, FCNConfig, WindowClassifier, bilinear_kernel,
+                                 bilinear_upsampling_weight, build_segmenter, draw_semantic, evaluate_segmentation,
+                                 max_unpool2d, predict_semantic, read_voc_class_map, record_class_map,
+                                 segmentation_loss, sliding_window_segment, transposed_conv2d, upsample_bilinear)
+
+SMALL = dict(channels=(4, 6, 8), head=8, convs_per_stage=1)     # stride 8: tiny but every code path
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() * b.double()).sum())
+
+
+# ------------------------------------------------------------------------------------------------ unpooling
+def test_max_unpool_places_each_value_where_its_maximum_was():
+    x = torch.tensor([[1., 5., 0., 2.],
+                      [3., 4., 7., 1.],
+                      [0., 0., 1., 1.],
+                      [9., 0., 2., 8.]])[None, None]
+    pooled, indices = F.max_pool2d(x, 2, 2, return_indices=True)        # [[5, 7], [9, 8]]
+    out = max_unpool2d(pooled * 10, indices, x.shape[-2:])
+    expected = torch.zeros(4, 4)
+    expected[0, 1], expected[1, 2], expected[3, 0], expected[3, 3] = 50, 70, 90, 80
+    torch.testing.assert_close(out[0, 0], expected)
+    torch.testing.assert_close(out, torch.nn.MaxUnpool2d(2, 2)(pooled * 10, indices, output_size=x.shape[-2:]))
+
+
+@settings(max_examples=50, deadline=None)
+@given(height=st.integers(3, 11), width=st.integers(3, 11), kernel=st.sampled_from([2, 3]),
+       seed=st.integers(0, 10_000))
+def test_max_unpool_is_the_adjoint_of_gathering_the_pooled_positions(height, width, kernel, seed):
+    # <unpool(v), y> == <v, gather(y, indices)>, also with overlapping windows (kernel 3, stride 2), where two
+    # pooled cells can share a maximum and unpooling must add, not overwrite.
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 4, (2, 3, height, width), generator=generator).double()   # ties on purpose
+    pooled, indices = F.max_pool2d(x, kernel, 2, return_indices=True)
+    v = torch.randn(pooled.shape, generator=generator, dtype=torch.float64)
+    y = torch.randn(x.shape, generator=generator, dtype=torch.float64)
+    gathered = y.flatten(2).gather(2, indices.flatten(2)).view_as(v)
+    assert _dot(max_unpool2d(v, indices, x.shape[-2:]), y) == pytest.approx(_dot(v, gathered), rel=1e-12, abs=1e-12)
+    # ... which makes it the gradient max-pooling sends back to its input.
+    x.requires_grad_(True)
+    F.max_pool2d(x, kernel, 2).backward(v)
+    torch.testing.assert_close(x.grad, max_unpool2d(v, indices, x.shape[-2:]))
+
+
+def test_max_unpool_rejects_mismatched_indices():
+    with pytest.raises(ValueError, match="indices"):
+        max_unpool2d(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 3, dtype=torch.int64), (4, 4))
+
+
+# ------------------------------------------------------------------------------------------------ transposed conv
+@settings(max_examples=50, deadline=None)
+@given(height=st.integers(3, 12), width=st.integers(3, 12), kernel=st.sampled_from([3, 4]),
+       seed=st.integers(0, 10_000))
+def test_transposed_convolution_is_the_adjoint_of_strided_convolution(height, width, kernel, seed):
+    # <conv(x), y> == <x, conv_transpose(y)> with one weight tensor, for odd and even sizes (output_padding
+    # restores the row / column the strided convolution dropped).
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(5, 3, kernel, kernel, generator=generator, dtype=torch.float64)   # [Cout, Cin, k, k]
+    x = torch.randn(2, 3, height, width, generator=generator, dtype=torch.float64)
+    convolved = F.conv2d(x, weight, stride=2, padding=1)
+    y = torch.randn(convolved.shape, generator=generator, dtype=torch.float64)
+    rows = height - ((convolved.shape[2] - 1) * 2 - 2 + kernel)
+    cols = width - ((convolved.shape[3] - 1) * 2 - 2 + kernel)
+    back = F.conv_transpose2d(y, weight, stride=2, padding=1, output_padding=(rows, cols))
+    assert back.shape == x.shape
+    assert _dot(convolved, y) == pytest.approx(_dot(x, back), rel=1e-10)
+    # The written-out version paints kernels; where no output_padding is needed it gives the same numbers.
+    if rows == cols == 0:
+        torch.testing.assert_close(transposed_conv2d(y, weight, stride=2, padding=1), back)
+
+
+def test_written_out_transposed_convolution_matches_torch():
+    generator = torch.Generator().manual_seed(0)
+    y = torch.randn(2, 5, 6, 7, generator=generator, dtype=torch.float64)
+    weight = torch.randn(5, 3, 4, 4, generator=generator, dtype=torch.float64)
+    torch.testing.assert_close(transposed_conv2d(y, weight, 2, 1), F.conv_transpose2d(y, weight, stride=2, padding=1))
+    torch.testing.assert_close(transposed_conv2d(y, weight, 3, 0), F.conv_transpose2d(y, weight, stride=3))
+
+
+def test_bilinear_kernel_is_the_fcn_tent():
+    tent = torch.tensor([0.25, 0.75, 0.75, 0.25])
+    torch.testing.assert_close(bilinear_kernel(4), tent[:, None] * tent[None, :])
+    torch.testing.assert_close(bilinear_kernel(3), torch.tensor([[0.25, 0.5, 0.25], [0.5, 1, 0.5], [0.25, 0.5, 0.25]]))
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8, 32])
+def test_bilinear_transposed_convolution_interpolates_like_resize_away_from_the_border(factor):
+    scores = torch.randn(1, 3, 5, 6, dtype=torch.float64)
+    ours = upsample_bilinear(scores, factor)
+    reference = F.interpolate(scores, scale_factor=factor, mode="bilinear", align_corners=False)
+    assert ours.shape == reference.shape == (1, 3, 5 * factor, 6 * factor)
+    inner = slice(factor, -factor)                     # the resize clamps at the border, the convolution pads zeros
+    torch.testing.assert_close(ours[..., inner, inner], reference[..., inner, inner])
+    # the learned 2x layers start as the same interpolation
+    if factor == 2:
+        layer = torch.nn.ConvTranspose2d(3, 3, 4, stride=2, padding=1, bias=False).double()
+        layer.weight.data.copy_(bilinear_upsampling_weight(3, 4))
+        torch.testing.assert_close(layer(scores), ours)
+
+
+# ------------------------------------------------------------------------------------------------ models
+ARCHITECTURES = [("fcn32s", "unpool", "pool"), ("fcn16s", "unpool", "pool"), ("fcn8s", "unpool", "stride"),
+                 ("deconvnet", "unpool", "pool"), ("deconvnet", "transposed", "stride")]
+
+
+@pytest.mark.parametrize("architecture,upsample,downsample", ARCHITECTURES)
+@pytest.mark.parametrize("size", [(16, 16), (17, 23), (31, 8), (5, 40)])
+def test_scores_have_the_input_size_for_odd_and_even_sizes(architecture, upsample, downsample, size):
+    model = build_segmenter(FCNConfig(num_classes=3, architecture=architecture, upsample=upsample,
+                                      downsample=downsample, **SMALL)).eval()
+    scores = model(torch.rand(2, 3, *size))
+    assert scores.shape == (2, 4, *size)
+    target = torch.randint(0, 4, (2, *size))
+    loss = model.train()(torch.rand(2, 3, *size), {"semantic": target})["segmentation"]
+    assert loss.ndim == 0 and torch.isfinite(loss)
+
+
+def test_fcn_skips_start_at_zero_so_only_the_coarse_scores_count_at_first():
+    model = build_segmenter(FCNConfig(num_classes=2, architecture="fcn8s", **SMALL)).eval()
+    images = torch.rand(1, 3, 24, 24)
+    before = model(images)
+    with torch.no_grad():
+        model.encoder.stages[1][0][0].weight.mul_(3.0)     # changes pool2 and pool3 features only...
+        model.encoder.stages[2][0][0].weight.mul_(-1.0)    # ...and pool3's scorer is zero; pool3 still feeds on
+    assert not torch.allclose(before, model(images))       # into the last stage, so the output does move
+    assert all(float(s.weight.detach().abs().sum()) == 0.0 for s in model.skip_scorers)
+
+
+def test_invalid_configurations_are_refused():
+    with pytest.raises(ValueError, match="architecture"):
+        FCNConfig(num_classes=2, architecture="fcn4s")
+    with pytest.raises(ValueError, match="unpooling needs"):
+        FCNConfig(num_classes=2, architecture="deconvnet", upsample="unpool", downsample="stride")
+    with pytest.raises(ValueError, match="3 stages"):
+        FCNConfig(num_classes=2, channels=(4, 8))
+    with pytest.raises(ValueError, match="one count per stage"):
+        FCNConfig(num_classes=2, channels=(4, 8, 16), convs_per_stage=(1, 2))
+    assert FCNConfig(num_classes=2, channels=(4, 8, 16, 32)).stage_convs == (1, 1, 2, 2)
+
+
+def test_vgg16_encoder_keeps_torchvision_names_and_the_input_size():
+    model = build_segmenter(FCNConfig(num_classes=2, architecture="fcn8s", backbone="vgg16", head=8)).eval()
+    assert "encoder.vgg.features.28.weight" in model.state_dict()          # conv5_3, as torchvision names it
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 37, 45)).shape == (1, 3, 37, 45)
+
+
+def test_segmentation_loss_skips_ignored_pixels_and_is_zero_when_all_are():
+    scores = torch.randn(1, 3, 2, 2, requires_grad=True)
+    target = torch.tensor([[[0, 2], [255, 1]]])
+    picked = scores[0].permute(1, 2, 0).reshape(4, 3)[[0, 1, 3]]
+    expected = F.cross_entropy(picked, torch.tensor([0, 2, 1]))
+    torch.testing.assert_close(segmentation_loss(scores, target), expected)
+    empty = segmentation_loss(scores, torch.full((1, 2, 2), IGNORE_INDEX))
+    empty.backward()
+    assert float(empty.detach()) == 0.0 and float(scores.grad.abs().sum()) == 0.0
+
+
+def test_sliding_window_labels_each_pixel_from_the_window_centred_on_it():
+    torch.manual_seed(0)
+    model = WindowClassifier(num_classes=2, window=8, channels=(4, 4), hidden=8).eval()
+    images = torch.rand(1, 3, 9, 11)
+    dense = sliding_window_segment(model, images, rows_per_step=4)
+    assert dense.shape == (1, 3, 9, 11)
+    padded = F.pad(images, (4, 3, 4, 3))                   # window rows y-4 .. y+3 around pixel y
+    for y, x in [(0, 0), (4, 5), (8, 10), (3, 9)]:
+        crop = padded[:, :, y:y + 8, x:x + 8]
+        torch.testing.assert_close(dense[0, :, y, x], model(crop)[0])
+
+
+# ------------------------------------------------------------------------------------------------ class maps
+def _record(**fields) -> Record:
+    return Record(image_id=1, file_name="a.png", width=8, height=6, **fields)
+
+
+def test_class_map_from_instances_paints_small_over_large_and_ignores_crowds_and_unknowns():
+    big = [[0, 0, 8, 0, 8, 6, 0, 6]]                        # the whole image
+    small = [[2, 1, 4, 1, 4, 3, 2, 3]]                      # x 2..4, y 1..3
+    crowd = [[6, 4, 8, 4, 8, 6, 6, 6]]
+    record = _record(boxes=[[0, 0, 8, 6], [2, 1, 4, 3], [6, 4, 8, 6], [0, 0, 1, 1]], labels=[7, 9, 7, 9],
+                     iscrowd=[False, False, True, False], segmentations=[big, small, crowd, None])
+    class_map = record_class_map(None, record, {7: 1, 9: 2})
+    expected = np.ones((6, 8), dtype=np.int64)
+    expected[1:3, 2:4] = 2
+    expected[4:6, 6:8] = IGNORE_INDEX                       # crowd
+    expected[0, 0] = IGNORE_INDEX                           # no outline: its box is not labelled
+    np.testing.assert_array_equal(class_map, expected)
+    # a category the model does not know is ignored, an image without objects is background
+    unknown = record_class_map(None, record, {7: 1})
+    assert (unknown[1:3, 2:4] == IGNORE_INDEX).all()
+    np.testing.assert_array_equal(record_class_map(None, _record(), {7: 1}), np.zeros((6, 8)))
+    boxes_only = _record(boxes=[[0, 0, 2, 2]], labels=[7])
+    assert record_class_map(None, boxes_only, {7: 1}) is None
+
+
+def test_segmentation_data_keeps_only_images_with_pixel_labels():
+    from scenekit.models.fcn import SegmentationData
+
+    labelled = Record(image_id=1, file_name="a.png", width=4, height=4, image=np.zeros((4, 4, 3), np.uint8),
+                      boxes=[[0, 0, 2, 2]], labels=[7], segmentations=[[[0, 0, 2, 0, 2, 2, 0, 2]]])
+    boxes_only = Record(image_id=2, file_name="b.png", width=4, height=4, image=np.zeros((4, 4, 3), np.uint8),
+                        boxes=[[0, 0, 2, 2]], labels=[7])
+    data = SegmentationData(Dataset([labelled, boxes_only], {7: "cat"}, None, name="mixed"), [7], 8)
+    assert len(data) == 1
+    image, target = data[0]
+    assert image.shape == (3, 8, 8) and target["semantic"].shape == (8, 8)
+    assert target["semantic"][:4, :4].eq(1).all() and target["semantic"][4:].eq(0).all()   # nearest, doubled
+    with pytest.raises(DataError, match="no image has pixel labels"):
+        SegmentationData(Dataset([boxes_only], {7: "cat"}, None, name="boxes"), [7], 8)
+
+
+def test_world_semantic_maps_become_contiguous_class_indices():
+    semantic = np.array([[0, 3], [5, 3]])
+    record = Record(image_id=1, file_name="a.png", width=2, height=2, semantic=semantic)
+    np.testing.assert_array_equal(record_class_map(None, record, {3: 1, 5: 2}), [[0, 1], [2, 1]])
+
+
+def _palette_png(path, indices: np.ndarray):
+    picture = Image.fromarray(indices.astype(np.uint8), mode="P")
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[1], palette[15], palette[255] = (128, 0, 0), (192, 128, 128), (224, 224, 192)   # VOC's colours
+    picture.putpalette(palette.ravel().tolist())
+    picture.save(path)
+
+
+def test_voc_segmentation_png_indices_are_read_and_mapped_by_class_name(tmp_path):
+    root = tmp_path / "VOC"
+    (root / "SegmentationClass").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    indices = np.array([[0, 15, 15], [255, 1, 0]])          # 15 = person, 1 = aeroplane, 255 = void
+    _palette_png(root / "SegmentationClass" / "000005.png", indices)
+    np.testing.assert_array_equal(read_voc_class_map(root / "SegmentationClass" / "000005.png"), indices)
+    # a dataset with only two of the classes, under other ids: mapped by name
+    dataset = Dataset([], {3: "person", 8: "aeroplane"}, root / "JPEGImages", name="voc")
+    record = Record(image_id=5, file_name="000005.jpg", width=3, height=2, boxes=[[1, 0, 3, 1]], labels=[3])
+    class_map = record_class_map(dataset, record, {3: 1, 8: 2})
+    np.testing.assert_array_equal(class_map, [[0, 1, 1], [IGNORE_INDEX, 2, 0]])
+    assert VOC_CLASSES[15 - 1] == "person"
+
+
+def test_voc_segmentation_png_must_hold_indices(tmp_path):
+    Image.new("RGB", (3, 2), (128, 0, 0)).save(tmp_path / "rgb.png")
+    with pytest.raises(DataError, match="palette"):
+        read_voc_class_map(tmp_path / "rgb.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(DataError, match="broken.png"):
+        read_voc_class_map(tmp_path / "broken.png")
+
+
+# ------------------------------------------------------------------------------------------------ pictures
+def test_draw_semantic_tints_labelled_pixels_and_adds_a_legend():
+    from scenekit.viz import colour_for
+
+    image = np.full((20, 30, 3), 100, dtype=np.uint8)
+    class_map = np.zeros((20, 30), dtype=np.int64)
+    class_map[5:10, 5:10] = 4
+    picture = np.asarray(draw_semantic(image, class_map, {4: "star"}, alpha=0.5))
+    assert picture.shape[0] >= 20 and picture.shape[1] > 30                   # legend on the right
+    np.testing.assert_array_equal(picture[0, 0], [100, 100, 100])              # background untouched
+    expected = np.round(0.5 * 100 + 0.5 * np.asarray(colour_for(4), dtype=np.float64))
+    np.testing.assert_allclose(picture[7, 7], expected, atol=1)
+    with pytest.raises(ValueError, match="class_map"):
+        draw_semantic(image, class_map[:5], {4: "star"})
+
+
+# ------------------------------------------------------------------------------------------------ training
+def test_fcn8s_overfits_a_few_world_images():
+    from scenekit.data.world import make_world
+    from scenekit.models.fcn import SegmentationData, collate
+
+    torch.manual_seed(0)
+    world = make_world(4, image_size=64, split="train", min_objects=2, max_objects=4)
+    class_ids = sorted(world.categories)
+    data = SegmentationData(world, class_ids, 64)
+    images, targets = collate([data[i] for i in range(len(data))])
+    model = build_segmenter(FCNConfig(num_classes=6, architecture="fcn8s", channels=(16, 24, 32, 48),
+                                      convs_per_stage=1, head=64))
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
+    losses = []
+    for _ in range(120):
+        model.train()
+        loss = model(images, targets)["segmentation"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < 0.2 * losses[0]
+    scores = evaluate_segmentation(model, world, torch.device("cpu"), class_ids, 64)
+    assert scores["mean_iou"] > 0.8 and scores["pixel_accuracy"] > 0.95
+
+
+def test_predict_gives_category_ids_and_one_box_per_category():
+    torch.manual_seed(0)
+    model = build_segmenter(FCNConfig(num_classes=2, **SMALL))
+    with torch.no_grad():                                  # a scorer that always says "category index 2"
+        model.classifier[-1].weight.zero_()
+        model.classifier[-1].bias.copy_(torch.tensor([0.0, 0.0, 5.0]))
+    image = np.zeros((13, 17, 3), dtype=np.uint8)
+    found = predict_semantic(model, [image], torch.device("cpu"), class_ids=[4, 9], image_size=16)[0]
+    assert found["semantic"].shape == (13, 17) and set(found["semantic"].unique().tolist()) == {9}
+    assert found["labels"].tolist() == [9]
+    np.testing.assert_array_equal(found["boxes"].numpy(), [[0, 0, 17, 13]])
+    torch.testing.assert_close(found["probabilities"].sum(0), torch.ones(13, 17))
+
+
+def test_cli_trains_fcn_and_segments_an_image_with_a_coloured_overlay(tmp_path, capsys):
+    from scenekit.cli import main
+    from scenekit.data.world import make_world
+
+    out = tmp_path / "run"
+    code = main(["train", "fcn", "--data", "world", "--train-images", "8", "--val-images", "2",
+                 "--image-size", "64", "--epochs", "1", "--batch-size", "4", "--out", str(out),
+                 "--option", "channels=[4,6,8]", "--option", "head=8", "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["best_metric"] == "mean_iou" and 0.0 <= summary["best"] <= 1.0
+    image_path = tmp_path / "scene.png"
+    Image.fromarray(make_world(1, image_size=64, split="test").records[0].image).save(image_path)
+    overlay = tmp_path / "overlay.png"
+    assert main(["segment", str(image_path), "--checkpoint", str(out / "best.pt"), "--out", str(overlay),
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert Image.open(overlay).size[0] > 64 and Image.open(overlay).size[1] >= 64
+    class_png = Image.open(result["class_map"])
+    assert class_png.mode == "P" and class_png.size == (64, 64)
+    assert abs(sum(result["pixels"].values()) - 1.0) < 1e-6
+    # `predict` draws the per-category boxes of the same model
+    assert main(["predict", str(image_path), "--checkpoint", str(out / "best.pt"),
+                 "--out", str(tmp_path / "pred")]) == 0
+    assert (tmp_path / "pred" / "scene.png").is_file()
