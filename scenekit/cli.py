@@ -200,8 +200,12 @@ def _parse_options(pairs) -> dict:
     return options
 
 
-def _load_model_data(spec: str, split: str, recipe, num_images: int, seed: int):
-    """A dataset for a model: `world` is generated the way the model's recipe asks (recipe.world)."""
+def _load_model_data(spec: str, split: str, recipe, num_images: int, seed: int, skip_report=None):
+    """A dataset for a model: `world` is generated the way the model's recipe asks (recipe.world).
+
+    With `skip_report` (a path), invalid records and images that do not decode are skipped instead of stopping
+    the run; every image is decoded once up front, so a corrupt file is found before training starts, and the
+    skipped records are listed in that JSON report and counted on stderr."""
     from scenekit.data.captions import is_language_spec, load_language_data
     from scenekit.data.sources import load_data, parse_spec
 
@@ -209,7 +213,20 @@ def _load_model_data(spec: str, split: str, recipe, num_images: int, seed: int):
         return load_language_data(spec, split)
     if parse_spec(spec)[0] == "world":
         return load_data(spec, split, num_images=num_images, seed=seed, **recipe.world)
-    return load_data(spec, split)
+    if skip_report is None:
+        return load_data(spec, split)
+    import json
+    import warnings
+    from pathlib import Path
+
+    with warnings.catch_warnings():             # the count is printed below, once
+        warnings.simplefilter("ignore")
+        dataset = load_data(spec, split, skip_invalid=True, report_path=skip_report, check_images="full")
+    report = json.loads(Path(skip_report).read_text()) if Path(skip_report).is_file() else {}
+    images, annotations = report.get("images_skipped", 0), report.get("annotations_skipped", 0)
+    print(f"{spec} ({split}): loaded {len(dataset)} images; skipped {images} images and {annotations} "
+          f"annotations as invalid (report: {skip_report})", file=sys.stderr)
+    return dataset
 
 
 def _restore(checkpoint_path: str, device_name: str = "auto"):
@@ -253,6 +270,9 @@ def add_train_parser(sub):
     p.add_argument("--log-every", type=int, default=50, help="log line every N steps when not on a terminal")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="other recipe option (repeatable), e.g. --option hidden=128 --option flip=false")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="skip invalid annotations and corrupt or missing images instead of stopping; they are "
+                        "counted on stderr and listed in OUT/skipped_<split>.json")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     p.set_defaults(func=run_train)
 
@@ -276,10 +296,12 @@ def run_train(args):
         options, categories = {**checkpoint["options"], **options}, checkpoint["categories"]
     from scenekit.data.world import CATEGORIES
     probe = make_recipe(args.model, categories or dict(CATEGORIES), options)
-    train_data = _load_model_data(args.data, "train", probe, args.train_images, args.seed)
+    skip = (lambda split: out / f"skipped_{split}.json") if args.skip_invalid else (lambda split: None)
+    train_data = _load_model_data(args.data, "train", probe, args.train_images, args.seed, skip("train"))
     recipe = make_recipe(args.model, categories or train_data.categories, options)
     val_spec = args.val_data or (args.data if args.data.split(":")[0] == "world" else None)
-    val_data = _load_model_data(val_spec, "val", recipe, args.val_images, args.seed) if val_spec else None
+    val_data = (_load_model_data(val_spec, "val", recipe, args.val_images, args.seed, skip("val"))
+                if val_spec else None)
     config = TrainConfig(out=str(out), batch_size=args.batch_size, device=args.device, seed=args.seed,
                          workers=args.workers, checkpoint_every=args.checkpoint_every, log_every=args.log_every)
     fit = getattr(recipe, "fit", None) or train      # a recipe may train in its own stages (R-CNN)

@@ -60,7 +60,7 @@ def read_coco(json_path, image_root=None, *, skip_invalid: bool = False, report_
     for image_id, info in images.items():
         anns = annotations.get(image_id, {"instances": [], "captions": []})
         records.append(_make_record(image_id, info, anns["instances"], anns["captions"]))
-    dataset = Dataset(records, categories, image_root, name=json_path.stem)
+    dataset = Dataset(records, categories, image_root, name=json_path.stem, skipped=problems.skipped)
     problems.finish(len(records), sum(len(a["instances"]) for a in annotations.values()))
     if captions_path is not None:
         attach_captions(dataset, captions_path)
@@ -76,11 +76,14 @@ def attach_captions(dataset: Dataset, captions_path) -> Dataset:
         raise DataError("a captions file must be an object with an 'annotations' list", file=str(captions_path),
                         field="annotations")
     by_id = {record.image_id: record for record in dataset.records}
+    dropped = {s["id"] for s in dataset.skipped if s["kind"] == "image"}   # skipped with their image
     for index, ann in enumerate(data["annotations"]):
         where = _where("annotation", ann, index)
         caption = ann.get("caption") if isinstance(ann, dict) else None
         if not isinstance(caption, str) or not caption.strip():
             raise problems.error("caption must be a non-empty string", record=where, field="caption")
+        if ann.get("image_id") in dropped:
+            continue
         if ann.get("image_id") not in by_id:
             raise problems.error(f"image_id {ann.get('image_id')!r} is not an image of {dataset.name or 'the dataset'}",
                                  record=where, field="image_id")
@@ -99,8 +102,11 @@ def attach_questions(dataset: Dataset, questions_path) -> Dataset:
     if not isinstance(data, list):
         raise DataError("a questions file must be a JSON list", file=str(questions_path))
     by_id = {record.image_id: record for record in dataset.records}
+    dropped = {s["id"] for s in dataset.skipped if s["kind"] == "image"}   # skipped with their image
     for index, entry in enumerate(data):
         where = f"questions[{index}]"
+        if isinstance(entry, dict) and entry.get("image_id") in dropped:
+            continue
         if not isinstance(entry, dict) or entry.get("image_id") not in by_id:
             raise problems.error("image_id is missing or not an image of the dataset", record=where, field="image_id")
         if not isinstance(entry.get("question"), str) or not entry["question"].strip():

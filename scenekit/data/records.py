@@ -84,6 +84,7 @@ class Dataset:
     categories: dict[int, str]
     image_root: Path | None = None
     name: str = ""
+    skipped: list[dict] = field(default_factory=list)   # what a `skip_invalid` read dropped, with the reasons
 
     def __len__(self) -> int:
         return len(self.records)

@@ -77,7 +77,7 @@ def read_voc(root, split: str | None = "trainval", *, classes: dict[int, str] | 
             iscrowd=[o["iscrowd"] for o in objects], difficult=[o["difficult"] for o in objects],
             truncated=[o["truncated"] for o in objects]))
     problems.finish(len(records), num_objects)
-    return Dataset(records, categories, root / "JPEGImages", name=f"{root.name}-{split or 'all'}")
+    return Dataset(records, categories, root / "JPEGImages", name=f"{root.name}-{split or 'all'}", skipped=problems.skipped)
 
 
 def _split_stems(root: Path, split: str | None) -> list[str]:

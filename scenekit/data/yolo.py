@@ -283,7 +283,7 @@ def read_yolo(yaml_path, split: str = "train", *, skip_invalid: bool = False, re
             labels=[ids[o["class"]] for o in objects], ann_ids=np.arange(1, len(objects) + 1),
             segmentations=segmentations if any(s is not None for s in segmentations) else None))
     problems.finish(len(records), sum(r.num_objects for r in records))
-    return Dataset(records, dict(zip(ids, names)), base, name=f"{yaml_path.stem}-{split}")
+    return Dataset(records, dict(zip(ids, names)), base, name=f"{yaml_path.stem}-{split}", skipped=problems.skipped)
 
 
 def _read_labels(path: Path, width: int, height: int, num_classes: int, problems: Problems) -> list[dict]:
