@@ -110,3 +110,44 @@ def test_run_killed_with_sigkill_resumes_to_the_same_final_weights(tmp_path):
     got_rows = [line.split(",")[:4] for line in (killed_out / "metrics.csv").read_text().splitlines()]
     expected_rows = [line.split(",")[:4] for line in (reference_out / "metrics.csv").read_text().splitlines()]
     assert got_rows == expected_rows
+
+
+@pytest.mark.timeout(240)
+def test_run_killed_at_random_moments_several_times_ends_like_an_uninterrupted_run(tmp_path):
+    """Issue 'hardening': SIGKILL at random moments (maybe mid-write of a checkpoint, maybe before the first one),
+    three times in a row, each time resumed with --resume; the final weights and metrics equal a clean run's."""
+    import random
+    import time
+
+    reference_out, killed_out = tmp_path / "reference", tmp_path / "killed"
+    reference = subprocess.run(_scenekit(*TINY, "--out", str(reference_out)), env=_env(), capture_output=True,
+                               text=True, timeout=120)
+    assert reference.returncode == 0, reference.stderr
+    moments = random.Random(7).sample([k / 10 for k in range(5, 40)], 3)        # seconds after start
+    kills = 0
+    for moment in moments:
+        victim = subprocess.Popen(_scenekit(*TINY, "--out", str(killed_out), "--resume"), env=_env(),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(moment)
+        if victim.poll() is None:
+            victim.send_signal(signal.SIGKILL)
+            kills += 1
+        victim.wait(timeout=60)
+        if (killed_out / "last.pt").exists():
+            ckpt.load_checkpoint(killed_out / "last.pt")                # never a corrupt checkpoint
+    assert kills >= 1, "the run finished before any kill: make the moments earlier"
+    final = subprocess.run(_scenekit(*TINY, "--out", str(killed_out), "--resume"), env=_env(), capture_output=True,
+                           text=True, timeout=120)
+    assert final.returncode == 0, final.stderr
+
+    expected, got = ckpt.load_checkpoint(reference_out / "last.pt"), ckpt.load_checkpoint(killed_out / "last.pt")
+    assert got["step"] == expected["step"] == 24
+    for name, tensor in expected["model"].items():
+        torch.testing.assert_close(got["model"][name], tensor, rtol=0, atol=1e-7, msg=name)
+    def final_metrics(out):                   # the last row, less the wall-clock columns
+        import csv
+
+        row = list(csv.DictReader((out / "metrics.csv").open()))[-1]
+        return {k: v for k, v in row.items() if k not in ("seconds", "images_per_s")}
+
+    assert final_metrics(killed_out) == final_metrics(reference_out)
