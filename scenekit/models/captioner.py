@@ -1,8 +1,12 @@
 """Image captioning: DeepImageSent, Show and Tell, Show Attend and Tell; greedy, sampling and beam-search decoding.
 
-Every captioner is a CNN encoder (`SmallCNN` with padding, trained from scratch with the language model) and a
-recurrent decoder that predicts the next word of `<start> w_1 ... w_n <end>`. They differ in how the image
-enters the decoder:
+Every captioner is a CNN encoder (`SmallCNN` with padding) and a recurrent decoder that predicts the next word of
+`<start> w_1 ... w_n <end>`. All three papers start from a CNN pre-trained on ImageNet; the small CNN here is
+pre-trained instead, identically for the three kinds, as a multi-label classifier of the image's visual concepts
+(which vocabulary words its captions use, Fang et al. 2015) on the captioning data itself, then fine-tuned with
+the decoder (`recipe`, phases "concepts" and "train"). Trained from scratch with the decoder, Show and Tell's
+image step, which reaches the words only through the LSTM's memory, stayed too weak to learn from. They differ
+in how the image enters the decoder:
 
 - DeepImageSent (Karpathy & Fei-Fei 2015, sec. 3.2, eq. (13)): a vanilla ReLU RNN whose *first* step alone
   receives the image, as a bias term b_v = W_hi CNN(I):
@@ -80,10 +84,12 @@ class Captioner(nn.Module):
         annotation = channels + (2 if config.kind == "showattendtell" and config.coords else 0)   # D
         self.embed = nn.Embedding(vocab, e)
         self.drop = nn.Dropout(config.dropout)
-        if config.kind in ("deepimagesent", "showtell"):
-            # CNN(I): a fully connected layer on the whole grid, like the fc7 feature both papers use.
-            self.image_feature = nn.Sequential(nn.Flatten(), nn.Linear(channels * self.grid ** 2, config.feature),
-                                               nn.ReLU(inplace=True))
+        # CNN(I): a fully connected layer on the whole grid, like the fc7 feature DeepImageSent and Show and Tell
+        # read. Every kind has it, with the visual-concept classifier on top, because the encoder is pre-trained
+        # through them (see `recipe`); Show Attend and Tell then reads the grid below it, as Xu et al. read conv5.
+        self.image_feature = nn.Sequential(nn.Flatten(), nn.Linear(channels * self.grid ** 2, config.feature),
+                                           nn.ReLU(inplace=True))
+        self.concepts = nn.Linear(config.feature, vocab)                       # which words describe the image
         if config.kind == "deepimagesent":
             self.image_bias = nn.Linear(config.feature, h)                     # W_hi
             self.cell = RNNCell(e, h, nonlinearity="relu")
@@ -105,15 +111,18 @@ class Captioner(nn.Module):
     # -------------------------------------------------------------------------------------------- interface
     def start(self, images: torch.Tensor):
         """Encode [B, 3, S, S] images -> (decoder state before the first word, per-image context)."""
-        grid = self.encoder(images)                                             # -> [B, C, g, g]
+        return self.start_from_grid(self.encoder(images))                      # -> [B, C, g, g]
+
+    def start_from_grid(self, grid: torch.Tensor):
+        """`start` for an encoded grid [B, C, g, g]."""
         kind = self.config.kind
         if kind == "deepimagesent":
             bias = self.image_bias(self.image_feature(grid))                   # b_v [B, H]
-            h = bias.new_zeros(len(images), self.config.hidden)
+            h = bias.new_zeros(len(grid), self.config.hidden)
             return (h, bias), ()                                                # b_v is used at t = 1 only
         if kind == "showtell":
             x = self.image_embed(self.image_feature(grid))                     # x_{-1} [B, E]
-            zeros = x.new_zeros(len(images), self.config.hidden)
+            zeros = x.new_zeros(len(grid), self.config.hidden)
             h, c = self.cell(self.drop(x), (zeros, zeros))                      # the image step, t = -1
             return (h, c), ()
         if self.config.coords:
@@ -145,20 +154,31 @@ class Captioner(nn.Module):
 
     # -------------------------------------------------------------------------------------------- training
     def forward(self, images: torch.Tensor, targets: dict | None = None):
-        """With targets {"captions": [N, T] ids, "owner": [N] image of each caption}: the losses (teacher
-        forcing). Without: greedy captions (list of id lists)."""
+        """With targets {"captions": [N, T] ids, "owner": [N] image of each caption} (and optionally "concepts"
+        [B, V], see `concept_targets`): the losses (teacher forcing). Without: greedy captions (id lists)."""
         if targets is None:
             return [ids for ids, _ in greedy_decode(self, images)]
+        grid = self.encoder(images)                                             # [B, C, g, g]
+        losses = {}
+        if "concepts" in targets:
+            logits = self.concepts(self.image_feature(grid))                    # [B, V]
+            losses["concepts"] = F.binary_cross_entropy_with_logits(logits, targets["concepts"].to(logits.dtype))
+            if not self.embed.weight.requires_grad:
+                return losses             # the encoder's pre-training phase: the frozen decoder would be wasted time
         captions, owner = targets["captions"], targets["owner"]
-        state, context = self.start(images)
+        state, context = self.start_from_grid(grid)
         state, context = _select(state, owner), _select(context, owner)       # one row per caption
         logits, alphas = teacher_forcing(self, captions[:, :-1], state, context)   # [N, T-1, V]
-        following = captions[:, 1:]
+        following = captions[:, 1:]                                             # word t + 1 is the target at t
         mask = following != self.pad_id
-        losses = {"cross_entropy": F.cross_entropy(logits[mask], following[mask])}
+        losses["cross_entropy"] = F.cross_entropy(logits[mask], following[mask])
         if alphas is not None and self.config.doubly_stochastic > 0:
             coverage = (alphas * mask[..., None]).sum(dim=1)                   # sum_t alpha_ti [N, L]
-            losses["doubly_stochastic"] = self.config.doubly_stochastic * ((1 - coverage) ** 2).sum(dim=1).mean()
+            # Eq. (14) adds the penalty once per caption to the caption's summed -log P; the cross-entropy here is a
+            # mean per word, so the penalty is divided by the same word count to keep the paper's balance (per
+            # caption it would be ~length times too strong and flatten every attention map).
+            penalty = ((1 - coverage) ** 2).sum()                                # summed over captions and cells
+            losses["doubly_stochastic"] = self.config.doubly_stochastic * penalty / mask.sum()
         return losses
 
 
@@ -322,8 +342,21 @@ def _record_image(dataset, record) -> np.ndarray:
     return load_image(dataset, record)
 
 
+def concept_targets(captions, vocabulary_size: int) -> torch.Tensor:
+    """An image's caption id lists -> [V] multi-hot of the words they use (not <pad>/<start>/<end>/<unk>).
+
+    The targets of the encoder's pre-training: a multi-label "which words describe this image" classifier, the
+    visual concepts of Fang et al. 2015 (sec. 3), learnt from the captions alone."""
+    target = torch.zeros(vocabulary_size)
+    for ids in captions:
+        target[torch.as_tensor(ids, dtype=torch.int64)] = 1.0
+    target[[Vocabulary.pad_id, Vocabulary.start_id, Vocabulary.end_id, Vocabulary.unk_id]] = 0.0
+    return target
+
+
 class CaptionData(torch.utils.data.Dataset):
-    """Images resized to S x S with all their captions: item (image [3, S, S], {"captions": [K, T_k] ids}).
+    """Images resized to S x S with all their captions: item (image [3, S, S], {"captions": [K, T_k] ids,
+    "concepts": [V] the words they use}).
 
     Captions longer than `max_words` words are cut (keeping <end>); images without captions are left out.
     """
@@ -342,7 +375,8 @@ class CaptionData(torch.utils.data.Dataset):
         captions = [torch.tensor(self.vocabulary.encode_batch([c], self.max_words + 2)[0]) for c in record.captions]
         captions = [c[:int((c != 0).sum())] for c in captions]               # drop encode_batch's padding
         image = prepare_image(_record_image(self.dataset, record), self.size)
-        return image, {"captions": captions, "image_id": record.image_id}
+        return image, {"captions": captions, "image_id": record.image_id,
+                       "concepts": concept_targets(captions, len(self.vocabulary))}
 
 
 def collate_captions(batch):
@@ -351,8 +385,10 @@ def collate_captions(batch):
     captions = [c for _, target in batch for c in target["captions"]]
     owner = torch.tensor([i for i, (_, target) in enumerate(batch) for _ in target["captions"]])
     padded = torch.nn.utils.rnn.pad_sequence(captions, batch_first=True, padding_value=0)   # [N, T]
-    return images, {"captions": padded, "owner": owner,
-                    "image_id": torch.tensor([t["image_id"] for _, t in batch])}
+    targets = {"captions": padded, "owner": owner, "image_id": torch.tensor([t["image_id"] for _, t in batch])}
+    if all("concepts" in t for _, t in batch):
+        targets["concepts"] = torch.stack([t["concepts"] for _, t in batch])              # [B, V]
+    return images, targets
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -441,8 +477,13 @@ def recipe(categories=None, *, name: str = "showtell", kind: str | None = None, 
            min_count: int = 1, image_size: int = 64, channels=(16, 32, 64), feature: int = 128,
            embedding: int = 64, hidden: int = 128, attention: int = 64, doubly_stochastic: float = 1.0,
            dropout: float = 0.2, coords: bool = True, epochs: int | None = None, lr: float | None = None,
-           clip: float = 5.0, max_words: int = 20, beam_size: int = 1) -> Recipe:
+           clip: float = 5.0, max_words: int = 20, beam_size: int = 1, pretrain_epochs: int = 5,
+           concept_loss: bool = False) -> Recipe:
     """A captioner's training recipe: Adam, cosine schedule, gradient-norm clipping, teacher forcing.
+
+    Two phases: `pretrain_epochs` of the encoder alone (CNN + fc feature + concept classifier, binary
+    cross-entropy on `concept_targets`; the decoder is frozen and not run), then `epochs` of the whole captioner
+    on the caption loss (`concept_loss=True` keeps the concept loss as an auxiliary term there).
 
     `vocabulary`: None (the world's words), a word list, a vocabulary JSON or a captions spec
     (`coco-captions:PATH`, `flickr8k:PATH`) counted with `min_count`. Validation reports CIDEr-D etc. with
@@ -456,8 +497,19 @@ def recipe(categories=None, *, name: str = "showtell", kind: str | None = None, 
     config = CaptionerConfig(kind=kind, words=list(words), image_size=image_size, channels=tuple(channels),
                              feature=feature, embedding=embedding, hidden=hidden, attention=attention,
                              doubly_stochastic=doubly_stochastic, dropout=dropout, coords=coords)
-    phases = [Phase("train", epochs=15 if epochs is None else epochs, lr=2e-3 if lr is None else lr,
-                    optimizer="adam", schedule="cosine", warmup_steps=20, clip_grad_norm=clip)]
+    phases = []
+    if pretrain_epochs:
+        phases.append(Phase("concepts", epochs=pretrain_epochs, lr=2e-3, optimizer="adam", schedule="cosine",
+                            warmup_steps=20, trains=("encoder", "image_feature", "concepts"),
+                            loss_terms=("concepts",)))
+    caption_terms = ("cross_entropy",) + (("doubly_stochastic",) if kind == "showattendtell" and
+                                          doubly_stochastic > 0 else ())
+    unused = ("concepts",) + (("image_feature",) if kind == "showattendtell" else ())
+    decoder = tuple(name for name, _ in Captioner(config).named_children() if name not in unused)
+    phases.append(Phase("train", epochs=15 if epochs is None else epochs, lr=2e-3 if lr is None else lr,
+                        optimizer="adam", schedule="cosine", warmup_steps=20, clip_grad_norm=clip,
+                        trains=None if concept_loss else decoder,
+                        loss_terms=None if concept_loss else caption_terms))
     vocab = Vocabulary(list(words))
 
     def build(model_config: dict) -> Captioner:
@@ -479,7 +531,7 @@ def recipe(categories=None, *, name: str = "showtell", kind: str | None = None, 
                "channels": list(channels), "feature": feature, "embedding": embedding, "hidden": hidden,
                "attention": attention, "doubly_stochastic": doubly_stochastic, "dropout": dropout,
                "coords": coords, "epochs": epochs, "lr": lr, "clip": clip, "max_words": max_words,
-               "beam_size": beam_size}
+               "beam_size": beam_size, "pretrain_epochs": pretrain_epochs, "concept_loss": concept_loss}
     model_config = asdict(config)
     model_config["channels"] = list(config.channels)
     return Recipe(model_name=name, categories=dict(categories or {}), options=options, model_config=model_config,
