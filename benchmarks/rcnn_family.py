@@ -10,7 +10,7 @@ images), its best epoch (by VOC mAP@0.5 on a small val split) is evaluated on th
 COCO AP (box; segm for Mask R-CNN), and milliseconds per image split into shared convolutions, proposals
 (Selective Search or RPN + proposal layer) and region-wise work (RoI pooling, head, NMS, masks).
 
-    .venv/bin/python benchmarks/rcnn_family.py                        # all three, ~35 min on 2 busy cores
+    .venv/bin/python benchmarks/rcnn_family.py                        # all three, ~50 min on 2 busy cores
     .venv/bin/python benchmarks/rcnn_family.py --models faster-rcnn --epochs 4 --train-images 300   # quick
 
 `--threads 1` (the default) runs torch single-threaded: on a machine whose cores are shared with other jobs,
@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=800)
     parser.add_argument("--val-images", type=int, default=100)
     parser.add_argument("--test-images", type=int, default=300)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
