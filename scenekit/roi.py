@@ -425,3 +425,32 @@ class RoIAlign(nn.Module):
     def extra_repr(self) -> str:
         return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
                 f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}")
+
+
+# ---------------------------------------------------------------------------------------------------- paste
+def paste_masks(mask_probs: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int],
+                threshold: float = 0.5) -> torch.Tensor:
+    """[N, m, m] probabilities and [N, 4] xyxy boxes -> [N, H, W] uint8 binary masks in the image.
+
+    Each mask is resampled bilinearly onto the pixels whose centres lie inside its box (mask cell i spans
+    [i / m, (i + 1) / m] of the box) and thresholded at 0.5, as the paper does at test time (He et al. 2017, sec. 3: "the m x m floating-number mask output is
+    then resized to the RoI size, and binarized at a threshold of 0.5"). The inverse of cropping with RoIAlign.
+    """
+    height, width = (int(v) for v in image_size)
+    out = torch.zeros(len(boxes), height, width, dtype=torch.uint8)
+    for k, (probs, box) in enumerate(zip(mask_probs.float(), boxes.double())):
+        x1, y1, x2, y2 = box.tolist()
+        if x2 - x1 <= 0 or y2 - y1 <= 0:
+            continue
+        c0, c1 = max(0, int(x1)), min(width, int(-(-x2 // 1)))     # columns whose pixels the box touches
+        r0, r1 = max(0, int(y1)), min(height, int(-(-y2 // 1)))
+        if c1 <= c0 or r1 <= r0:
+            continue
+        u = (torch.arange(c0, c1, dtype=torch.float64) + 0.5 - x1) / (x2 - x1)     # [w'] in box units
+        v = (torch.arange(r0, r1, dtype=torch.float64) + 0.5 - y1) / (y2 - y1)     # [h']
+        grid = torch.stack(torch.meshgrid(v, u, indexing="ij")[::-1], dim=-1) * 2 - 1    # [h', w', 2] as (x, y)
+        sampled = F.grid_sample(probs[None, None], grid[None].float(), mode="bilinear", padding_mode="border",
+                                align_corners=False)[0, 0]                     # [h', w']
+        inside = ((v >= 0) & (v <= 1))[:, None] & ((u >= 0) & (u <= 1))[None, :]
+        out[k, r0:r1, c0:c1] = ((sampled >= threshold) & inside).to(torch.uint8)
+    return out

@@ -42,7 +42,7 @@ from scenekit.models.backbones import SmallCNN, build_backbone
 from scenekit.models.detection_targets import label_regions, sample_labels
 from scenekit.nms import batched_nms
 from scenekit.recipes import Phase, Recipe
-from scenekit.roi import roi_align, roi_pool
+from scenekit.roi import paste_masks, roi_align, roi_pool
 
 
 @dataclass
@@ -449,8 +449,6 @@ def run_detector(model: FastRCNN, images: list[np.ndarray], device, class_ids: l
             labels = torch.as_tensor([class_ids[int(c) - 1] for c in found["labels"]], dtype=torch.int64)
             result = {"boxes": boxes, "scores": found["scores"].double().cpu(), "labels": labels}
             if "mask_probs" in found:
-                from scenekit.models.mask_rcnn import paste_masks
-
                 began = time.perf_counter()
                 result["masks"] = paste_masks(found["mask_probs"].float().cpu(), boxes, (height, width))
                 seconds["paste"] += time.perf_counter() - began

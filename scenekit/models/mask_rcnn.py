@@ -27,7 +27,7 @@ from torch import nn
 from scenekit.models.fast_rcnn import config_from_dict, two_stage_recipe
 from scenekit.models.faster_rcnn import WORLD_ANCHOR_SIZES, FasterRCNN, FasterRCNNConfig
 from scenekit.recipes import Recipe
-from scenekit.roi import roi_align
+from scenekit.roi import paste_masks, roi_align  # noqa: F401  (paste_masks: part of this model's API)
 
 
 @dataclass
@@ -79,33 +79,6 @@ def mask_loss(mask_logits: torch.Tensor, labels: torch.Tensor, targets: torch.Te
         return mask_logits.sum() * 0.0
     own = mask_logits[torch.arange(labels.numel(), device=labels.device), labels - 1]      # [R, m, m]
     return F.binary_cross_entropy_with_logits(own, targets)
-
-
-def paste_masks(mask_probs: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int],
-                threshold: float = 0.5) -> torch.Tensor:
-    """[N, m, m] probabilities and [N, 4] xyxy boxes -> [N, H, W] uint8 binary masks in the image.
-
-    Each mask is resampled bilinearly onto the pixels whose centres lie inside its box (mask cell i spans
-    [i / m, (i + 1) / m] of the box) and thresholded at 0.5, as the paper does at test time.
-    """
-    height, width = (int(v) for v in image_size)
-    out = torch.zeros(len(boxes), height, width, dtype=torch.uint8)
-    for k, (probs, box) in enumerate(zip(mask_probs.float(), boxes.double())):
-        x1, y1, x2, y2 = box.tolist()
-        if x2 - x1 <= 0 or y2 - y1 <= 0:
-            continue
-        c0, c1 = max(0, int(x1)), min(width, int(-(-x2 // 1)))     # columns whose pixels the box touches
-        r0, r1 = max(0, int(y1)), min(height, int(-(-y2 // 1)))
-        if c1 <= c0 or r1 <= r0:
-            continue
-        u = (torch.arange(c0, c1, dtype=torch.float64) + 0.5 - x1) / (x2 - x1)     # [w'] in box units
-        v = (torch.arange(r0, r1, dtype=torch.float64) + 0.5 - y1) / (y2 - y1)     # [h']
-        grid = torch.stack(torch.meshgrid(v, u, indexing="ij")[::-1], dim=-1) * 2 - 1    # [h', w', 2] as (x, y)
-        sampled = F.grid_sample(probs[None, None], grid[None].float(), mode="bilinear", padding_mode="border",
-                                align_corners=False)[0, 0]                     # [h', w']
-        inside = ((v >= 0) & (v <= 1))[:, None] & ((u >= 0) & (u <= 1))[None, :]
-        out[k, r0:r1, c0:c1] = ((sampled >= threshold) & inside).to(torch.uint8)
-    return out
 
 
 class MaskRCNN(FasterRCNN):
