@@ -129,7 +129,7 @@ def load_language_data(spec: str, split: str = "train", **world_kwargs):
     if kind in LANGUAGE_SPECS and not path:
         raise DataError(f"bad data spec {spec!r}: {kind} needs :PATH", field="spec")
     if kind == "text":
-        from scenekit.models.language import read_text, shakespeare
+        from scenekit.data.text import read_text, shakespeare
 
         corpus = shakespeare() if path == "shakespeare" else read_text(path)
         return corpus.split("train" if split == "train" else "val")
