@@ -252,7 +252,9 @@ def add_train_parser(sub):
     p.add_argument("--val-data", default=None,
                    help="validation data spec (default: the world's val split for world, none otherwise)")
     p.add_argument("--epochs", type=int, default=None, help="epochs of the main phase (default: the recipe's)")
-    p.add_argument("--batch-size", type=int, default=32, help="global batch size, over all processes")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="global batch size, over all processes (default: the recipe's: 32; 4 for the two-stage "
+                        "detectors and FCN, 8 for the captioners)")
     p.add_argument("--lr", type=float, default=None, help="learning rate of the main phase (default: the recipe's)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
     p.add_argument("--out", default=None, help="folder for checkpoints and metrics.csv (default: runs/MODEL)")
@@ -302,7 +304,8 @@ def run_train(args):
     val_spec = args.val_data or (args.data if args.data.split(":")[0] == "world" else None)
     val_data = (_load_model_data(val_spec, "val", recipe, args.val_images, args.seed, skip("val"))
                 if val_spec else None)
-    config = TrainConfig(out=str(out), batch_size=args.batch_size, device=args.device, seed=args.seed,
+    config = TrainConfig(out=str(out), batch_size=args.batch_size or recipe.batch_size, device=args.device,
+                         seed=args.seed,
                          workers=args.workers, checkpoint_every=args.checkpoint_every, log_every=args.log_every)
     fit = getattr(recipe, "fit", None) or train      # a recipe may train in its own stages (R-CNN)
     result = fit(recipe, train_data, val_data, config, resume=args.resume)

@@ -73,6 +73,7 @@ class Recipe:
     best_metric: str
     best_mode: str = "min"            # "min" | "max"
     world: dict[str, Any] = field(default_factory=dict)   # make_world options for `--data world`
+    batch_size: int = 32              # the global batch `scenekit train` uses unless --batch-size says otherwise
 
     def describe(self) -> dict:
         return {"model_name": self.model_name, "options": self.options, "model_config": self.model_config,

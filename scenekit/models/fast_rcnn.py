@@ -523,7 +523,8 @@ def two_stage_recipe(name: str, categories: dict, config, *, epochs: int, lr: fl
                   build_model=build, phases=phases, make_dataset=make_dataset, collate=collate,
                   evaluate=lambda model, dataset, device: evaluate_detector(model, dataset, device, class_ids,
                                                                             proposals=proposals),
-                  predict=predict, best_metric="mAP50", best_mode="max", world=world)
+                  predict=predict, best_metric="mAP50", best_mode="max", world=world,
+                  batch_size=4)        # few images per step, many RoIs each (Girshick 2015 uses N = 2 images)
 
 
 def config_from_dict(config_class, values: dict):
