@@ -6,8 +6,23 @@ build always means a change in the code, never a newly drawn example. Locally it
 
 import os
 
+import pytest
+import torch
 from hypothesis import settings
 
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test with one torch thread, restoring the setting afterwards.
+
+    Step-by-step decoders and tiny models are many small ops: on a shared CPU, several threads per process
+    oversubscribe the cores and run many times slower. Modules made of such tests use it for every test with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

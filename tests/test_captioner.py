@@ -18,13 +18,7 @@ from scenekit.models.captioner import (KINDS, Captioner, CaptionerConfig, beam_s
 START, END = 1, 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Step-by-step decoders are many tiny ops: on a busy machine one thread is several times faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class MarkovCaptioner:

@@ -16,15 +16,6 @@ from scenekit.models.fast_rcnn import (DetectionData, FastRCNN, FastRCNNConfig, 
                                        fit_image, flip_horizontally, postprocess_detections, smooth_l1_loss)
 
 
-@pytest.fixture
-def one_thread():
-    """Small models run fastest single-threaded on a shared CPU; restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------------------------------------ losses
 def test_smooth_l1_is_quadratic_below_one_and_linear_above():
     x = torch.tensor([0.5, -0.5, 2.0, -3.0, 0.0])

@@ -16,14 +16,6 @@ from scenekit.models import faster_rcnn
 from scenekit.models.faster_rcnn import FasterRCNN, FasterRCNNConfig, propose, rpn_loss
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_rpn_loss_matches_hand_computation():
     anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0],      # IoU 1 with the object -> positive
                             [30.0, 30.0, 40.0, 40.0],    # IoU 0 -> negative

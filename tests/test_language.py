@@ -11,13 +11,7 @@ from scenekit.models.language import (LSTM, RNN, CharLM, CharLMConfig, CharVocab
                                       rnn_bptt, sample_text)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Step-by-step recurrences are many tiny ops: on a busy machine one thread is several times faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _compare(ours, theirs, x, state=None):

@@ -15,14 +15,6 @@ from scenekit.models import mask_rcnn
 from scenekit.models.mask_rcnn import MaskRCNN, MaskRCNNConfig, mask_loss, mask_targets, paste_masks
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def square_mask(size=40, x1=10, y1=10, x2=20, y2=20):
     mask = torch.zeros(1, size, size, dtype=torch.uint8)
     mask[0, y1:y2, x1:x2] = 1

@@ -14,12 +14,7 @@ WORDS = ["<pad>", "<start>", "<end>", "<unk>", "what", "colour", "is", "the", "s
          "green", "yellow", "on", "left", "right", "?"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _overfit_dataset():

@@ -23,13 +23,7 @@ from scenekit.models.yolo import (YoloCollate, YoloConfig, build_yolo, decode_yo
 TINY = {"channels": [8, 16, 32, 32, 64], "head_channels": 64, "hidden": 256}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The test machine is shared: several torch threads per process oversubscribe it and run 20x slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def box_strategy():
