@@ -50,6 +50,19 @@ def load_image(dataset: Dataset, record: Record) -> np.ndarray:
     return image
 
 
+def prepare_image(image: np.ndarray, size: int | None = None) -> torch.Tensor:
+    """[H, W, 3] uint8 -> [3, S, S] float32 in [0, 1], resized bilinearly (antialiased when shrinking) to
+    `size` x `size`; `size=None` keeps H x W. The one image-to-tensor step of the models' data loaders."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be an [H, W, 3] uint8 array, got "
+                         f"{getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}")
+    tensor = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1).float().div_(255.0)
+    if size is not None and tensor.shape[1:] != (size, size):
+        tensor = torch.nn.functional.interpolate(tensor[None], size=(size, size), mode="bilinear",
+                                                 align_corners=False, antialias=True)[0]
+    return tensor
+
+
 def record_masks(record: Record, box_fallback: bool = False) -> np.ndarray:
     """Instance masks [N, H, W] uint8 from the record's polygons / RLEs.
 

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scenekit.data.transforms import load_image, prepare_image
 from scenekit.data.vocab import Vocabulary
 from scenekit.errors import DataError
 from scenekit.models.backbones import SmallCNN
@@ -323,25 +324,6 @@ def beam_search(model, image: torch.Tensor, beam_size: int = 3, max_length: int 
 
 
 # ------------------------------------------------------------------------------------------------ data
-def prepare_image(image: np.ndarray, size: int) -> torch.Tensor:
-    """[H, W, 3] uint8 -> [3, size, size] float32 in [0, 1] (antialiased bilinear resize)."""
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be an [H, W, 3] uint8 array, got "
-                         f"{getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}")
-    tensor = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().div_(255.0)
-    if tensor.shape[1:] != (size, size):
-        tensor = F.interpolate(tensor[None], size=(size, size), mode="bilinear", align_corners=False,
-                               antialias=True)[0]
-    return tensor
-
-
-def _record_image(dataset, record) -> np.ndarray:
-    if record.image is not None:
-        return record.image
-    from scenekit.data.transforms import load_image
-    return load_image(dataset, record)
-
-
 def concept_targets(captions, vocabulary_size: int) -> torch.Tensor:
     """An image's caption id lists -> [V] multi-hot of the words they use (not <pad>/<start>/<end>/<unk>).
 
@@ -374,7 +356,7 @@ class CaptionData(torch.utils.data.Dataset):
         record = self.records[index]
         captions = [torch.tensor(self.vocabulary.encode_batch([c], self.max_words + 2)[0]) for c in record.captions]
         captions = [c[:int((c != 0).sum())] for c in captions]               # drop encode_batch's padding
-        image = prepare_image(_record_image(self.dataset, record), self.size)
+        image = prepare_image(load_image(self.dataset, record), self.size)
         return image, {"captions": captions, "image_id": record.image_id,
                        "concepts": concept_targets(captions, len(self.vocabulary))}
 

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scenekit.boxes import clip_boxes_to_image, decode_boxes, encode_boxes
+from scenekit.data.transforms import load_image
 from scenekit.models.backbones import SmallCNN, build_backbone
 from scenekit.models.detection_targets import label_regions, sample_labels
 from scenekit.nms import batched_nms
@@ -340,12 +341,6 @@ def fit_image(image: np.ndarray, size: int) -> tuple[torch.Tensor, float, tuple[
     return canvas, scale, (h, w)
 
 
-def load_record_image(dataset, record) -> np.ndarray:
-    from scenekit.data.transforms import load_image
-
-    return load_image(dataset, record)
-
-
 class DetectionData(torch.utils.data.Dataset):
     """(image [3, S, S], target) pairs for the two-stage detectors.
 
@@ -366,7 +361,7 @@ class DetectionData(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         record = self.dataset.records[index]
-        image = load_record_image(self.dataset, record)
+        image = load_image(self.dataset, record)
         tensor, scale, (h, w) = fit_image(image, self.size)
         boxes = torch.as_tensor(np.asarray(record.boxes, dtype=np.float32).reshape(-1, 4)) * scale
         boxes = clip_boxes_to_image(boxes, (h, w))
@@ -483,7 +478,7 @@ def evaluate_detector(model: FastRCNN, dataset, device, class_ids: list[int], *,
     """
     from scenekit.metrics.detection import coco_evaluate, voc_evaluate
 
-    images = [load_record_image(dataset, record) for record in dataset.records]
+    images = [load_image(dataset, record) for record in dataset.records]
     found, seconds = run_detector(model, images, device, class_ids, proposals=proposals, batch_size=batch_size)
     results = [r for record, f in zip(dataset.records, found) for r in coco_results(record.image_id, f)]
     count = max(1, len(images))

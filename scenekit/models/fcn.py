@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
+from scenekit.data.transforms import load_image, prepare_image
 from scenekit.errors import DataError
 from scenekit.recipes import Phase, Recipe
 
@@ -466,15 +467,6 @@ def record_class_map(dataset, record, class_index: dict[int, int]) -> np.ndarray
 
 
 # ------------------------------------------------------------------------------------------------ data
-def prepare_image(image: np.ndarray, size: int | None) -> torch.Tensor:
-    """[H, W, 3] uint8 -> [3, S, S] float32 in [0, 1] (bilinear, antialiased when shrinking); None keeps H x W."""
-    tensor = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1).float().div_(255.0)
-    if size is not None and tensor.shape[1:] != (size, size):
-        tensor = F.interpolate(tensor[None], size=(size, size), mode="bilinear", align_corners=False,
-                               antialias=True)[0]
-    return tensor
-
-
 def resize_class_map(class_map: np.ndarray, size: int | None) -> np.ndarray:
     """Nearest-neighbour by pixel centres, so labels are never blended into classes they are not."""
     if size is None or class_map.shape == (size, size):
@@ -482,14 +474,6 @@ def resize_class_map(class_map: np.ndarray, size: int | None) -> np.ndarray:
     rows = np.minimum(((np.arange(size) + 0.5) * class_map.shape[0] / size).astype(np.int64), class_map.shape[0] - 1)
     cols = np.minimum(((np.arange(size) + 0.5) * class_map.shape[1] / size).astype(np.int64), class_map.shape[1] - 1)
     return class_map[rows][:, cols]
-
-
-def _load_image(dataset, record) -> np.ndarray:
-    if record.image is not None:
-        return record.image
-    from scenekit.data.transforms import load_image
-
-    return load_image(dataset, record)
 
 
 class SegmentationData(torch.utils.data.Dataset):
@@ -516,7 +500,7 @@ class SegmentationData(torch.utils.data.Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int):
-        image = prepare_image(_load_image(self.dataset, self.records[index]), self.size)
+        image = prepare_image(load_image(self.dataset, self.records[index]), self.size)
         semantic = torch.from_numpy(self.maps[index].astype(np.int64))
         if self.flip and bool(torch.rand(()) < 0.5):
             image, semantic = image.flip(-1), semantic.flip(-1)
@@ -607,7 +591,7 @@ def evaluate_segmentation(model: nn.Module, dataset, device, class_ids: list[int
     elapsed = 0.0
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
-        images = [_load_image(dataset, record) for record, _ in chunk]
+        images = [load_image(dataset, record) for record, _ in chunk]
         began = time.perf_counter()
         probabilities = segment_images(model, images, device, image_size, batch_size)
         elapsed += time.perf_counter() - began

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scenekit.data.transforms import load_image, prepare_image
 from scenekit.models.backbones import build_backbone
 from scenekit.recipes import Phase, Recipe
 
@@ -91,22 +92,6 @@ def box_l2_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ data
-def prepare_image(image: np.ndarray, size: int) -> torch.Tensor:
-    """[H, W, 3] uint8 -> [3, size, size] float32 in [0, 1] (bilinear, antialiased when shrinking)."""
-    tensor = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
-    if tensor.shape[1:] != (size, size):
-        tensor = F.interpolate(tensor[None], size=(size, size), mode="bilinear", align_corners=False,
-                               antialias=True)[0]
-    return tensor
-
-
-def load_record_image(dataset, record) -> np.ndarray:
-    if record.image is not None:
-        return record.image
-    from scenekit.data.transforms import load_image   # lazy: the data layer is optional for in-memory data
-    return load_image(dataset, record)
-
-
 class LocalizationData(torch.utils.data.Dataset):
     """Images resized to S x S with their *main object* (the largest box, ILSVRC style) as the target.
 
@@ -128,7 +113,7 @@ class LocalizationData(torch.utils.data.Dataset):
         main = int(np.argmax((record.boxes[:, 2] - record.boxes[:, 0]) * (record.boxes[:, 3] - record.boxes[:, 1])))
         scale = np.array([record.width, record.height, record.width, record.height], dtype=np.float64)
         box = torch.tensor(record.boxes[main] / scale, dtype=torch.float32)        # corners / image size
-        image = prepare_image(load_record_image(self.dataset, record), self.size)
+        image = prepare_image(load_image(self.dataset, record), self.size)
         if self.flip and bool(torch.rand(()) < 0.5):
             image = image.flip(-1)
             box = torch.stack([1 - box[2], box[1], 1 - box[0], box[3]])

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scenekit.boxes import box_iou, clip_boxes_to_image, decode_boxes, encode_boxes
+from scenekit.data.transforms import load_image
 from scenekit.errors import DataError, ScenekitError
 from scenekit.models.backbones import build_backbone
 from scenekit.nms import batched_nms
@@ -460,7 +461,7 @@ def evaluate_rcnn(model: RCNN, dataset, device, class_ids: list[int], proposals:
     (regression and NMS), `total_ms`; and `regions_per_image`, the number of CNN passes per image."""
     from scenekit.metrics.detection import coco_evaluate, voc_evaluate
 
-    images = [load_record_image(dataset, record) for record in dataset.records]
+    images = [load_image(dataset, record) for record in dataset.records]
     found, seconds = run_rcnn(model, images, class_ids, proposals, device)
     results = [r for record, f in zip(dataset.records, found) for r in coco_results(record.image_id, f)]
     count = max(1, len(images))
@@ -473,12 +474,6 @@ def evaluate_rcnn(model: RCNN, dataset, device, class_ids: list[int], proposals:
     metrics["regions_per_image"] = seconds["regions"] / count
     metrics["detections_per_image"] = len(results) / count
     return metrics
-
-
-def load_record_image(dataset, record) -> np.ndarray:
-    from scenekit.data.transforms import load_image
-
-    return load_image(dataset, record)
 
 
 # ------------------------------------------------------------------------------------------------ training data
@@ -513,7 +508,7 @@ def training_images(dataset, class_ids: list[int], proposals: ProposalStore, max
     index_of = {cid: i + 1 for i, cid in enumerate(class_ids)}
     items = []
     for record in dataset.records:
-        image = load_record_image(dataset, record)
+        image = load_image(dataset, record)
         boxes = torch.as_tensor(np.asarray(record.boxes, dtype=np.float32).reshape(-1, 4))
         try:
             classes = torch.tensor([index_of[int(c)] for c in record.labels], dtype=torch.int64)

@@ -27,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scenekit.data.transforms import load_image, prepare_image
 from scenekit.data.vocab import Vocabulary
 from scenekit.errors import DataError
 from scenekit.models.backbones import SmallCNN
-from scenekit.models.captioner import _record_image, coordinate_channels, prepare_image
+from scenekit.models.captioner import coordinate_channels
 from scenekit.models.language import LSTMCell
 from scenekit.recipes import Phase, Recipe
 
@@ -155,7 +156,7 @@ class QuestionData(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         record = self.records[index]
         encoded = [encode_question(self.vocabulary, q.question, q.choices) for q in record.questions]
-        return prepare_image(_record_image(self.dataset, record), self.size), {
+        return prepare_image(load_image(self.dataset, record), self.size), {
             "questions": [e[0] for e in encoded], "choices": [e[1] for e in encoded],
             "answers": [q.answer for q in record.questions], "kinds": [q.kind for q in record.questions]}
 

@@ -40,7 +40,7 @@ import torch
 from numba import njit
 
 from scenekit.proposals.colour import COLOUR_SPACES, convert_colour
-from scenekit.proposals.graph_segment import correlate_axis, gaussian_kernel, segment_image, sorted_graph
+from scenekit.proposals.graph_segment import _find, correlate_axis, gaussian_kernel, segment_image, sorted_graph
 
 COLOUR_BINS = 25
 TEXTURE_ORIENTATIONS = 8
@@ -228,14 +228,6 @@ def _sift_down(keys, a, b, n):
             break
         _heap_swap(keys, a, b, i, smallest)
         i = smallest
-
-
-@njit(cache=True)
-def _find(parent, x):
-    while parent[x] != x:
-        parent[x] = parent[parent[x]]
-        x = parent[x]
-    return x
 
 
 @njit(cache=True)
