@@ -228,6 +228,7 @@ def train(recipe: Recipe, train_data, val_data=None, config: TrainConfig | None 
     # Where to start: the beginning, or the position stored in last.pt.
     last_path, best_path = out / "last.pt", out / "best.pt"
     phase_index, epoch_in_phase, batch_in_epoch, step = 0, 0, 0, 0
+    resumed_totals, resumed_seen = {}, 0
     best, checkpoint = None, None
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -240,6 +241,9 @@ def train(recipe: Recipe, train_data, val_data=None, config: TrainConfig | None 
         model.load_state_dict(checkpoint["model"])
         phase_index, epoch_in_phase = checkpoint["phase_index"], checkpoint["epoch_in_phase"]
         batch_in_epoch, step, best = checkpoint["batch_in_epoch"], checkpoint["step"], checkpoint["best"]
+        # The loss sums of the epoch so far, so the resumed epoch's mean covers all its batches, not just the rest.
+        resumed_totals = dict(checkpoint.get("epoch_totals", {}))
+        resumed_seen = int(checkpoint.get("epoch_seen", 0))
         if is_main:
             log.truncate_after(step)
             print(f"resuming from {last_path}: phase {phase_index}, epoch {epoch_in_phase}, "
@@ -272,7 +276,7 @@ def train(recipe: Recipe, train_data, val_data=None, config: TrainConfig | None 
             checkpoint = None
         epochs_before = sum(p.epochs for p in recipe.phases[:phase_index])
 
-        def snapshot(epoch_position, batch_position):
+        def snapshot(epoch_position, batch_position, totals=None, seen=0):
             return {
                 "model_name": recipe.model_name, "options": recipe.options, "categories": recipe.categories,
                 "model_config": recipe.model_config, "model": model.state_dict(),
@@ -280,6 +284,7 @@ def train(recipe: Recipe, train_data, val_data=None, config: TrainConfig | None 
                 "scaler": scaler.state_dict(), "optimizer_phase": phase_index, "phase_index": phase_index,
                 "epoch_in_phase": epoch_position, "batch_in_epoch": batch_position, "step": step, "best": best,
                 "rng": _gather_rng_states(distributed, world_size), "train_config": asdict(config),
+                "epoch_totals": dict(totals or {}), "epoch_seen": seen,
             }
 
         for epoch in range(epoch_in_phase, phase.epochs):
@@ -292,8 +297,10 @@ def train(recipe: Recipe, train_data, val_data=None, config: TrainConfig | None 
             loader = DataLoader(train_set, batch_size=local_batch, sampler=indices, collate_fn=recipe.collate,
                                 num_workers=config.workers, generator=generator,
                                 pin_memory=device.type == "cuda")
-            totals: dict[str, float] = {}
-            seen, started = 0, time.perf_counter()
+            totals: dict[str, float] = resumed_totals
+            seen, started = resumed_seen, time.perf_counter()
+            seen_before_this_run = seen
+            resumed_totals, resumed_seen = {}, 0
             bar = None
             if show_bars:
                 from tqdm.auto import tqdm
@@ -325,14 +332,14 @@ def train(recipe: Recipe, train_data, val_data=None, config: TrainConfig | None 
                     bar.update(1)
                     bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{scheduler.get_last_lr()[0]:.3g}")
                 elif is_main and config.log_every and step % config.log_every == 0:
-                    rate = seen / max(1e-9, time.perf_counter() - started)
+                    rate = (seen - seen_before_this_run) / max(1e-9, time.perf_counter() - started)
                     eta = (steps_per_epoch - batch_index - 1) / max(rate, 1e-9)
                     print(f"[{phase.name}] epoch {epoch + 1}/{phase.epochs} step {step} "
                           f"batch {batch_index + 1}/{steps_per_epoch} loss {float(loss.detach()):.4f} "
                           f"lr {scheduler.get_last_lr()[0]:.3g} {rate:.1f} it/s eta {eta:.0f}s", flush=True)
                 if config.checkpoint_every and step % config.checkpoint_every == 0 \
                         and batch_index + 1 < steps_per_epoch:
-                    state = snapshot(epoch, batch_index + 1)
+                    state = snapshot(epoch, batch_index + 1, totals, seen)
                     if is_main:
                         save_checkpoint(last_path, state)
             if bar is not None:
