@@ -8,6 +8,12 @@ here), and real photographs from scikit-image's data module with a few hand-draw
 their IoU-0.7 numbers with care).
 
     .venv/bin/python benchmarks/proposals.py [--scenes 20] [--size 320] [--mode fast] [--seed 0]
+        [--seeds 1] [--variants paper,opencv-settings]
+
+scenekit variants: "paper" is `selective_search` as shipped (the paper's ranking, large regions first);
+"depth" ranks the same boxes in OpenCV's order (`ranking="depth"`, small regions first); "opencv-settings"
+uses OpenCV's fast settings on top (k = 150, 300, 450 instead of the paper's 50, 100; min size 100 instead of
+k; depth ranking), to separate differences of implementation from differences of settings.
 """
 
 from __future__ import annotations
@@ -19,6 +25,11 @@ import time
 import numpy as np
 
 BUDGETS = (100, 500, 1000, 2000)
+VARIANTS = {
+    "paper": {},
+    "depth": {"ranking": "depth"},
+    "opencv-settings": {"ks": (150, 300, 450), "min_size": 100, "ranking": "depth"},
+}
 
 # Hand-drawn xyxy boxes of the main objects in scikit-image's photographs (approximate).
 PHOTO_BOXES = {
@@ -107,11 +118,11 @@ def photos():
         yield name, image, np.array(boxes, dtype=np.float64)
 
 
-def run_scenekit(image, mode, seed):
+def run_scenekit(image, mode, seed, variant="paper"):
     from scenekit.proposals import selective_search
 
     start = time.perf_counter()
-    boxes = selective_search(image, mode=mode, seed=seed).numpy().astype(np.float64)
+    boxes = selective_search(image, mode=mode, seed=seed, **VARIANTS[variant]).numpy().astype(np.float64)
     return boxes, time.perf_counter() - start
 
 
@@ -139,36 +150,56 @@ def best_overlaps(proposals, gt, budget):
     return box_iou(gt, proposals[:budget]).max(axis=1)
 
 
-def summarise(name, results):
-    """results: list of (seconds, num_proposals, proposals, gt) -> printed row per budget."""
-    times = [r[0] for r in results]
-    counts = [r[1] for r in results]
-    print(f"  {name:9s} median {statistics.median(times):6.3f} s/image   proposals median {int(np.median(counts))}")
+def summarise(name, runs):
+    """runs: one list of (seconds, num_proposals, proposals, gt) per seed -> printed row per budget.
+
+    Recall and MABO are averaged over the runs (seeds of the random ranking), with the runs' range of
+    recall@0.5 / recall@0.7 in brackets when there are several; time and count come from all runs.
+    """
+    times = [r[0] for run in runs for r in run]
+    counts = [r[1] for run in runs for r in run]
+    print(f"  {name:15s} median {statistics.median(times):6.3f} s/image   proposals median {int(np.median(counts))}")
     row = {}
     for budget in BUDGETS:
-        overlaps = np.concatenate([best_overlaps(p, g, budget) for _, _, p, g in results])
-        row[budget] = ((overlaps >= 0.5).mean(), (overlaps >= 0.7).mean(), overlaps.mean())
+        per_run = []
+        for run in runs:
+            overlaps = np.concatenate([best_overlaps(p, g, budget) for _, _, p, g in run])
+            per_run.append(((overlaps >= 0.5).mean(), (overlaps >= 0.7).mean(), overlaps.mean()))
+        per_run = np.array(per_run)                                   # [runs, 3]
+        row[budget] = tuple(per_run.mean(axis=0))
+        spread = ""
+        if len(runs) > 1:
+            spread = (f"  [R@0.5 {per_run[:, 0].min():.3f}-{per_run[:, 0].max():.3f}, "
+                      f"R@0.7 {per_run[:, 1].min():.3f}-{per_run[:, 1].max():.3f}]")
         print(f"    top {budget:4d}: recall@0.5 {row[budget][0]:.3f}  recall@0.7 {row[budget][1]:.3f}  "
-              f"MABO {row[budget][2]:.3f}")
+              f"MABO {row[budget][2]:.3f}{spread}")
     return row
 
 
-def benchmark(images, mode, seed, label):
-    ours, theirs = [], []
+def benchmark(images, mode, seeds, label, variants):
+    ours = {variant: [[] for _ in seeds] for variant in variants}
+    theirs = []
     for image, gt in images:
-        boxes, seconds = run_scenekit(image, mode, seed)
-        ours.append((seconds, len(boxes), boxes, gt))
+        for variant in variants:
+            for run, seed in zip(ours[variant], seeds):
+                boxes, seconds = run_scenekit(image, mode, seed, variant)
+                run.append((seconds, len(boxes), boxes, gt))
         boxes, seconds = run_opencv(image, mode)
         theirs.append((seconds, len(boxes), boxes, gt))
-    num_gt = sum(len(g) for *_, g in ours)
+    num_gt = sum(len(g) for _, g in images)
     h, w = images[0][0].shape[:2]
-    print(f"{label}: {len(images)} images (first {w}x{h}), {num_gt} ground-truth boxes, mode {mode}")
-    a = summarise("scenekit", ours)
-    b = summarise("opencv", theirs)
-    t_ours = statistics.median(r[0] for r in ours)
+    print(f"{label}: {len(images)} images (first {w}x{h}), {num_gt} ground-truth boxes, mode {mode}, "
+          f"scenekit seeds {list(seeds)}")
+    # OpenCV ranks with C rand(), which cannot be seeded from Python: one run.
+    b = summarise("opencv", [theirs])
     t_cv = statistics.median(r[0] for r in theirs)
-    wins = all(a[k][0] >= b[k][0] and a[k][1] >= b[k][1] for k in BUDGETS)
-    print(f"  time ratio scenekit/opencv {t_ours / t_cv:.2f}; recall >= opencv at every budget: {wins}\n")
+    for variant in variants:
+        a = summarise(f"scenekit:{variant}", ours[variant])
+        t_ours = statistics.median(r[0] for run in ours[variant] for r in run)
+        wins = all(a[k][0] >= b[k][0] and a[k][1] >= b[k][1] for k in BUDGETS)
+        print(f"  {variant}: time ratio scenekit/opencv {t_ours / t_cv:.2f}; "
+              f"mean recall >= opencv at every budget: {wins}")
+    print()
 
 
 def main():
@@ -176,19 +207,29 @@ def main():
     parser.add_argument("--scenes", type=int, default=20, help="number of generated scenes")
     parser.add_argument("--size", type=int, default=320, help="width of locally generated scenes")
     parser.add_argument("--mode", default="fast", choices=["fast", "quality", "single"])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="world scenes' seed and scenekit's first ranking seed")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="number of ranking seeds (seed, seed + 1, ...) scenekit's recall is averaged over")
+    parser.add_argument("--variants", default="paper,opencv-settings",
+                        help=f"comma-separated scenekit variants out of {', '.join(VARIANTS)}")
     args = parser.parse_args()
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        parser.error(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
 
     import cv2
 
     print(f"cv2 {cv2.__version__}, cv2.getNumThreads() = {cv2.getNumThreads()} "
           "(ximgproc's selective search itself runs on one thread; only cvtColor/blur calls may use more)")
     # Compile scenekit's numba kernels outside the timings (cached on disk after the first run).
-    run_scenekit(np.zeros((32, 32, 3), np.uint8) + 128, args.mode, 0)
+    for variant in variants:
+        run_scenekit(np.zeros((32, 32, 3), np.uint8) + 128, args.mode, 0, variant)
     scenes = list(generated_scenes(args.scenes, args.size, args.seed))
-    benchmark(scenes, args.mode, args.seed, "generated scenes")
+    seeds = range(args.seed, args.seed + max(1, args.seeds))
+    benchmark(scenes, args.mode, seeds, "generated scenes", variants)
     real = [(image, gt) for _, image, gt in photos()]
-    benchmark(real, args.mode, args.seed, "skimage photographs (" + ", ".join(PHOTO_BOXES) + ")")
+    benchmark(real, args.mode, seeds, "skimage photographs (" + ", ".join(PHOTO_BOXES) + ")", variants)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ from skimage import color
 
 from scenekit.proposals import selective_search
 from scenekit.proposals.colour import COLOUR_SPACES, convert_colour, rgb_to_hsv, rgb_to_lab
-from scenekit.proposals.selective_search import (_similarity, colour_bins, hierarchical_grouping, neighbour_pairs,
-                                                 region_statistics, texture_bins)
+from scenekit.proposals.selective_search import (Grouping, _similarity, colour_bins, hierarchical_grouping,
+                                                 neighbour_pairs, ranking_values, region_statistics, texture_bins)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -57,9 +57,11 @@ def flat_squares():
 
 
 def reference_grouping(pairs, sizes, boxes, colour_hist, texture_hist, image_size, terms):
-    """Algorithm 1 written the slow, obvious way: recompute every similarity each step."""
+    """Algorithm 1 written the slow, obvious way: recompute every similarity each step.
+    Returns every region's box in formation order and its depth in the merge tree (initial regions 1)."""
     regions = {i: dict(size=float(sizes[i]), box=list(boxes[i]), c=colour_hist[i].astype(np.float64),
-                       t=texture_hist[i].astype(np.float64)) for i in range(len(sizes))}
+                       t=texture_hist[i].astype(np.float64), depth=1) for i in range(len(sizes))}
+    depths = [1] * len(sizes)
     neighbours = {tuple(sorted(p)) for p in pairs}
     order = [list(boxes[i]) for i in range(len(sizes))]
 
@@ -86,11 +88,13 @@ def reference_grouping(pairs, sizes, boxes, colour_hist, texture_hist, image_siz
         regions[t] = dict(size=size, box=[min(ri["box"][0], rj["box"][0]), min(ri["box"][1], rj["box"][1]),
                                           max(ri["box"][2], rj["box"][2]), max(ri["box"][3], rj["box"][3])],
                           c=(ri["size"] * ri["c"] + rj["size"] * rj["c"]) / size,
-                          t=(ri["size"] * ri["t"] + rj["size"] * rj["t"]) / size)
+                          t=(ri["size"] * ri["t"] + rj["size"] * rj["t"]) / size,
+                          depth=max(ri["depth"], rj["depth"]) + 1)
         order.append(regions[t]["box"])
+        depths.append(regions[t]["depth"])
         touching = {q for p in neighbours if i in p or j in p for q in p} - {i, j}
         neighbours = {p for p in neighbours if i not in p and j not in p} | {(n, t) for n in touching}
-    return np.array(order)
+    return np.array(order), np.array(depths)
 
 
 # ---------------------------------------------------------------------------------------------- pieces
@@ -152,12 +156,13 @@ def test_grouping_matches_brute_force_algorithm_1(seed, terms):
     ch = rng.dirichlet(np.ones(75), count).astype(np.float32)
     th = rng.dirichlet(np.ones(240), count).astype(np.float32)
     a, b = neighbour_pairs(labels)
-    ours = hierarchical_grouping(a, b, sizes, boxes, ch, th, float(labels.size), "C" in terms, "T" in terms,
-                                 "S" in terms, "F" in terms)
-    expected = reference_grouping(list(zip(a.tolist(), b.tolist())), sizes, boxes, ch, th, float(labels.size),
-                                  terms)
+    ours, levels = hierarchical_grouping(a, b, sizes, boxes, ch, th, float(labels.size), "C" in terms,
+                                         "T" in terms, "S" in terms, "F" in terms)
+    expected, expected_depths = reference_grouping(list(zip(a.tolist(), b.tolist())), sizes, boxes, ch, th,
+                                                   float(labels.size), terms)
     assert len(ours) == 2 * count - 1
     np.testing.assert_array_equal(ours, expected)
+    np.testing.assert_array_equal(levels, expected_depths)
     np.testing.assert_array_equal(ours[-1], [0, 0, labels.shape[1], labels.shape[0]])
 
 
@@ -187,6 +192,77 @@ def test_colour_and_texture_bins():
     assert bins[:, 5:7, 0].min() == 9            # the 0-degree derivative peaks on the edge
     assert bins[..., 4].max() == 0               # the 180-degree one is negative everywhere, rectified to 0
     assert bins[..., 2].max() == 0 and bins[..., 6].max() == 0  # no vertical change at all
+
+
+# ---------------------------------------------------------------------------------------------- ranking
+class _NoRandomness:
+    """Stands in for the random generator: every random factor is 1, so the values are the positions."""
+
+    def random(self, n):
+        return np.ones(n)
+
+
+def _grouping(space, k, similarity, num_initial, num_merges):
+    # Box i is [i, 0, i + 1, 1]: a label that says where a region's value came from.
+    m = num_initial + num_merges
+    boxes = np.stack([np.arange(m), np.zeros(m, int), np.arange(m) + 1, np.ones(m, int)], 1)
+    levels = np.concatenate([np.ones(num_initial, int), np.arange(2, num_merges + 2)])
+    return Grouping(space, k, similarity, boxes, levels, num_initial)
+
+
+def test_paper_ranking_numbers_merges_from_the_top_and_adds_initial_regions_once_per_segmentation():
+    groupings = [_grouping("HSV", 50, "CTSF", 3, 2), _grouping("HSV", 50, "TSF", 3, 2),
+                 _grouping("Lab", 50, "CTSF", 4, 3)]
+    boxes, values = ranking_values(groupings, _NoRandomness(), "paper")
+    # Sec. 3.3: the last merge (the whole image) is position 1. The authors' code adds the initial regions of a
+    # segmentation once (not again for the TSF grouping), at the position after the first merge: 3 for HSV
+    # (2 merges), 4 for Lab (3 merges).
+    assert boxes[:, 0].tolist() == [3, 4, 0, 1, 2, 3, 4, 4, 5, 6, 0, 1, 2, 3]
+    assert values.tolist() == [2, 1, 3, 3, 3, 2, 1, 3, 2, 1, 4, 4, 4, 4]
+
+
+def test_depth_ranking_gives_every_region_of_every_grouping_its_merge_tree_depth():
+    groupings = [_grouping("HSV", 50, "CTSF", 3, 2), _grouping("HSV", 50, "TSF", 3, 2)]
+    boxes, values = ranking_values(groupings, _NoRandomness(), "depth")
+    assert boxes[:, 0].tolist() == [0, 1, 2, 3, 4] * 2
+    assert values.tolist() == [1, 1, 1, 2, 3] * 2
+
+
+def test_ranking_values_multiply_positions_by_random_numbers_in_0_1():
+    groupings = [_grouping("HSV", 50, "CTSF", 30, 29)]
+    _, ones = ranking_values(groupings, _NoRandomness(), "paper")
+    _, values = ranking_values(groupings, np.random.default_rng(3), "paper")
+    np.testing.assert_allclose(values, ones * np.random.default_rng(3).random(len(ones)))
+    with pytest.raises(ValueError, match="ranking"):
+        ranking_values(groupings, _NoRandomness(), "size")
+
+
+def test_paper_ranking_puts_large_regions_first_and_depth_ranking_small_ones():
+    image, _ = make_scene(5, width=160, height=120)
+    top_area = {}
+    for ranking in ("paper", "depth"):
+        areas = []
+        for seed in range(10):
+            boxes = selective_search(image, seed=seed, ranking=ranking)[:10].numpy()
+            areas.append(((boxes[:, 2:] - boxes[:, :2]).prod(1)).mean())
+        top_area[ranking] = np.mean(areas)
+    assert top_area["paper"] > 2 * top_area["depth"]
+
+
+def test_ranking_changes_only_the_order():
+    image, _ = make_scene(6)
+    paper = selective_search(image, ranking="paper")
+    depth = selective_search(image, ranking="depth")
+    assert not torch.equal(paper, depth)
+    assert {tuple(b) for b in paper.tolist()} == {tuple(b) for b in depth.tolist()}
+
+
+def test_min_size_below_k_keeps_small_segments():
+    image = flat_squares()
+    image[30:33, 10:13] = (250, 250, 250)   # 9 pixels: merged into the background when min_size = k = 100
+    default = {tuple(b) for b in selective_search(image, mode="single").tolist()}
+    small = {tuple(b) for b in selective_search(image, mode="single", min_size=4).tolist()}
+    assert (10, 30, 13, 33) in small and (10, 30, 13, 33) not in default
 
 
 # ---------------------------------------------------------------------------------------------- the method
@@ -265,7 +341,7 @@ def test_bad_images_raise_value_error(image):
 
 @pytest.mark.parametrize("kwargs", [{"mode": "slow"}, {"similarities": ("CX",)}, {"similarities": ("CC",)},
                                     {"colour_spaces": ("XYZ",)}, {"ks": (0,)}, {"ks": ()}, {"max_side": 0},
-                                    {"sigma": -1}])
+                                    {"sigma": -1}, {"min_size": -1}, {"min_size": 2.5}, {"ranking": "size"}])
 def test_bad_settings_raise_value_error(kwargs):
     with pytest.raises(ValueError):
         selective_search(np.zeros((8, 8, 3), np.uint8), **kwargs)

@@ -91,8 +91,12 @@ class ConvFeatures(nn.Module):
             layers.append(nn.ReLU(inplace=True))
         self.extra = nn.Sequential(*layers)
         self.out_channels, self.stride = width, self.body.stride
+        # Channels-last memory ([B, H, W, C] order, the same numbers): PyTorch's CPU convolutions, batch norms and
+        # max-pools run faster on it, and the RoI pooling reads one row of C values per cell anyway.
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.contiguous(memory_format=torch.channels_last)
         return self.extra(self.body(images))       # [B, 3, H, W] -> [B, C, H / stride, W / stride]
 
 
@@ -208,9 +212,13 @@ class FastRCNN(nn.Module):
             matched.append(chosen_match)
         return RegionSample(torch.cat(rois), torch.cat(labels), torch.cat(box_targets), torch.cat(matched))
 
+    def classify_regions(self, features: torch.Tensor, rois: torch.Tensor):
+        """RoI pooling + box head: features [B, C, H, W], rois [R, 5] -> (logits [R, K + 1], deltas [R, K, 4])."""
+        return self.box_head(self.pool(features, rois))
+
     def head_losses(self, features: torch.Tensor, proposals: list[torch.Tensor], targets: list[dict]):
         sample = self.sample_regions(proposals, targets)
-        class_logits, box_deltas = self.box_head(self.pool(features, sample.rois))
+        class_logits, box_deltas = self.classify_regions(features, sample.rois)
         classification, localisation = fast_rcnn_loss(class_logits, box_deltas, sample.labels, sample.box_targets)
         return {"classification": classification, "box_regression": localisation}, sample
 
@@ -220,7 +228,7 @@ class FastRCNN(nn.Module):
         "labels" (class indices 1..K)} in input pixels."""
         counts = [len(p) for p in proposals]
         rois = torch.cat([torch.cat([torch.full_like(p[:, :1], i), p], dim=1) for i, p in enumerate(proposals)])
-        class_logits, box_deltas = self.box_head(self.pool(features, rois.to(features.dtype)))
+        class_logits, box_deltas = self.classify_regions(features, rois.to(features.dtype))
         results = []
         for p, logits, deltas, size in zip(proposals, class_logits.split(counts), box_deltas.split(counts),
                                            image_sizes):

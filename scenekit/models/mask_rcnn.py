@@ -95,6 +95,10 @@ class MaskRCNN(FasterRCNN):
         return roi_align(features, rois, self.config.mask_size // 2, 1.0 / self.features.stride,
                          sampling_ratio=2, aligned=True)                       # [R, C, m/2, m/2]
 
+    def mask_logits(self, features: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        """RoIAlign + mask head: features [B, C, H, W], rois [R, 5] -> mask logits [R, K, m, m]."""
+        return self.mask_head(self.mask_features(features, rois))
+
     def head_losses(self, features, proposals, targets):
         losses, sample = super().head_losses(features, proposals, targets)
         foreground = torch.nonzero(sample.labels >= 1).flatten()
@@ -102,7 +106,7 @@ class MaskRCNN(FasterRCNN):
         # RoIs are grouped by image in order, so per-image targets concatenate in the RoIs' order.
         wanted = [mask_targets(target["masks"], rois[rois[:, 0] == b, 1:], matched[rois[:, 0] == b],
                                self.config.mask_size) for b, target in enumerate(targets)]
-        mask_logits = self.mask_head(self.mask_features(features, rois))      # [F, K, m, m]
+        mask_logits = self.mask_logits(features, rois)                        # [F, K, m, m]
         losses["mask"] = mask_loss(mask_logits, labels, torch.cat(wanted))
         return losses, sample
 
@@ -113,7 +117,7 @@ class MaskRCNN(FasterRCNN):
         rois = torch.cat([torch.cat([torch.full_like(d["boxes"][:, :1], i), d["boxes"]], dim=1)
                           for i, d in enumerate(detections)])
         labels = torch.cat([d["labels"] for d in detections])
-        mask_logits = self.mask_head(self.mask_features(features, rois.to(features.dtype)))   # [N, K, m, m]
+        mask_logits = self.mask_logits(features, rois.to(features.dtype))                     # [N, K, m, m]
         own = mask_logits[torch.arange(labels.numel(), device=labels.device), labels - 1].sigmoid()
         for d, probs in zip(detections, own.split([len(d["boxes"]) for d in detections])):
             d["mask_probs"] = probs                                                  # [n, m, m]

@@ -16,10 +16,15 @@ A merged region's histograms are the size-weighted average of its parts' (eq. 2)
 Diversification (Sec. 3.2) repeats the grouping over colour spaces, segmentation scales k and similarity
 combinations ("CTSF" = colour + texture + size + fill, "TSF", "F", "S", ...) and pools the regions.
 
-Ranking (Sec. 3.3): within one hierarchy the region formed last (the whole image) gets position 1, the one before
-it 2, and so on down to the initial regions; each position is multiplied by a random number in [0, 1] and all
+Ranking (Sec. 3.3, "Combining locations"): within one hierarchy the region formed last (the whole image) gets
+position 1, the one before it 2, and so on; each position is multiplied by a random number in [0, 1] and all
 hierarchies' regions are sorted by that value, so large regions tend to come first while every hierarchy
-contributes early. Duplicate boxes keep their best (smallest) value.
+contributes early. Only then are duplicate boxes removed, each keeping its best (smallest) value, so a box that
+several hierarchies propose has several chances of a high rank. The paper does not say where the initial
+regions go; the authors' code (Image2HierarchicalGrouping.m) adds them once per segmentation (not once per
+similarity), all at the position below the first merge, and so does `ranking_values`. OpenCV's implementation
+ranks the other way round (depth in the merge tree times a random number, small regions first); it is
+available as `ranking="depth"`.
 
 Texture detail the paper leaves open: the derivative responses are half-wave rectified per orientation (the 8
 orientations are 4 axes times 2 signs) and each response map is scaled by its maximum over the image before
@@ -57,6 +62,7 @@ class Strategy:
     ks: tuple[float, ...]
     similarities: tuple[str, ...]
     sigma: float = 0.8
+    min_size: int | None = None  # smallest initial region in pixels; None: k, as in the authors' code
 
 
 # Sec. 5.2 / Table 3. "single" is the paper's best single strategy (HSV, C+T+S+F, k = 100).
@@ -237,7 +243,8 @@ def hierarchical_grouping(pair_a, pair_b, sizes0, boxes0, colour0, texture0, ima
 
     Inputs describe the n initial regions (sizes [n], boxes [n, 4], histograms [n, D]) and their neighbour pairs.
     Returns `[m, 4]` boxes of all m regions in the order they were formed: the n initial regions, then each
-    merge (m = 2n - 1 for a connected image).
+    merge (m = 2n - 1 for a connected image), and `[m]` levels, each region's depth in the merge tree (initial
+    regions 1), which OpenCV's ranking uses.
     """
     n0 = sizes0.shape[0]
     cap = 2 * n0 - 1
@@ -252,6 +259,7 @@ def hierarchical_grouping(pair_a, pair_b, sizes0, boxes0, colour0, texture0, ima
     alive = np.zeros(cap, np.bool_)
     alive[:n0] = True
     merged_into = np.arange(cap)  # dead region -> the region it became part of
+    levels = np.ones(cap, np.int64)  # depth in the merge tree: initial regions 1, a merge 1 + its deeper part
     stamp = np.full(cap, -1, np.int64)
 
     # Neighbour lists in one pool; a list may name dead regions, resolved through merged_into when read.
@@ -315,6 +323,7 @@ def hierarchical_grouping(pair_a, pair_b, sizes0, boxes0, colour0, texture0, ima
         alive[t] = True
         merged_into[i] = t
         merged_into[j] = t
+        levels[t] = max(levels[i], levels[j]) + 1
 
         # t's neighbours: those of i and j, resolved to living regions, without t itself and repeats.
         need = pool_end + length[i] + length[j]
@@ -343,7 +352,7 @@ def hierarchical_grouping(pair_a, pair_b, sizes0, boxes0, colour0, texture0, ima
                 heap_n += 1
                 _sift_up(keys, ha, hb, heap_n - 1)
         length[t] = pool_end - start[t]
-    return boxes[:n]
+    return boxes[:n], levels[:n]
 
 
 # ---------------------------------------------------------------------------------------------- the whole method
@@ -364,14 +373,15 @@ def _as_rgb(image) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def _resolve_strategy(mode, colour_spaces, ks, similarities, sigma) -> Strategy:
+def _resolve_strategy(mode, colour_spaces, ks, similarities, sigma, min_size=None) -> Strategy:
     if mode not in PRESETS:
         raise ValueError(f"mode must be one of {sorted(PRESETS)}, got {mode!r}")
     preset = PRESETS[mode]
     strategy = Strategy(tuple(colour_spaces) if colour_spaces is not None else preset.colour_spaces,
                         tuple(ks) if ks is not None else preset.ks,
                         tuple(similarities) if similarities is not None else preset.similarities,
-                        preset.sigma if sigma is None else float(sigma))
+                        preset.sigma if sigma is None else float(sigma),
+                        preset.min_size if min_size is None else min_size)
     for space in strategy.colour_spaces:
         if space not in COLOUR_SPACES:
             raise ValueError(f"colour_spaces: each must be one of {COLOUR_SPACES}, got {space!r}")
@@ -386,11 +396,27 @@ def _resolve_strategy(mode, colour_spaces, ks, similarities, sigma) -> Strategy:
         raise ValueError("colour_spaces, ks and similarities must each name at least one setting")
     if not np.isfinite(strategy.sigma) or strategy.sigma < 0:
         raise ValueError(f"sigma must be a finite number >= 0, got {strategy.sigma}")
+    if strategy.min_size is not None and (int(strategy.min_size) != strategy.min_size or strategy.min_size < 0):
+        raise ValueError(f"min_size must be an integer >= 0, got {strategy.min_size}")
     return strategy
 
 
+@dataclass(frozen=True)
+class Grouping:
+    """One hierarchical grouping: `boxes [m, 4]` int64 of all its regions in formation order (the
+    `num_initial` initial regions first, then one per merge) and `levels [m]`, each region's depth in the merge
+    tree (initial regions 1)."""
+
+    colour_space: str
+    k: float
+    similarity: str
+    boxes: np.ndarray
+    levels: np.ndarray
+    num_initial: int
+
+
 def hierarchies(rgb: np.ndarray, strategy: Strategy):
-    """Yield `(colour_space, k, similarity, boxes [m, 4] int64 in formation order)` for every grouping."""
+    """Yield a `Grouping` for every (colour space, k, similarity) of the strategy, similarities innermost."""
     height, width = rgb.shape[:2]
     for space in strategy.colour_spaces:
         colour = convert_colour(rgb, space)                                  # [H, W, C] in [0, 255]
@@ -398,33 +424,73 @@ def hierarchies(rgb: np.ndarray, strategy: Strategy):
         graph = sorted_graph(colour / np.float32(255.0), strategy.sigma, quantise=True)
         cbins, tbins = colour_bins(colour), texture_bins(colour)             # [H, W, C], [H, W, 8C]
         for k in strategy.ks:
-            # min_size = k, as in the authors' code.
-            labels = segment_image(colour, k / 255.0, strategy.sigma, int(k), graph=graph)
+            min_size = int(k) if strategy.min_size is None else int(strategy.min_size)
+            labels = segment_image(colour, k / 255.0, strategy.sigma, min_size, graph=graph)
             n = int(labels.max()) + 1
             sizes, boxes, colour_hist, texture_hist = region_statistics(labels, n, cbins, tbins)
             pair_a, pair_b = neighbour_pairs(labels)
             for combo in strategy.similarities:
-                merged = hierarchical_grouping(pair_a, pair_b, sizes, boxes, colour_hist, texture_hist,
-                                               float(height * width), "C" in combo, "T" in combo,
-                                               "S" in combo, "F" in combo)
-                yield space, k, combo, merged
+                merged, levels = hierarchical_grouping(pair_a, pair_b, sizes, boxes, colour_hist, texture_hist,
+                                                       float(height * width), "C" in combo, "T" in combo,
+                                                       "S" in combo, "F" in combo)
+                yield Grouping(space, k, combo, merged, levels, n)
+
+
+RANKINGS = ("paper", "depth")
+
+
+def ranking_values(groupings, rng: np.random.Generator, ranking: str = "paper"):
+    """Pool the groupings' boxes with their ranking values (smaller = better): `(boxes [M, 4], values [M])`.
+
+    "paper" (Sec. 3.3, as the authors' code does it): within one grouping the merges are numbered from the
+    last (the whole image, position 1) back to the first; the initial regions of a segmentation come once,
+    not once per similarity, all at the position after the first merge. Each position is multiplied by its own
+    random number in [0, 1], so large regions tend to come first while every grouping contributes early.
+    "depth" (OpenCV's ximgproc, which its source calls inverted from the paper): every region of every grouping,
+    the initial ones included, gets its depth in the merge tree (initial regions 1) times a random number, so
+    small regions tend to come first.
+    """
+    if ranking not in RANKINGS:
+        raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
+    all_boxes, all_positions = [], []
+    segmented = set()
+    for g in groupings:
+        if ranking == "depth":
+            all_boxes.append(g.boxes)
+            all_positions.append(g.levels.astype(np.float64))
+            continue
+        merges = g.boxes[g.num_initial:]                                 # [m - n, 4]
+        all_boxes.append(merges)
+        all_positions.append(np.arange(len(merges), 0, -1, dtype=np.float64))
+        if (g.colour_space, g.k) not in segmented:
+            segmented.add((g.colour_space, g.k))
+            all_boxes.append(g.boxes[:g.num_initial])
+            all_positions.append(np.full(g.num_initial, len(merges) + 1.0))
+    positions = np.concatenate(all_positions)                            # [M]
+    return np.concatenate(all_boxes), positions * rng.random(len(positions))
 
 
 def selective_search(image, mode: str = "fast", seed: int = 0, *, max_side: int | None = None,
-                     colour_spaces=None, ks=None, similarities=None, sigma: float | None = None) -> torch.Tensor:
+                     colour_spaces=None, ks=None, similarities=None, sigma: float | None = None,
+                     min_size: int | None = None, ranking: str = "paper") -> torch.Tensor:
     """Selective Search object proposals (Uijlings et al. 2013), best-ranked first.
 
     image: `[H, W, 3]` uint8 RGB array or a PIL image.
     mode: "fast" (HSV + Lab, k in {50, 100}, similarities CTSF and TSF: 8 groupings), "quality" (HSV, Lab,
         rgI, H, I; k in {50, 100, 150, 300}; CTSF, TSF, F, S: 80 groupings) or "single" (HSV, k = 100, CTSF).
-    seed: seeds the random factor of the ranking (Sec. 3.3); the set of boxes does not depend on it.
+    seed: seeds the random factors of the ranking (Sec. 3.3); the set of boxes does not depend on it.
     max_side: if given and the image's longer side exceeds it, search a proportionally downscaled copy and map
         the boxes back (proposals are then coarser; the original code and OpenCV use the image as given).
-    colour_spaces, ks, similarities, sigma: override the mode's settings, e.g. `similarities=("CT",)`.
+    colour_spaces, ks, similarities, sigma, min_size: override the mode's settings, e.g. `similarities=("CT",)`;
+        min_size (smallest initial region, pixels) defaults to each k, as in the authors' code.
+    ranking: "paper" (default; large regions tend to come first) or "depth" (OpenCV's order, small regions
+        tend to come first); see `ranking_values`. Only the order of the boxes depends on it.
     Returns an `[N, 4]` float32 tensor of xyxy boxes in pixels with continuous edges (x2, y2 exclusive).
     """
     rgb = _as_rgb(image)
-    strategy = _resolve_strategy(mode, colour_spaces, ks, similarities, sigma)
+    strategy = _resolve_strategy(mode, colour_spaces, ks, similarities, sigma, min_size)
+    if ranking not in RANKINGS:
+        raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
     height, width = rgb.shape[:2]
     factor = 1.0
     if max_side is not None:
@@ -436,17 +502,11 @@ def selective_search(image, mode: str = "fast", seed: int = 0, *, max_side: int 
             factor = max_side / max(height, width)
             size = (max(1, round(width * factor)), max(1, round(height * factor)))
             rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
-    rng = np.random.default_rng(seed)
-    all_boxes, all_values = [], []
-    for _, _, _, boxes in hierarchies(rgb, strategy):
-        m = len(boxes)
-        position = np.arange(m, 0, -1, dtype=np.float64)   # the last formed region is position 1
-        all_boxes.append(boxes)
-        all_values.append(position * rng.random(m))
-    boxes = np.concatenate(all_boxes)                       # [M, 4]
-    values = np.concatenate(all_values)                     # [M]
+    boxes, values = ranking_values(hierarchies(rgb, strategy), np.random.default_rng(seed), ranking)  # [M, 4], [M]
     order = np.argsort(values, kind="stable")
     boxes = boxes[order]
+    # Rank first, then drop the lower-ranked duplicates (Sec. 3.3): a box that several groupings propose gets
+    # several draws at a good rank.
     _, first = np.unique(boxes, axis=0, return_index=True)  # first occurrence = best value
     boxes = boxes[np.sort(first)].astype(np.float64)
     if factor != 1.0:

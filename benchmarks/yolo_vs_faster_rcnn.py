@@ -1,0 +1,112 @@
+"""YOLOv2 against Faster R-CNN on the embedded world, each trained to convergence: accuracy and images per second.
+
+Redmon & Farhadi 2017 (Table 3) place YOLOv2 next to Faster R-CNN: similar VOC mAP at several times the frame
+rate. The issue's target on the world: YOLOv2 within 5 mAP points of Faster R-CNN at >= 5x its images per second.
+
+Both detectors are evaluated on the same test images (the world's test split, seed 0, 160 px) with the same
+metrics (VOC mAP@0.5 all-point, COCO AP), and timed the same way in this one process: `recipe.predict` on
+decoded images (resize/letterbox, forward, decoding, NMS; for Faster R-CNN also the RPN's proposal layer and
+the region head), batches of 1 and of 16, best of two passes, the same torch thread count.
+
+Each model is trained by its default recipe unless a checkpoint is given:
+
+    # Faster R-CNN from benchmarks/rcnn_family.py (its best.pt), YOLOv2 trained here:
+    .venv/bin/python benchmarks/yolo_vs_faster_rcnn.py --threads 2 \\
+        --faster-rcnn-checkpoint runs/bench_rcnn/faster-rcnn/best.pt
+    .venv/bin/python benchmarks/yolo_vs_faster_rcnn.py --train-images 300 --epochs 2     # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+
+def timed_predict(recipe, model, images, batch: int) -> float:
+    """Images per second of `recipe.predict` over `images`, best of two passes."""
+    device = torch.device("cpu")
+    best = float("inf")
+    for _ in range(2):
+        started = time.perf_counter()
+        with torch.no_grad():
+            for start in range(0, len(images), batch):
+                recipe.predict(model, images[start:start + batch], device)
+        best = min(best, time.perf_counter() - started)
+    return len(images) / best
+
+
+def trained(name: str, checkpoint: str | None, data: dict, args) -> tuple:
+    """(recipe, model in eval mode, training wall seconds or None) for `name`, from `checkpoint` or trained."""
+    from scenekit.cli import _restore, make_recipe
+    from scenekit.engine.train import TrainConfig, train
+
+    if checkpoint:
+        recipe, model, _, _ = _restore(checkpoint, "cpu")
+        return recipe, model.eval(), None
+    options = {} if args.epochs is None else {"epochs": args.epochs}
+    recipe = make_recipe(name, data["train"].categories, options)
+    config = TrainConfig(out=str(Path(args.out) / name), batch_size=recipe.batch_size, seed=args.seed,
+                         progress=False, tensorboard=False, log_every=200)
+    started = time.perf_counter()
+    result = train(recipe, data["train"], data["val"], config)
+    seconds = time.perf_counter() - started
+    _, model, _, _ = _restore(str(result.best_checkpoint), "cpu")
+    return recipe, model.eval(), seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--train-images", type=int, default=1600)
+    parser.add_argument("--val-images", type=int, default=100)
+    parser.add_argument("--test-images", type=int, default=300)
+    parser.add_argument("--image-size", type=int, default=160, help="world image side")
+    parser.add_argument("--epochs", type=int, default=None, help="override both recipes' epochs")
+    parser.add_argument("--yolo-checkpoint", default=None, help="a trained yolo2 checkpoint instead of training")
+    parser.add_argument("--faster-rcnn-checkpoint", default=None,
+                        help="a trained faster-rcnn checkpoint instead of training")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs/bench_yolo_vs_frcnn")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from scenekit.data.world import make_world
+
+    data = {split: make_world(n, split=split, seed=args.seed, image_size=args.image_size)
+            for split, n in (("train", args.train_images), ("val", args.val_images), ("test", args.test_images))}
+    images = [record.image for record in data["test"].records]
+    rows = []
+    for name, checkpoint in (("faster-rcnn", args.faster_rcnn_checkpoint), ("yolo2", args.yolo_checkpoint)):
+        recipe, model, train_seconds = trained(name, checkpoint, data, args)
+        metrics = recipe.evaluate(model, data["test"], torch.device("cpu"))
+        row = {"model": name, "input": recipe.options.get("image_size"), "mAP50": metrics["mAP50"],
+               "coco_AP": metrics.get("coco_AP", metrics.get("AP")),
+               "train_min": None if train_seconds is None else train_seconds / 60,
+               "images_per_s_batch1": timed_predict(recipe, model, images[:100], 1),
+               "images_per_s_batch16": timed_predict(recipe, model, images, 16)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    frcnn, yolo = rows
+    print(f"\nworld test split: {args.test_images} images at {args.image_size} px, {args.threads} torch thread(s)")
+    print("| model | input | VOC mAP@0.5 | COCO AP | images/s (batch 1) | images/s (batch 16) | train min |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        minutes = "-" if r["train_min"] is None else f"{r['train_min']:.1f}"
+        print(f"| {r['model']} | {r['input']} | {r['mAP50']:.3f} | {r['coco_AP']:.3f} | "
+              f"{r['images_per_s_batch1']:.1f} | {r['images_per_s_batch16']:.1f} | {minutes} |")
+    print(f"\nYOLOv2 - Faster R-CNN: {100 * (yolo['mAP50'] - frcnn['mAP50']):+.1f} mAP points; speed ratio "
+          f"{yolo['images_per_s_batch1'] / frcnn['images_per_s_batch1']:.1f}x (batch 1), "
+          f"{yolo['images_per_s_batch16'] / frcnn['images_per_s_batch16']:.1f}x (batch 16)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
