@@ -452,6 +452,11 @@ def add_propose_parser(sub):
                    help="search a copy downscaled to this longer side (faster, coarser); boxes are mapped back")
     p.add_argument("--out", default=None, help="PNG file to draw the top proposals on")
     p.add_argument("--seed", type=int, default=0, help="seed of the ranking's random factor")
+    p.add_argument("--ranking", default="paper", choices=["paper", "depth"],
+                   help="paper: hierarchy position x random (large regions tend to come first); depth: depth in "
+                        "the merge tree x random, as OpenCV (small regions first). Only the order changes")
+    p.add_argument("--min-size", type=int, default=None,
+                   help="smallest initial region in pixels (default: each k, as the authors' code)")
     p.add_argument("--json", action="store_true", help="print the top proposals as JSON")
     p.set_defaults(func=run_propose)
 
@@ -469,7 +474,10 @@ def run_propose(args):
         raise DataError(f"--max-side must be >= 1, got {args.max_side}", field="max_side")
     image = _read_rgb(args.image)
     start = time.perf_counter()
-    boxes = selective_search(image, mode=args.mode, seed=args.seed, max_side=args.max_side)
+    if args.min_size is not None and args.min_size < 1:
+        raise DataError(f"--min-size must be >= 1, got {args.min_size}", field="min_size")
+    boxes = selective_search(image, mode=args.mode, seed=args.seed, max_side=args.max_side,
+                             min_size=args.min_size, ranking=args.ranking)
     seconds = time.perf_counter() - start
     top = boxes[:args.top].tolist()
     if args.out:

@@ -368,6 +368,23 @@ def test_cli_propose_prints_json_and_draws(tmp_path, capsys):
     assert Image.open(tmp_path / "p.png").size == (96, 72)
 
 
+def test_cli_propose_passes_ranking_and_min_size_through(tmp_path, capsys):
+    import json
+
+    from scenekit.cli import main
+
+    image, _ = make_scene(2)
+    Image.fromarray(image).save(tmp_path / "scene.png")
+    code = main(["propose", str(tmp_path / "scene.png"), "--top", "1000", "--json", "--ranking", "depth",
+                 "--min-size", "30"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    expected = selective_search(image, mode="fast", seed=0, ranking="depth", min_size=30).tolist()
+    assert result["boxes_xyxy"] == expected
+    assert main(["propose", str(tmp_path / "scene.png"), "--min-size", "0"]) == 2
+    assert "--min-size" in capsys.readouterr().err
+
+
 def test_cli_propose_rejects_unreadable_image(tmp_path, capsys):
     from scenekit.cli import main
 
