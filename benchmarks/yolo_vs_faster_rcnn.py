@@ -39,7 +39,15 @@ def timed_predict(recipe, model, images, batch: int) -> float:
     return len(images) / best
 
 
-def trained(name: str, checkpoint: str | None, data: dict, args) -> tuple:
+def _parse(pair: str):
+    key, _, value = pair.partition("=")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def trained(name: str, checkpoint: str | None, data: dict, args, extra: dict) -> tuple:
     """(recipe, model in eval mode, training wall seconds or None) for `name`, from `checkpoint` or trained."""
     from scenekit.cli import _restore, make_recipe
     from scenekit.engine.train import TrainConfig, train
@@ -47,7 +55,7 @@ def trained(name: str, checkpoint: str | None, data: dict, args) -> tuple:
     if checkpoint:
         recipe, model, _, _ = _restore(checkpoint, "cpu")
         return recipe, model.eval(), None
-    options = {} if args.epochs is None else {"epochs": args.epochs}
+    options = {**({} if args.epochs is None else {"epochs": args.epochs}), **extra}
     recipe = make_recipe(name, data["train"].categories, options)
     config = TrainConfig(out=str(Path(args.out) / name), batch_size=recipe.batch_size, seed=args.seed,
                          progress=False, tensorboard=False, log_every=200)
@@ -69,6 +77,8 @@ def main() -> None:
     parser.add_argument("--yolo-checkpoint", default=None, help="a trained yolo2 checkpoint instead of training")
     parser.add_argument("--faster-rcnn-checkpoint", default=None,
                         help="a trained faster-rcnn checkpoint instead of training")
+    parser.add_argument("--yolo-option", action="append", metavar="KEY=VALUE", default=[],
+                        help="yolo2 recipe option (JSON value), e.g. channels=[8,16,32,64,128]")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/bench_yolo_vs_frcnn")
@@ -82,8 +92,10 @@ def main() -> None:
             for split, n in (("train", args.train_images), ("val", args.val_images), ("test", args.test_images))}
     images = [record.image for record in data["test"].records]
     rows = []
-    for name, checkpoint in (("faster-rcnn", args.faster_rcnn_checkpoint), ("yolo2", args.yolo_checkpoint)):
-        recipe, model, train_seconds = trained(name, checkpoint, data, args)
+    yolo_options = dict(_parse(pair) for pair in args.yolo_option)
+    for name, checkpoint, extra in (("faster-rcnn", args.faster_rcnn_checkpoint, {}),
+                                    ("yolo2", args.yolo_checkpoint, yolo_options)):
+        recipe, model, train_seconds = trained(name, checkpoint, data, args, extra)
         metrics = recipe.evaluate(model, data["test"], torch.device("cpu"))
         row = {"model": name, "input": recipe.options.get("image_size"), "mAP50": metrics["mAP50"],
                "coco_AP": metrics.get("coco_AP", metrics.get("AP")),

@@ -727,7 +727,9 @@ def add_caption_parser(sub):
     p = sub.add_parser("caption", help="caption images with a trained captioner (greedy, sampling or beam search)",
                        formatter_class=_formatter)
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (PNG, JPEG, ...)")
-    p.add_argument("--checkpoint", required=True, help="checkpoint of deepimagesent, showtell or showattendtell")
+    p.add_argument("--checkpoint", default=None, help="checkpoint of deepimagesent, showtell or showattendtell")
+    p.add_argument("--onnx", default=None, help="instead of --checkpoint: a captioner's file from `scenekit export`, "
+                                                "run with onnxruntime (CPU)")
     p.add_argument("--beam", type=int, default=1, help="beam size (1: greedy decoding)")
     p.add_argument("--length-penalty", type=float, default=0.0,
                    help="beam search ranks by log p / length^A (0: plain log-probability)")
@@ -753,9 +755,19 @@ def run_caption(args):
         raise DataError("--beam and --max-length must be >= 1", field="beam")
     if args.attention_out and len(args.images) != 1:
         raise DataError("--attention-out draws one image; give exactly one", field="attention_out")
-    _, model, device, checkpoint = _restore(args.checkpoint, args.device)
+    if (args.checkpoint is None) == (args.onnx is None):
+        raise DataError("give exactly one of --checkpoint FILE and --onnx FILE", field="checkpoint")
+    if args.onnx:                       # the encoder and the decoder step in onnxruntime, the decoding loop here
+        from scenekit.export import load_onnx
+
+        predictor = load_onnx(args.onnx, make_recipe)
+        model, device = predictor.module, torch.device("cpu")
+        source, model_name = args.onnx, predictor.metadata["model_name"]
+    else:
+        _, model, device, checkpoint = _restore(args.checkpoint, args.device)
+        source, model_name = args.checkpoint, checkpoint["model_name"]
     if not isinstance(model, Captioner):
-        raise DataError(f"the checkpoint holds {checkpoint['model_name']!r}, not a captioner", file=args.checkpoint)
+        raise DataError(f"the file holds {model_name!r}, not a captioner", file=source)
     if args.attention_out and model.config.kind != "showattendtell":
         raise DataError(f"{model.config.kind} has no attention; --attention-out needs showattendtell",
                         field="attention_out")
@@ -858,7 +870,9 @@ def add_export_parser(sub):
                        formatter_class=_formatter,
                        description="Writes the model's network (backbone + heads, raw outputs) as ONNX with a "
                                    "dynamic batch (and image size where the model allows); decoding and NMS stay "
-                                   "in Python. Two-stage detectors export backbone + RPN, captioners the encoder.")
+                                   "in Python. Two-stage detectors also write their RoI heads (OUT stem + "
+                                   ".head.onnx, .mask_head.onnx), captioners their decoder step (.step.onnx): "
+                                   "keep them beside OUT.")
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by `scenekit train` (best.pt)")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
     p.add_argument("--out", default="model.onnx", help="file to write")
@@ -881,14 +895,21 @@ def run_export(args):
     summary = {"onnx": str(path), "model": recipe.model_name, "bytes": path.stat().st_size}
     metadata = export.read_metadata(path)
     summary.update({"outputs": metadata["outputs"], "runnable": metadata["runnable"],
-                    "dynamic_size": metadata["dynamic_size"]})
+                    "dynamic_size": metadata["dynamic_size"], "parts": list(metadata["parts"]),
+                    "part_files": [str(export.part_path(path, name)) for name in metadata["parts"]]})
     if not args.no_check:
         graph = export.export_graph(recipe, model)
         with torch.no_grad():
             expected = graph.network(graph.example)
         expected = expected if isinstance(expected, tuple) else (expected,)
         got = export.OnnxSession(path).run(graph.example)
-        summary["max_abs_difference"] = max(float(abs(g - e.numpy()).max()) for g, e in zip(got, expected))
+        differences = [float(abs(g - e.numpy()).max()) for g, e in zip(got, expected)]
+        for part in graph.parts:                # the RoI heads / decoder step on their traced examples
+            with torch.no_grad():
+                expected = part.network(*part.example)                 # a tuple
+            got = export.OnnxSession(export.part_path(path, part.name)).run(*part.example)
+            differences += [float(abs(g - e.numpy()).max()) for g, e in zip(got, expected)]
+        summary["max_abs_difference"] = max(differences)
     if args.json:
         print(json.dumps(summary))
     else:
@@ -897,9 +918,8 @@ def run_export(args):
               "dynamic)")
         if "max_abs_difference" in summary:
             print(f"onnxruntime vs PyTorch: max |difference| {summary['max_abs_difference']:.2e}")
-        if not summary["runnable"]:
-            print("note: this file is the network part only; `scenekit predict --onnx` needs the full model "
-                  "(use --checkpoint)")
+        for part_file in summary["part_files"]:
+            print(f"  with {part_file} (keep it beside {path.name})")
     return 0
 
 

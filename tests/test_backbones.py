@@ -146,3 +146,54 @@ def test_unknown_backbone_and_norm_are_rejected():
         backbones.build_backbone("alexnet")
     with pytest.raises(ValueError, match="norm"):
         backbones.SmallCNN(norm="layer")
+
+
+# ------------------------------------------------------------------------------------------------ inference
+def _random_batch_norm_statistics(model, generator):
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.copy_(torch.rand(module.num_features, generator=generator) * 2 - 1)
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(module.num_features, generator=generator) - 0.5)
+
+
+def test_folded_batch_norms_give_the_same_outputs_with_no_batch_norm_left():
+    from scenekit.models.backbones import SmallCNN, fold_batch_norms
+
+    generator = torch.Generator().manual_seed(0)
+    model = SmallCNN(channels=(8, 16), padding=1)
+    _random_batch_norm_statistics(model, generator)
+    model.eval()
+    folded = fold_batch_norms(model)
+    images = torch.rand(3, 3, 20, 20, generator=generator)
+    with torch.no_grad():
+        # The reference: batch norm's test-time formula applied by hand after each convolution.
+        x = images
+        for layer in model.features:
+            if isinstance(layer, torch.nn.BatchNorm2d):
+                x = (x - layer.running_mean[:, None, None]) / torch.sqrt(layer.running_var[:, None, None]
+                                                                         + layer.eps)
+                x = x * layer.weight[:, None, None] + layer.bias[:, None, None]
+            else:
+                x = layer(x)
+        torch.testing.assert_close(folded(images), x, rtol=1e-5, atol=1e-5)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())     # the model itself is untouched
+
+
+def test_inference_copy_is_rebuilt_when_the_weights_change():
+    from scenekit.models.backbones import SmallCNN, inference_copy
+
+    model = SmallCNN(channels=(4,), padding=1).eval()
+    first = inference_copy(model)
+    assert inference_copy(model) is first                      # cached while nothing changed
+    with torch.no_grad():
+        model.features[0].weight.mul_(2)                         # what an optimiser step does
+    second = inference_copy(model)
+    assert second is not first
+    images = torch.rand(1, 3, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(second(images), model(images), rtol=1e-5, atol=1e-5)
+    model.fold_for_inference = False
+    assert inference_copy(model) is model

@@ -1,6 +1,7 @@
-"""ONNX export (scenekit/export.py): onnxruntime gives the PyTorch outputs, on every family that exports."""
+"""ONNX export (scenekit/export.py): onnxruntime gives the PyTorch outputs and predictions, on every family."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -24,12 +25,13 @@ FAMILIES = {
     "yolo2": {"channels": [8, 8, 16, 16, 16], "head_channels": 32, "anchors": "hand"},
     "fcn": {"channels": [8, 8, 16, 16, 16], "head": 16, "image_size": 64},
     "deconvnet": {"channels": [8, 8, 16, 16, 16], "image_size": 64},
-    "faster-rcnn": {},
-    "mask-rcnn": {},
+    "fast-rcnn": {"channels": [8, 16, 16], "hidden": 64},
+    "faster-rcnn": {"channels": [8, 16, 16], "hidden": 64},
+    "mask-rcnn": {"channels": [8, 16, 16], "hidden": 64, "mask_convs": 2, "mask_channels": 16},
+    "deepimagesent": {"channels": [8, 8, 16], "feature": 32, "hidden": 32, "embedding": 16},
     "showtell": {"channels": [8, 8, 16], "feature": 32, "hidden": 32, "embedding": 16},
     "showattendtell": {"channels": [8, 8, 16], "hidden": 32, "embedding": 16, "attention": 16},
 }
-RUNNABLE = ("localizer", "overfeat", "yolo1", "yolo2", "fcn", "deconvnet")
 
 
 def build(name):
@@ -41,7 +43,20 @@ def build(name):
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.2, 0.2)
                 module.running_var.uniform_(0.5, 1.5)
+        spread_scores(model)
     return recipe, model
+
+
+def spread_scores(model):
+    """The papers' initialisation (std 0.01, 0.001) leaves an untrained detector's objectness and class scores
+    within float rounding of one another, so proposals and detections tie, and the two libraries' last-bit
+    differences break the ties differently. A trained model's scores are apart (a trained Faster R-CNN gives the
+    same detections within 5e-5 px); spread these the same way."""
+    for layer in (getattr(model, "rpn", None) and model.rpn.objectness,
+                  getattr(model, "box_head", None) and model.box_head.cls_score):
+        if layer is not None:
+            torch.nn.init.normal_(layer.weight, std=0.3)
+            torch.nn.init.normal_(layer.bias, std=0.3)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +77,11 @@ def world_images():
     return [r.image for r in make_world(2, seed=3, split="test").records]     # varied sizes, 128..320
 
 
+def _numpy(outputs):
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    return [o.numpy() for o in outputs]
+
+
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_onnx_outputs_equal_pytorch_outputs_on_another_batch_and_size(exported, name):
     recipe, model, path = exported(name)
@@ -70,35 +90,115 @@ def test_onnx_outputs_equal_pytorch_outputs_on_another_batch_and_size(exported, 
     height, width = graph.example.shape[2:]
     if graph.dynamic_size:                   # another size than the one traced (multiples of 32 for YOLOv2)
         height, width = height + 32, width + 64
-    images = torch.rand(3, 3, height, width, generator=torch.Generator().manual_seed(1))
+    # (Seed 0: with seed 1 DeconvNet's max-pooling meets a near-tie whose switch flips with rounding -- PyTorch in
+    # float64 differs from PyTorch in float32 there exactly as onnxruntime does; unpooling is discontinuous.)
+    images = torch.rand(3, 3, height, width, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        expected = graph.network(images)
-    expected = expected if isinstance(expected, tuple) else (expected,)
+        expected = _numpy(graph.network(images))
     got = export.OnnxSession(path).run(images)
-    assert [g.shape for g in got] == [tuple(e.shape) for e in expected]
+    assert [g.shape for g in got] == [e.shape for e in expected]
     for g, e in zip(got, expected):
-        np.testing.assert_allclose(g, e.numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(g, e, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["localizer", "yolo1", "showtell"])
-def test_traced_wrapper_equals_the_models_own_forward(name):
-    """The export wrappers restate a forward pass with a symbolic batch; they must equal the model's own."""
+def _other_part_inputs(part, model):
+    """Inputs of another shape than the traced example: more RoIs on a larger, two-image map; more rows."""
+    generator = torch.Generator().manual_seed(2)
+    if part.name == "step":
+        rows = 5
+        tokens = torch.randint(0, len(model.config.words), (rows,), generator=generator)
+        return (tokens, *(t[:1].expand(rows, *t.shape[1:]) + 0.1 * torch.randn(rows, *t.shape[1:],
+                                                                                generator=generator)
+                          for t in part.example[1:]))
+    features = torch.randn(2, part.example[0].shape[1], 27, 33, generator=generator)
+    corners = torch.rand(40, 2, 2, generator=generator) * torch.tensor([270.0, 220.0])
+    boxes = torch.cat([corners.min(dim=1).values, corners.max(dim=1).values], dim=1)      # x1 <= x2, y1 <= y2
+    return features, torch.cat([torch.randint(0, 2, (40, 1), generator=generator).float(), boxes], dim=1)
+
+
+@pytest.mark.parametrize("name", ["fast-rcnn", "faster-rcnn", "mask-rcnn", "deepimagesent", "showtell",
+                                  "showattendtell"])
+def test_onnx_parts_equal_pytorch_on_other_shapes(exported, name):
+    recipe, model, path = exported(name)
+    graph = export.export_graph(recipe, model)
+    assert graph.parts
+    for part in graph.parts:
+        inputs = _other_part_inputs(part, model)
+        with torch.no_grad():
+            expected = _numpy(part.network(*inputs))
+        got = export.OnnxSession(export.part_path(path, part.name)).run(*inputs)
+        assert [g.shape for g in got] == [e.shape for e in expected], part.name
+        for g, e in zip(got, expected):
+            np.testing.assert_allclose(g, e, atol=1e-4, rtol=0, err_msg=part.name)
+
+
+@pytest.mark.parametrize("align", [False, True])
+def test_onnx_roi_operators_equal_scenekit_roi(tmp_path, align):
+    """ONNX's MaxRoiPool / RoiAlign (in onnxruntime) against scenekit.roi, on RoIs of every size, some outside."""
+    from scenekit.roi import roi_align, roi_pool
+
+    generator = torch.Generator().manual_seed(5)
+    features = torch.randn(2, 4, 13, 17, generator=generator)
+    corners = torch.rand(300, 2, 2, generator=generator) * torch.tensor([170.0, 130.0]) - 20   # up to 20 px out
+    boxes = torch.cat([corners.min(dim=1).values, corners.max(dim=1).values], dim=1)
+    boxes[:50, 2:] = boxes[:50, :2] + torch.rand(50, 2, generator=generator) * 3              # tiny boxes too
+    rois = torch.cat([torch.randint(0, 2, (300, 1), generator=generator).float(), boxes], dim=1)
+    module = export._Tupled(torch.nn.Identity(), lambda f, r: export.roi_features(f, r, 5, 1 / 8, align))
+    path = tmp_path / "roi.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")          # the tracer's notes on scenekit.roi's forward, which it replaces
+        torch.onnx.export(module, (features, rois[:3]), str(path), dynamo=False, opset_version=export.OPSET,
+                          input_names=["features", "rois"], dynamic_axes={"rois": {0: "rois"}})
+    import onnxruntime
+
+    got = onnxruntime.InferenceSession(str(path)).run(None, {"features": features.numpy(), "rois": rois.numpy()})[0]
+    expected = (roi_align(features, rois, 5, 1 / 8, sampling_ratio=2, aligned=True) if align
+                else roi_pool(features, rois, 5, 1 / 8))
+    np.testing.assert_allclose(got, expected.numpy(), atol=1e-5, rtol=0)
+
+
+def _own_outputs(model, images):
+    """What the model's own code gives for the main graph's outputs."""
+    if hasattr(model, "rpn"):
+        features = model.features(images)
+        return (features, *model.rpn(features))
+    if hasattr(model, "start"):
+        state, context = model.start(images)
+        return tuple(state) + tuple(context)
+    return _as_tuple(model(images))
+
+
+def _own_part_outputs(model, name, inputs):
+    if name == "step":
+        logits, state, alpha = model.step(inputs[0], tuple(inputs[1:3]), tuple(inputs[3:]))
+        return (logits, *state) + (() if alpha is None else (alpha,))
+    return _as_tuple(getattr(model, {"head": "classify_regions", "mask_head": "mask_logits"}[name])(*inputs))
+
+
+def _as_tuple(out):
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+@pytest.mark.parametrize("name", ["localizer", "yolo1", "faster-rcnn", "mask-rcnn", "deepimagesent",
+                                  "showattendtell"])
+def test_traced_wrappers_equal_the_models_own_methods(name):
+    """The export wrappers restate a forward pass with a symbolic batch, or with ONNX's RoI operators; they must
+    equal the model's own methods exactly."""
     recipe, model = build(name)
     graph = export.export_graph(recipe, model)
     images = torch.rand(2, 3, *graph.example.shape[2:])
     with torch.no_grad():
-        ours = graph.network(images)
-        if name == "showtell":
-            state, _ = model.start(images)
-            theirs = tuple(state)
-        else:
-            theirs = model(images)
-            theirs = theirs if isinstance(theirs, tuple) else (theirs,)
-    for a, b in zip(ours, theirs):
-        torch.testing.assert_close(a, b, atol=0, rtol=0)
+        pairs = [(graph.network(images), _own_outputs(model, images))]
+        for part in graph.parts:
+            inputs = _other_part_inputs(part, model)
+            pairs.append((part.network(*inputs), _own_part_outputs(model, part.name, inputs)))
+    for ours, theirs in pairs:
+        assert len(ours) == len(theirs)
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("name", RUNNABLE)
+@pytest.mark.parametrize("name", list(FAMILIES))
 def test_predictions_through_onnxruntime_equal_the_checkpoint_predictions(exported, world_images, name):
     recipe, model, path = exported(name)
     with torch.no_grad():
@@ -106,11 +206,32 @@ def test_predictions_through_onnxruntime_equal_the_checkpoint_predictions(export
     got = export.load_onnx(path, make_recipe).predict(world_images)
     assert len(got) == len(expected)
     for g, e in zip(got, expected):
-        for key in ("boxes", "scores", "labels", "semantic"):
+        assert g.keys() == e.keys()
+        for key in ("boxes", "scores", "labels", "semantic", "masks"):
             if key in e:
                 a, b = np.asarray(g[key], dtype=np.float64), np.asarray(e[key], dtype=np.float64)
                 assert a.shape == b.shape, key
                 np.testing.assert_allclose(a, b, atol=1e-4, rtol=0, err_msg=key)
+        if "caption" in e:
+            assert g["caption"] == e["caption"]
+    if name in ("faster-rcnn", "mask-rcnn", "fast-rcnn"):
+        assert all(len(e["scores"]) > 0 for e in expected)          # the comparison saw detections
+
+
+def test_beam_search_through_onnxruntime_gives_the_same_words_and_attention(exported, world_images):
+    from scenekit.data.transforms import prepare_image
+    from scenekit.models.captioner import caption_images
+
+    recipe, model, path = exported("showattendtell")
+    onnx_model = export.load_onnx(path, make_recipe).module
+    images = torch.stack([prepare_image(image, model.config.image_size) for image in world_images])
+    for beam in (1, 3):
+        expected = caption_images(model, images, beam_size=beam, max_length=8)
+        got = caption_images(onnx_model, images, beam_size=beam, max_length=8)
+        for (text, words, alphas), (text_e, words_e, alphas_e) in zip(got, expected):
+            assert (text, words) == (text_e, words_e)
+            if alphas_e is not None:
+                np.testing.assert_allclose(alphas, alphas_e, atol=1e-5, rtol=0)
 
 
 def test_metadata_carries_the_recipe(exported):
@@ -120,12 +241,53 @@ def test_metadata_carries_the_recipe(exported):
     assert metadata["categories"] == dict(CATEGORIES)
     assert metadata["outputs"] == ["output"] and metadata["dynamic_size"] and metadata["runnable"]
     np.testing.assert_allclose(metadata["buffers"]["anchors"], model.anchors.numpy())
+    _, _, path = exported("mask-rcnn")
+    metadata = export.read_metadata(path)
+    assert metadata["model_config"]["rpn_nms"] == 0.7 and metadata["model_config"]["score_threshold"] == 0.05
+    assert {name: entry["file"] for name, entry in metadata["parts"].items()} == {
+        "head": "mask-rcnn.head.onnx", "mask_head": "mask-rcnn.mask_head.onnx"}
+    _, model, path = exported("showtell")
+    assert export.read_metadata(path)["model_config"]["words"] == model.config.words
 
 
-def test_network_only_files_refuse_end_to_end_prediction_with_a_reason(exported):
-    _, _, path = exported("faster-rcnn")
-    with pytest.raises(DataError, match="proposal layer"):
-        export.load_onnx(path, make_recipe)
+def test_missing_or_foreign_part_files_are_data_errors_naming_the_file(exported, tmp_path):
+    import shutil
+
+    _, _, source = exported("faster-rcnn")
+    main = tmp_path / "detector.onnx"
+    shutil.copy(source, main)
+    with pytest.raises(DataError, match=r"faster-rcnn.head.onnx: the 'head' graph of detector.onnx is missing"):
+        export.load_onnx(main, make_recipe)
+    _, _, other = exported("mask-rcnn")              # a head of the right name, from another export
+    shutil.copy(export.part_path(other, "head"), tmp_path / "faster-rcnn.head.onnx")
+    with pytest.raises(DataError, match=r"head.onnx: this is not the 'head' graph exported with detector.onnx"):
+        export.load_onnx(main, make_recipe)
+    with pytest.raises(DataError, match=r"head.onnx: this file is the 'head' graph of mask-rcnn.onnx: give that"):
+        export.load_onnx(tmp_path / "faster-rcnn.head.onnx", make_recipe)
+
+
+def test_metadata_without_what_prediction_needs_is_a_data_error(exported, tmp_path):
+    import onnx
+
+    _, _, source = exported("yolo1")
+    proto = onnx.load(str(source))
+    entry = next(p for p in proto.metadata_props if p.key == export.METADATA_KEY)
+    metadata = json.loads(entry.value)
+    del metadata["model_config"]
+    entry.value = json.dumps(metadata)
+    broken = tmp_path / "broken.onnx"
+    onnx.save(proto, str(broken))
+    with pytest.raises(DataError, match=r"broken.onnx.*model_config|model_config.*broken.onnx"):
+        export.load_onnx(broken, make_recipe)
+    entry.value = "{not json"
+    onnx.save(proto, str(broken))
+    with pytest.raises(DataError, match="broken.onnx"):
+        export.read_metadata(broken)
+    metadata["model_config"], metadata["runnable"] = {}, False      # a network-only file of an older scenekit
+    entry.value = json.dumps(metadata)
+    onnx.save(proto, str(broken))
+    with pytest.raises(DataError, match="export the checkpoint again"):
+        export.load_onnx(broken, make_recipe)
 
 
 def test_files_not_from_scenekit_are_data_errors(tmp_path):
@@ -137,25 +299,31 @@ def test_files_not_from_scenekit_are_data_errors(tmp_path):
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1])])
     foreign = tmp_path / "foreign.onnx"
     onnx.save(helper.make_model(graph), str(foreign))
-    with pytest.raises(DataError, match="not an ONNX file exported by scenekit"):
-        export.read_metadata(foreign)
+    with pytest.raises(DataError, match="foreign.onnx: not an ONNX file exported by scenekit"):
+        export.load_onnx(foreign, make_recipe)
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x00not a protobuf" * 10)
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="garbage.onnx"):
         export.read_metadata(garbage)
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(DataError, match="missing.onnx: ONNX file not found"):
         export.read_metadata(tmp_path / "missing.onnx")
 
 
-def test_cli_export_then_predict_with_onnx_writes_the_same_detections(tmp_path, world_images, capsys):
-    from PIL import Image
-
+def _checkpoint(tmp_path, name):
     from scenekit.engine.checkpoint import save_checkpoint
 
-    recipe, model = build("localizer")
-    checkpoint = tmp_path / "best.pt"
-    save_checkpoint(checkpoint, {"model_name": "localizer", "model": model.state_dict(), "options": recipe.options,
+    recipe, model = build(name)
+    checkpoint = tmp_path / f"{name}.pt"
+    save_checkpoint(checkpoint, {"model_name": name, "model": model.state_dict(), "options": recipe.options,
                                  "model_config": recipe.model_config, "categories": recipe.categories})
+    return checkpoint
+
+
+@pytest.mark.parametrize("name", ["localizer", "faster-rcnn"])
+def test_cli_export_then_predict_with_onnx_writes_the_same_detections(tmp_path, world_images, capsys, name):
+    from PIL import Image
+
+    checkpoint = _checkpoint(tmp_path, name)
     image_path = tmp_path / "scene.png"
     Image.fromarray(world_images[0]).save(image_path)
     onnx_path = tmp_path / "model.onnx"
@@ -173,6 +341,26 @@ def test_cli_export_then_predict_with_onnx_writes_the_same_detections(tmp_path, 
         np.testing.assert_allclose(a["bbox"], b["bbox"], atol=2e-3)       # the JSON rounds to 3 decimals
         np.testing.assert_allclose(a["score"], b["score"], atol=2e-6)
     assert (tmp_path / "a" / "scene.png").is_file()
+
+
+def test_cli_caption_with_onnx_gives_the_checkpoints_captions(tmp_path, world_images, capsys):
+    from PIL import Image
+
+    checkpoint = _checkpoint(tmp_path, "showattendtell")
+    images = []
+    for k, image in enumerate(world_images):
+        images.append(str(tmp_path / f"scene{k}.png"))
+        Image.fromarray(image).save(images[-1])
+    onnx_path = tmp_path / "captioner.onnx"
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(onnx_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["parts"] == ["step"]
+    runs = []
+    for model_args in (["--onnx", str(onnx_path)], ["--checkpoint", str(checkpoint), "--device", "cpu"]):
+        assert main(["caption", *images, *model_args, "--beam", "2", "--max-length", "6", "--json"]) == 0
+        runs.append(json.loads(capsys.readouterr().out))
+    assert runs[0] == runs[1] and len(runs[0]) == 2
+    assert main(["caption", images[0], "--json"]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
 
 
 def test_cli_predict_without_a_model_is_a_one_line_error(capsys):

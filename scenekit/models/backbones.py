@@ -13,12 +13,56 @@ weights a user has downloaded for torchvision load with `load_backbone_weights(m
 
 from __future__ import annotations
 
+import copy
+import weakref
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from scenekit.errors import DataError
+
+
+# ------------------------------------------------------------------------------------------------ inference
+_FOLDED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def fold_batch_norms(model: nn.Module) -> nn.Module:
+    """A copy of `model` for inference with each batch norm folded into the convolution before it.
+
+    At test time batch norm is a fixed per-channel affine map, y = g (x - mu) / sqrt(var + eps) + b, so the
+    convolution w * x + c followed by it equals one convolution with weights w g / sqrt(var + eps) and bias
+    (c - mu) g / sqrt(var + eps) + b. Darknet folds its layers this way for inference; the outputs are the
+    same up to float rounding, one pass over the feature map fewer per layer.
+    """
+    folded = copy.deepcopy(model).eval()
+    for module in folded.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        children = list(module.named_children())
+        for (_, conv), (bn_name, bn) in zip(children, children[1:]):
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+                scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)            # [C_out]
+                bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
+                conv.weight = nn.Parameter((conv.weight.detach() * scale[:, None, None, None])
+                                           .contiguous(memory_format=torch.channels_last), requires_grad=False)
+                conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias.detach(), requires_grad=False)
+                setattr(module, bn_name, nn.Identity())
+    return folded
+
+
+def inference_copy(model: nn.Module) -> nn.Module:
+    """`fold_batch_norms(model)`, rebuilt only when the model's weights or buffers have changed since (an
+    optimiser step or load_state_dict bumps the tensors' version counters)."""
+    if getattr(model, "fold_for_inference", True) is False:     # e.g. the ONNX stand-in of scenekit.export
+        return model
+    tensors = list(model.parameters()) + list(model.buffers())
+    key = tuple((t.data_ptr(), t._version) for t in tensors)
+    cached = _FOLDED.get(model)
+    if cached is None or cached[0] != key:
+        cached = (key, fold_batch_norms(model))
+        _FOLDED[model] = cached
+    return cached[1]
 
 
 # ------------------------------------------------------------------------------------------------ small CNN

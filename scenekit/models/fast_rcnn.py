@@ -39,7 +39,7 @@ from torch import nn
 
 from scenekit.boxes import clip_boxes_to_image, decode_boxes, encode_boxes
 from scenekit.data.transforms import load_image
-from scenekit.models.backbones import SmallCNN, build_backbone
+from scenekit.models.backbones import SmallCNN, build_backbone, inference_copy
 from scenekit.models.detection_targets import label_regions, sample_labels
 from scenekit.nms import batched_nms
 from scenekit.recipes import Phase, Recipe
@@ -443,7 +443,8 @@ def run_detector(model: FastRCNN, images: list[np.ndarray], device, class_ids: l
                 boxes, spent = proposals(image)
                 seconds["proposals"] += spent
                 given.append(select_proposals(boxes, scale, model.config.max_proposals).to(device))
-        detections, spent = model.detect(batch, sizes, given)
+        # Batch norms folded into the convolutions: the same detections, one pass fewer per layer.
+        detections, spent = inference_copy(model).detect(batch, sizes, given)
         for key, value in spent.items():
             seconds[key] += value
         for image, (_, scale, _), found in zip(chunk, fitted, detections):

@@ -52,6 +52,7 @@ from torch import nn
 
 from scenekit.anchors import kmeans_anchors, wh_iou
 from scenekit.errors import DataError
+from scenekit.models.backbones import inference_copy
 from scenekit.nms import batched_nms
 from scenekit.recipes import Phase, Recipe
 
@@ -587,7 +588,8 @@ def detect(model: nn.Module, images: list[np.ndarray], device, class_ids: list[i
         return []
     model.eval()
     tensors, undo = zip(*(letterbox(image, size) for image in images))
-    output = model(torch.stack(tensors).to(device)).float()
+    network = inference_copy(model)          # batch norms folded into the convolutions (as Darknet does)
+    output = network(torch.stack(tensors).to(device)).float()
     if config.version == 1:
         boxes, confidence, probabilities = decode_yolo1(output, config.boxes_per_cell)
         n = len(images)
