@@ -428,7 +428,8 @@ def run_detector(model: FastRCNN, images: list[np.ndarray], device, class_ids: l
     """Detect objects in [H, W, 3] uint8 images of any size -> (per image {"boxes" [N, 4] float64 xyxy in image
     pixels, "scores" [N], "labels" [N] category ids, and "masks" [N, H, W] uint8 for Mask R-CNN}, seconds spent
     in {"conv", "proposals", "region", "paste"} over all images)."""
-    model.eval()
+    if model.training:
+        model.eval()
     size = model.config.image_size
     results, seconds = [], {"conv": 0.0, "proposals": 0.0, "region": 0.0, "paste": 0.0}
     for start in range(0, len(images), batch_size):

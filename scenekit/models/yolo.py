@@ -586,7 +586,8 @@ def detect(model: nn.Module, images: list[np.ndarray], device, class_ids: list[i
     size = config.image_size if (size is None or config.version == 1) else int(size)
     if not images:
         return []
-    model.eval()
+    if model.training:          # eval() walks every submodule: skip it when already in eval mode
+        model.eval()
     tensors, undo = zip(*(letterbox(image, size) for image in images))
     network = inference_copy(model)          # batch norms folded into the convolutions (as Darknet does)
     output = network(torch.stack(tensors).to(device)).float()
