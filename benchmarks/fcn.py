@@ -7,6 +7,9 @@ Compared, all trained by `scenekit.engine.train` on the same world images (S x S
                                     learned stride-2 transposed convolution, otherwise identical
   sliding-window                    a small CNN labelling the centre pixel of each window, run on every pixel
 
+The networks see the images resized to the recipe's input size (96 px unless `--input-size`) and are scored
+against the S x S class maps; `--curve-images` val images are scored after every epoch (the learning curve).
+
 Measured per model: training CPU seconds (`time.process_time`, all threads of the process) and wall seconds,
 test pixel accuracy / mean IoU / per-class IoU (one confusion matrix over the test images, Long et al. sec. 5),
 inference images/s, and, on the first `--window-images` test images, the time of the sliding window and of each
@@ -36,11 +39,12 @@ MODELS = ["fcn-32s", "fcn-16s", "fcn-8s", "deconvnet", "deconvnet-transposed", "
 def build_recipe(name: str, categories: dict, args):
     from scenekit.cli import make_recipe
 
-    options = {"image_size": args.image_size}
     if name == "sliding-window":
-        options.update(epochs=args.window_epochs, window=args.window, windows_per_image=args.windows_per_image)
-    else:
-        options.update(epochs=args.epochs)
+        options = {"image_size": args.image_size, "epochs": args.window_epochs, "window": args.window,
+                   "windows_per_image": args.windows_per_image}
+    else:                                  # the recipe's defaults unless asked: network input, epochs
+        options = {"world_size": args.image_size}
+        options.update({k: v for k, v in (("image_size", args.input_size), ("epochs", args.epochs)) if v})
     return make_recipe(name, categories, options)
 
 
@@ -55,25 +59,48 @@ def run_model(name: str, args) -> dict:
     class_ids = sorted(train_data.categories)
     config = TrainConfig(out=str(Path(args.out) / name), batch_size=args.batch_size, seed=args.seed,
                          progress=False, log_every=10 ** 9, tensorboard=False)
+    # The learning curve: after each epoch the engine scores `--curve-images` val images; the time that takes
+    # is measured here and taken off, so the training times count training alone.
+    val_data = make_world(args.curve_images, seed=args.seed, split="val", image_size=args.image_size) \
+        if args.curve_images and name != "sliding-window" else None
+    curve, evaluation = [], {"cpu": 0.0, "wall": 0.0}
     cpu, wall = time.process_time(), time.perf_counter()
-    result = train(recipe, train_data, None, config)                 # no per-epoch validation: time is training
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    score = recipe.evaluate
+
+    def timed_evaluate(model, dataset, device):
+        began_cpu, began_wall = time.process_time(), time.perf_counter()
+        curve.append({"epoch": len(curve) + 1,
+                      "train_cpu_s": round(began_cpu - cpu - evaluation["cpu"], 1)})
+        scores = score(model, dataset, device)
+        curve[-1]["val_mean_iou"] = round(scores["mean_iou"], 4)
+        print(json.dumps({"model": name, **curve[-1]}), flush=True)
+        evaluation["cpu"] += time.process_time() - began_cpu
+        evaluation["wall"] += time.perf_counter() - began_wall
+        return scores
+
+    recipe.evaluate = timed_evaluate
+    result = train(recipe, train_data, val_data, config)
+    cpu = time.process_time() - cpu - evaluation["cpu"]
+    wall = time.perf_counter() - wall - evaluation["wall"]
     model, device = result.model.eval(), torch.device("cpu")
     row = {"model": name, "train_cpu_s": cpu, "train_wall_s": wall, "threads": torch.get_num_threads(),
            "train_images": args.train_images, "epochs": recipe.phases[0].epochs, "image_size": args.image_size,
-           "parameters": sum(p.numel() for p in model.parameters())}
+           "parameters": sum(p.numel() for p in model.parameters()), "curve": curve}
     # The sliding window is scored on the few images it can afford; the networks on all test images too.
     few = make_world(args.window_images, seed=args.seed, split="test", image_size=args.image_size)
+    input_size = recipe.options["image_size"]                         # the network's; scores at the image's
+    row["input_size"] = input_size
     started = time.perf_counter()
-    few_scores = evaluate_segmentation(model, few, device, class_ids, args.image_size, batch_size=1)
+    few_scores = evaluate_segmentation(model, few, device, class_ids, input_size, batch_size=1)
     row["window_images_s_per_image"] = (time.perf_counter() - started) / len(few)
     row["window_images_mean_iou"] = few_scores["mean_iou"]
     if name != "sliding-window":
-        scores = evaluate_segmentation(model, test_data, device, class_ids, args.image_size, batch_size=16)
+        scores = evaluate_segmentation(model, test_data, device, class_ids, input_size, batch_size=16)
         row.update({f"test_{k}": v for k, v in scores.items()})
     else:
         row.update({f"test_{k}": v for k, v in few_scores.items()})
-    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k != "curve"}),
+          flush=True)
     (Path(args.out) / f"{name}.json").write_text(json.dumps(row, indent=1))
     return row
 
@@ -97,6 +124,11 @@ def report(args) -> None:
     print("\n" + f"{'per-class IoU':22s} " + " ".join(f"{n[:8]:>8s}" for n in names))
     for r in rows:
         print(f"{r['model']:22s} " + " ".join(f"{r['test_iou_' + n]:8.3f}" for n in names))
+    for r in rows:
+        if r.get("curve"):
+            print(f"\nlearning curve of {r['model']} (val mIoU on {args.curve_images} images after each epoch):")
+            print("  train CPU s: " + " ".join(f"{c['train_cpu_s']:6.0f}" for c in r["curve"]))
+            print("  val mIoU:    " + " ".join(f"{c['val_mean_iou']:6.3f}" for c in r["curve"]))
     figure(args, [r["model"] for r in rows])
 
 
@@ -137,13 +169,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ", ".join(MODELS))
-    parser.add_argument("--image-size", type=int, default=128, help="world image side S (px)")
+    parser.add_argument("--image-size", type=int, default=128, help="world image side S (px); test scores are "
+                        "taken at this resolution")
     parser.add_argument("--train-images", type=int, default=2000, help="world train images")
     parser.add_argument("--test-images", type=int, default=200, help="world test images for the networks")
+    parser.add_argument("--curve-images", type=int, default=100,
+                        help="world val images scored after every epoch for the learning curve (0: none; their "
+                             "time is not counted as training; test scores are of the last epoch)")
     parser.add_argument("--window-images", type=int, default=5,
                         help="test images every model (the sliding window included) labels, for the time comparison")
-    parser.add_argument("--epochs", type=int, default=13,
-                        help="training epochs of the networks (13 x 2000 images fit 10 CPU-minutes at 128 px)")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="network input side of the FCNs / DeconvNets (default: the recipe's, 96)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="training epochs of the networks (default: the recipe's, 25 x 2000 images at 96 px "
+                             "fit 10 CPU-minutes)")
     parser.add_argument("--window-epochs", type=int, default=6, help="training epochs of the sliding window")
     parser.add_argument("--window", type=int, default=48, help="sliding-window side (px)")
     parser.add_argument("--windows-per-image", type=int, default=32, help="training windows per image and epoch")

@@ -22,6 +22,7 @@ from scenekit.models.fcn import (IGNORE_INDEX, FCNConfig, WindowClassifier, bili
                                  segmentation_loss, sliding_window_segment, transposed_conv2d, upsample_bilinear)
 
 SMALL = dict(channels=(4, 6, 8), head=8, convs_per_stage=1)     # stride 8: tiny but every code path
+pytestmark = pytest.mark.usefixtures("one_thread")     # tiny models: two threads on a shared CPU run far slower
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -59,6 +60,15 @@ def test_max_unpool_is_the_adjoint_of_gathering_the_pooled_positions(height, wid
     x.requires_grad_(True)
     F.max_pool2d(x, kernel, 2).backward(v)
     torch.testing.assert_close(x.grad, max_unpool2d(v, indices, x.shape[-2:]))
+
+
+def test_max_unpool_reads_the_indices_of_a_channels_last_pooling():
+    # The networks run channels-last (faster CPU convolutions); pooling indices must still be positions in each
+    # H x W plane, so DeconvNet's decoder puts every value back where its maximum was.
+    x = torch.randn(2, 5, 8, 6, generator=torch.Generator().manual_seed(0))
+    pooled, indices = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2, 2, return_indices=True)
+    reference = torch.nn.MaxUnpool2d(2, 2)(*F.max_pool2d(x, 2, 2, return_indices=True), output_size=x.shape[-2:])
+    torch.testing.assert_close(max_unpool2d(pooled, indices, x.shape[-2:]), reference)
 
 
 def test_max_unpool_rejects_mismatched_indices():
@@ -306,6 +316,20 @@ def test_fcn8s_overfits_a_few_world_images():
     assert np.mean(losses[-5:]) < 0.2 * losses[0]
     scores = evaluate_segmentation(model, world, torch.device("cpu"), class_ids, 64)
     assert scores["mean_iou"] > 0.8 and scores["pixel_accuracy"] > 0.95
+
+
+def test_recipe_trains_at_its_input_size_and_scores_each_image_at_its_own_size():
+    from scenekit.data.world import make_world
+    from scenekit.models.fcn import recipe
+
+    world = make_world(2, image_size=64, split="train", min_objects=2)
+    fcn = recipe(world.categories, image_size=32, world_size=64, channels=(4, 6, 8), head=8)
+    assert fcn.world == {"image_size": 64}                 # `--data world` keeps the world's own image size
+    image, target = fcn.make_dataset(world, True)[0]
+    assert image.shape == (3, 32, 32) and target["semantic"].shape == (32, 32)
+    model = fcn.build_model(fcn.model_config)
+    found = fcn.predict(model, [world.records[0].image], torch.device("cpu"))[0]
+    assert found["semantic"].shape == (64, 64) and found["probabilities"].shape == (7, 64, 64)
 
 
 def test_predict_gives_category_ids_and_one_box_per_category():
