@@ -4,7 +4,7 @@ import torch
 
 from scenekit.data.captions import caption_vocabulary
 from scenekit.data.records import Dataset, Question, Record
-from scenekit.data.vocab import Vocabulary
+from scenekit.data.vocab import Vocabulary, tokenize
 from scenekit.data.world import make_world
 from scenekit.errors import DataError
 from scenekit.models.vqa import (QuestionData, VQAConfig, VQAModel, answer_question, collate_questions,
@@ -81,14 +81,35 @@ def test_coordinate_channels_hold_cell_centres():
 
 
 def test_collate_questions_pads_and_records_owners():
-    dataset = make_world(3, image_size=64, max_objects=3)
-    data = QuestionData(dataset, caption_vocabulary(dataset, with_questions=True), 16)
+    dataset = make_world(3, image_size=64, min_objects=2, max_objects=3)
+    vocabulary = caption_vocabulary(dataset, with_questions=True)
+    data = QuestionData(dataset, vocabulary, 16)
+    assert len(data) == 3
     images, targets = collate_questions([data[i] for i in range(3)])
     counts = [len(r.questions) for r in dataset.records]
     assert targets["owner"].tolist() == [i for i, n in enumerate(counts) for _ in range(n)]
     assert targets["choices"].shape[:2] == (sum(counts), 4)
     assert targets["answers"].tolist() == [q.answer for r in dataset.records for q in r.questions]
     assert images.shape == (3, 3, 16, 16)
+    # The encoder's pre-training targets: exactly the words of each image's captions.
+    for row, record in zip(targets["concepts"], dataset.records):
+        words = {w for c in record.captions for w in tokenize(c)}
+        assert {vocabulary.words[i] for i in torch.nonzero(row).flatten().tolist()} == words
+
+
+def test_concept_phase_trains_only_the_encoder_and_its_head():
+    dataset = make_world(4, image_size=64, min_objects=1, max_objects=3)
+    tiny = recipe(vocabulary=caption_vocabulary(dataset, with_questions=True).words, image_size=16,
+                  channels=(4, 8), feature=8, embedding=8, hidden=8, attention_size=8, joint=8, pretrain_epochs=2)
+    assert [p.name for p in tiny.phases] == ["concepts", "train"]
+    model = tiny.build_model(tiny.model_config)
+    images, targets = collate_questions([tiny.make_dataset(dataset, True)[i] for i in range(4)])
+    for name, module in model.named_children():
+        module.requires_grad_(name in tiny.phases[0].trains)
+    losses = model(images, targets)
+    assert set(losses) == {"concepts"}                  # the frozen LSTM is not run
+    model.requires_grad_(True)
+    assert set(model(images, targets)) == {"concepts", "cross_entropy"}
 
 
 def test_answer_question_needs_choices():

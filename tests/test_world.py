@@ -339,17 +339,20 @@ def position_holds(box, width, height, phrase) -> bool:
 def test_questions_have_four_distinct_choices_and_one_right_answer(dataset):
     kinds = set()
     for r in dataset.records:
-        assert 2 <= len(r.questions) <= 4
-        assert len({q.question for q in r.questions}) == len(r.questions)
+        assert len(r.questions) <= 4
+        assert len({q.kind for q in r.questions}) == len(r.questions)          # one question per kind
         objects = objects_of(r)
         for q in r.questions:
             assert len(q.choices) == 4 and len(set(q.choices)) == 4 and 0 <= q.answer < 4
             assert q.question == q.question.lower() and q.question.endswith("?")
             right = q.choices[q.answer]
             kinds.add(q.kind)
-            if q.kind == "count":
-                shape = SHAPE_WORDS[re.match(r"how many (\w+) are there\?", q.question).group(1)]
-                assert NUMBERS[right] == sum(o[0] == shape for o in objects)
+            if q.kind == "count":                   # how many circles / red shapes / shapes are there?
+                colour, noun = re.match(r"how many (?:(\w+) )?(\w+) are there\?", q.question).groups()
+                shape = SHAPE_WORDS[noun] if noun != "shapes" else None
+                assert colour is None or (colour in COLOURS and shape is None)
+                assert NUMBERS[right] == sum((shape is None or o[0] == shape) and (colour is None or o[1] == colour)
+                                             for o in objects)
                 assert all(c in NUMBERS for c in q.choices)
             elif q.kind == "colour":
                 shape = re.match(r"what colour is the (\w+)\?", q.question).group(1)
@@ -369,6 +372,25 @@ def test_questions_have_four_distinct_choices_and_one_right_answer(dataset):
             else:
                 raise AssertionError(f"unknown kind {q.kind}")
     assert kinds == {"count", "colour", "position", "existence"}
+
+
+@pytest.mark.parametrize("options", [{}, {"image_size": 128, "max_objects": 6}],    # default; the VQA world
+                         ids=["default", "vqa"])
+def test_no_answer_dominates_a_question_kind(options):
+    """A model should not score by guessing the usual answer: within each kind, over 500 images, no answer is
+    right for more than ~40% of the questions, and every answer of a small kind occurs."""
+    answers = {}
+    for r in make_world(500, seed=11, split="val", **options).records:
+        for q in r.questions:
+            answers.setdefault(q.kind, []).append(q.choices[q.answer])
+    assert set(answers) == {"colour", "count", "position", "existence"}
+    for kind, rights in answers.items():
+        values, counts = np.unique(rights, return_counts=True)
+        assert len(rights) >= 200 and counts.max() <= 0.42 * len(rights), (kind, dict(zip(values, counts)))
+    assert set(answers["position"]) == set(world.POSITION_PHRASES.values())
+    assert set(answers["existence"]) == set(world.EXISTENCE_CHOICES)
+    assert {"zero", "one", "two", "three"} <= set(answers["count"])
+    assert set(answers["colour"]) == set(COLOURS)
 
 
 def test_answer_positions_are_spread_over_the_four_slots(dataset):

@@ -9,7 +9,9 @@ comes with what the chapter's tasks need:
 - a semantic class map, 0 for background (semantic segmentation, Long et al. 2015);
 - five lower-case captions from a small grammar of attributes, counts and spatial relations
   (captioning, as the five references per image of COCO captions, Chen et al. 2015);
-- multiple-choice questions with four answers, exactly one right (Visual7W, Zhu et al. 2016).
+- multiple-choice questions with four answers, exactly one right (Visual7W, Zhu et al. 2016), whose right
+  answers are spread evenly within each kind of question (no "zero" for most counts), so that a model has to
+  look at the picture rather than learn the usual answer.
 
 Masks are exact: a shape is a set of pixel centres that pass a vectorised inside-test (a distance or
 half-plane test on the coordinate grid of the object's bounding square), its colour is written to exactly
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +60,11 @@ NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "
 POSITION_PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top",
                     "bottom": "at the bottom", "centre": "in the centre"}
 EXISTENCE_CHOICES = ("no", "yes, one", "yes, two", "yes, three or more")
+# Questions pick their answer first (`_pick_answer`); these answers, which nearly every picture offers (most
+# shapes are absent, most pictures hold a single one of a shape, big objects sit in the middle), weigh less
+# than the others' 1 so that each kind's answers come out near uniform (tests/test_world.py checks).
+ANSWER_WEIGHTS = {"count": {0: 0.4, 1: 0.6}, "existence": {"no": 0.4, "yes, one": 0.5},
+                  "position": {"in the centre": 0.4}}
 
 # Pixel area ranges per size class, as COCO buckets them (small < 32^2 <= medium < 96^2 <= large) but kept
 # clear of the boundaries; the bounding square's side follows from the shape's fill fraction.
@@ -485,6 +493,11 @@ def make_captions(rng, scene: Scene, count: int = CAPTIONS_PER_IMAGE) -> list[st
 
 
 # ------------------------------------------------------------------------------------------ questions
+# Each question picks its *answer* first, among the answers the scene can give (near uniformly, see
+# `ANSWER_WEIGHTS`), and then a question that has it. Picking the question first (a random shape for "how many ...?", a random object for "where is
+# ...?") makes the answers lopsided -- most shapes are absent, so "zero" would be right for 80% of count
+# questions -- and a model can score well on such questions without looking at the image (Goyal et al. 2017
+# balance VQA v2 for the same reason).
 def _question(rng, text: str, right: str, wrong: list[str], kind: str) -> Question:
     choices = [right] + wrong[:3]
     assert len(set(choices)) == 4, choices
@@ -492,77 +505,104 @@ def _question(rng, text: str, right: str, wrong: list[str], kind: str) -> Questi
     return Question(text, [choices[k] for k in order], int(np.flatnonzero(order == 0)[0]), kind)
 
 
+def _pick_answer(rng, asks: dict, kind: str):
+    """{question text: answer} -> (text, answer), or None: the answer drawn among the distinct answers on offer,
+    weighted by `ANSWER_WEIGHTS[kind]` (1 if not listed), then a text that has it.
+
+    When the answers on offer weigh less than 1 in all, the rest is the chance of asking nothing: a picture that
+    offers only "zero" or only "in the centre" would otherwise add that answer to every one of its questions.
+    """
+    answers = sorted(set(asks.values()), key=str)
+    weights = [ANSWER_WEIGHTS.get(kind, {}).get(a, 1.0) for a in answers]
+    draw = rng.random() * max(sum(weights), 1.0)
+    for right, weight in zip(answers, weights):
+        if draw < weight:
+            texts = sorted(text for text, answer in asks.items() if answer == right)
+            return texts[int(rng.integers(len(texts)))], right
+        draw -= weight
+    return None
+
+
 def _colour_question(rng, scene):
     objects = scene.objects
-    shapes = {o.shape for o in objects}
-    candidates = [s for s in sorted(shapes) if len({o.colour for o in objects if o.shape == s}) == 1]
-    if not candidates:
+    asks = {}
+    for shape in sorted({o.shape for o in objects}):
+        colours = {o.colour for o in objects if o.shape == shape}
+        if len(colours) == 1:                                             # "the circle" must name one colour
+            asks[f"what colour is the {shape}?"] = colours.pop()
+    if not asks:
         return None
-    shape = candidates[int(rng.integers(len(candidates)))]
-    right = next(o.colour for o in objects if o.shape == shape)
+    text, right = _pick_answer(rng, asks, "colour")                       # never None: colours weigh 1
     # Plausible distractors: colours seen elsewhere in the picture first, then the rest of the palette.
     present = [c for c in dict.fromkeys(o.colour for o in objects) if c != right]
     others = [c for c in COLOURS if c != right and c not in present]
     rng.shuffle(present)
     rng.shuffle(others)
-    return _question(rng, f"what colour is the {shape}?", right, (present + others)[:3], "colour")
+    return _question(rng, text, right, (present + others)[:3], "colour")
 
 
 def _count_question(rng, scene):
-    shape = CATEGORIES[int(rng.integers(1, len(CATEGORIES) + 1))]
-    count = sum(o.shape == shape for o in scene.objects)
+    """'how many circles / red shapes / shapes are there?', the count drawn among those on offer."""
+    objects = scene.objects
+    shapes, colours = Counter(o.shape for o in objects), Counter(o.colour for o in objects)
+    asks = {f"how many {PLURALS[s]} are there?": shapes[s] for s in CATEGORIES.values()}
+    asks.update({f"how many {c} shapes are there?": colours[c] for c in COLOURS})
+    asks["how many shapes are there?"] = len(objects)
+    picked = _pick_answer(rng, asks, "count")
+    if picked is None:
+        return None
+    text, count = picked
     near = [k for k in range(max(0, count - 2), count + 4) if k != count and k < len(NUMBER_WORDS)]
     wrong = [NUMBER_WORDS[k] for k in rng.permutation(near)[:3]]
-    return _question(rng, f"how many {PLURALS[shape]} are there?", NUMBER_WORDS[count], wrong, "count")
+    return _question(rng, text, NUMBER_WORDS[count], wrong, "count")
 
 
 def _position_question(rng, scene):
     height, width = scene.image.shape[:2]
     objects = scene.objects
     named = [(o.colour, o.shape) for o in objects]
-    candidates = [o for o in objects
-                  if named.count((o.colour, o.shape)) == 1 and position_of(o.box, width, height) is not None]
-    if not candidates:
+    asks = {}
+    for o in objects:
+        where = position_of(o.box, width, height)
+        if named.count((o.colour, o.shape)) == 1 and where is not None:
+            asks[f"where is the {o.colour} {o.shape}?"] = POSITION_PHRASES[where]
+    picked = _pick_answer(rng, asks, "position") if asks else None
+    if picked is None:
         return None
-    obj = candidates[int(rng.integers(len(candidates)))]
-    right = POSITION_PHRASES[position_of(obj.box, width, height)]
+    text, right = picked
     wrong = [p for p in POSITION_PHRASES.values() if p != right]
     rng.shuffle(wrong)
-    return _question(rng, f"where is the {obj.colour} {obj.shape}?", right, wrong, "position")
+    return _question(rng, text, right, wrong, "position")
 
 
 def _existence_question(rng, scene):
-    """'is there a ring?' with four answers that split every count: no / yes, one / yes, two / yes, three+."""
+    """'is there a (red) ring?' with four answers that split every count: no / yes, one / yes, two / yes, three+.
+
+    Every shape and colour-and-shape pair can be asked about, so "no" is always on offer; the answer is drawn
+    uniformly among those the scene allows."""
     objects = scene.objects
-    ask_present = objects and rng.random() < 0.5
-    with_colour = rng.random() < 0.5
-    if ask_present:
-        target = objects[int(rng.integers(len(objects)))]
-        colour, shape = (target.colour if with_colour else None), target.shape
-    else:
-        colour = str(rng.choice(list(COLOURS))) if with_colour else None
-        shape = CATEGORIES[int(rng.integers(1, len(CATEGORIES) + 1))]
-    count = sum(o.shape == shape and (colour is None or o.colour == colour) for o in objects)
-    right = EXISTENCE_CHOICES[min(count, 3)]
+    shapes, pairs = Counter(o.shape for o in objects), Counter((o.colour, o.shape) for o in objects)
+    asks = {}
+    for shape in CATEGORIES.values():
+        asks[f"is there {_article(shape)} {shape}?"] = EXISTENCE_CHOICES[min(shapes[shape], 3)]
+        for colour in COLOURS:
+            asks[f"is there {_article(colour)} {colour} {shape}?"] = EXISTENCE_CHOICES[min(pairs[colour, shape], 3)]
+    picked = _pick_answer(rng, asks, "existence")
+    if picked is None:
+        return None
+    text, right = picked
     wrong = [c for c in EXISTENCE_CHOICES if c != right]
     rng.shuffle(wrong)
-    thing = f"{colour} {shape}" if colour else shape
-    return _question(rng, f"is there {_article(thing)} {thing}?", right, wrong, "existence")
+    return _question(rng, text, right, wrong, "existence")
 
 
 def make_questions(rng, scene: Scene, count: int = QUESTIONS_PER_IMAGE) -> list[Question]:
-    """Up to `count` distinct multiple-choice questions, one of each kind first (colour, count, position,
-    existence; Zhu et al. 2016 ask what/where/how-many questions with four candidate answers)."""
+    """Up to `count` multiple-choice questions of different kinds (colour, count, position, existence; Zhu et
+    al. 2016 ask what/where/how-many questions with four candidate answers). A kind the picture cannot ask
+    about fairly is left out (see `_pick_answer`), so an image has 0 to 4 questions."""
     makers = [_colour_question, _count_question, _position_question, _existence_question]
-    questions: list[Question] = []
-    for _ in range(4):                                                    # a few rounds to fill up distinct ones
-        for k in rng.permutation(len(makers)):
-            question = makers[k](rng, scene)
-            if question is not None and all(q.question != question.question for q in questions):
-                questions.append(question)
-            if len(questions) == count:
-                return questions
-    return questions
+    questions = [makers[k](rng, scene) for k in rng.permutation(len(makers))]
+    return [q for q in questions if q is not None][:count]
 
 
 # ------------------------------------------------------------------------------------------ datasets

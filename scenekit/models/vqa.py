@@ -12,6 +12,9 @@ as the mean of its word embeddings and a linear layer, by a dot product; a softm
 trained with cross-entropy (the brief's multiple-choice head; Visual7W itself ranks answers by their likelihood
 under the LSTM). `attention=False` drops the attention terms: the plain LSTM baseline of the paper's Table 2.
 
+Visual7W's CNN is an ImageNet VGG; the small CNN here is pre-trained instead (`recipe`, phase "concepts") as a
+multi-label classifier of the words of each image's captions, as the captioners' encoder is.
+
 The grid cells carry their normalised (x, y) coordinates as two extra channels (`coords`, as CoordConv,
 Liu et al. 2018): a small CNN's cells do not know where they lie, and "where is the red circle?" needs the
 attended vector r_t to say where the attention went.
@@ -31,7 +34,7 @@ from scenekit.data.transforms import load_image, prepare_image
 from scenekit.data.vocab import Vocabulary
 from scenekit.errors import DataError
 from scenekit.models.backbones import SmallCNN
-from scenekit.models.captioner import coordinate_channels
+from scenekit.models.captioner import concept_targets, coordinate_channels
 from scenekit.models.language import LSTMCell
 from scenekit.recipes import Phase, Recipe
 
@@ -65,8 +68,8 @@ class VQAModel(nn.Module):
         e, h = config.embedding, config.hidden
         self.embed = nn.Embedding(len(config.words), e, padding_idx=0)
         self.image_feature = nn.Sequential(nn.Flatten(), nn.Linear(self.encoder.out_channels * self.grid ** 2,
-                                                                   config.feature), nn.ReLU(inplace=True),
-                                           nn.Linear(config.feature, e))
+                                                                   config.feature), nn.ReLU(inplace=True))
+        self.image_input = nn.Linear(config.feature, e)                            # x_0
         if config.attention:
             self.att_hidden = nn.Linear(h, config.attention_size, bias=False)     # W_he
             self.att_cells = nn.Linear(d, config.attention_size)                   # W_ce
@@ -75,11 +78,12 @@ class VQAModel(nn.Module):
         self.cell = LSTMCell(e + (d if config.attention else 0), h)
         self.joint_question = nn.Linear(h, config.joint)                           # W_q
         self.answer = nn.Linear(e, config.joint)
+        self.concepts = nn.Linear(config.feature, len(config.words))              # the encoder's pre-training head
 
     def cells(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, 3, S, S] -> (grid cells C(I) [B, L, D], fully connected image input x_0 [B, E])."""
         grid = self.encoder(images)                                               # [B, C, g, g]
-        x0 = self.image_feature(grid)
+        x0 = self.image_input(self.image_feature(grid))
         if self.config.coords:
             grid = coordinate_channels(grid)
         return grid.flatten(2).transpose(1, 2), x0
@@ -119,13 +123,21 @@ class VQAModel(nn.Module):
         return (torch.tanh(self.answer(mean)) * q[:, None]).sum(dim=-1)
 
     def forward(self, images: torch.Tensor, targets: dict):
-        """targets {"questions" [N, T], "choices" [N, K, Ta], "owner" [N] and, to train, "answers" [N]}:
-        the cross-entropy over the K candidates, or (without "answers") the scores [N, K]."""
+        """targets {"questions" [N, T], "choices" [N, K, Ta], "owner" [N] and, to train, "answers" [N] and
+        optionally "concepts" [B, V]}: the losses (cross-entropy over the K candidates; binary cross-entropy of the
+        image's visual concepts), or (without "answers") the scores [N, K]."""
+        losses = {}
+        if "answers" in targets and "concepts" in targets:
+            logits = self.concepts(self.image_feature(self.encoder(images)))          # [B, V]
+            losses["concepts"] = F.binary_cross_entropy_with_logits(logits, targets["concepts"].to(logits.dtype))
+            if not self.embed.weight.requires_grad:
+                return losses             # the encoder's pre-training phase: the frozen LSTM would be wasted time
         q, _ = self.encode(images, targets["questions"], targets["owner"])
         scores = self.score(q, targets["choices"])
         if "answers" not in targets:
             return scores
-        return {"cross_entropy": F.cross_entropy(scores, targets["answers"])}
+        losses["cross_entropy"] = F.cross_entropy(scores, targets["answers"])
+        return losses
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -138,7 +150,7 @@ def encode_question(vocabulary: Vocabulary, question: str, choices) -> tuple[tor
 
 class QuestionData(torch.utils.data.Dataset):
     """One item per image with questions: (image [3, S, S], {"questions": [...], "choices": [...],
-    "answers": [...], "kinds": [...]})."""
+    "answers": [...], "kinds": [...], "concepts": [V] the words of the image's captions (zeros without)})."""
 
     def __init__(self, dataset, vocabulary: Vocabulary, image_size: int):
         self.dataset, self.vocabulary, self.size = dataset, vocabulary, image_size
@@ -156,9 +168,11 @@ class QuestionData(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         record = self.records[index]
         encoded = [encode_question(self.vocabulary, q.question, q.choices) for q in record.questions]
+        captions = [self.vocabulary.encode(c, add_start_end=False) for c in record.captions]
         return prepare_image(load_image(self.dataset, record), self.size), {
             "questions": [e[0] for e in encoded], "choices": [e[1] for e in encoded],
-            "answers": [q.answer for q in record.questions], "kinds": [q.kind for q in record.questions]}
+            "answers": [q.answer for q in record.questions], "kinds": [q.kind for q in record.questions],
+            "concepts": concept_targets(captions, len(self.vocabulary))}
 
 
 def collate_questions(batch):
@@ -173,6 +187,8 @@ def collate_questions(batch):
         "choices": choices,
         "answers": torch.tensor([a for _, t in batch for a in t["answers"]]),
         "owner": torch.tensor([i for i, (_, t) in enumerate(batch) for _ in t["questions"]]),
+        **({"concepts": torch.stack([t["concepts"] for _, t in batch])} if all("concepts" in t for _, t in batch)
+           else {}),
     }
 
 
@@ -203,7 +219,8 @@ def evaluate_vqa(model: VQAModel, dataset, device, batch_size: int = 64) -> dict
         items = [data[i] for i in range(start, min(len(data), start + batch_size))]
         images, targets = collate_questions(items)
         began = time.perf_counter()
-        scores = model(images.to(device), {k: v.to(device) for k, v in targets.items() if k != "answers"})
+        scores = model(images.to(device), {k: v.to(device) for k, v in targets.items()
+                                           if k not in ("answers", "concepts")})
         elapsed += time.perf_counter() - began
         right += (scores.argmax(dim=1).cpu() == targets["answers"]).tolist()
         kinds += [k for _, t in items for k in t["kinds"]]
@@ -217,14 +234,19 @@ def evaluate_vqa(model: VQAModel, dataset, device, batch_size: int = 64) -> dict
 
 
 # ------------------------------------------------------------------------------------------------ recipe
-WORLD_OPTIONS = {"image_size": 96, "max_objects": 4}
+WORLD_OPTIONS = {"image_size": 128, "max_objects": 6}   # answers near uniform per kind (tests/test_world.py)
 
 
 def recipe(categories=None, *, name: str = "vqa", vocabulary=None, min_count: int = 1, image_size: int = 64,
            channels=(16, 32, 64), feature: int = 128, embedding: int = 64, hidden: int = 128,
            attention_size: int = 64, joint: int = 128, attention: bool = True, coords: bool = True,
-           epochs: int | None = None, lr: float | None = None, clip: float = 5.0) -> Recipe:
-    """The VQA recipe: Adam, cosine schedule, gradient clipping; best checkpoint by validation accuracy."""
+           epochs: int | None = None, lr: float | None = None, clip: float = 5.0,
+           pretrain_epochs: int = 4) -> Recipe:
+    """The VQA recipe: Adam, cosine schedule, gradient clipping; best checkpoint by validation accuracy.
+
+    Visual7W starts from an ImageNet VGG; here `pretrain_epochs` > 0 first trains the small CNN alone (with the
+    fc feature and a concept classifier, the LSTM frozen) to name the words of each image's captions, as the
+    captioners' encoder is pre-trained (`scenekit.models.captioner.recipe`), then everything on the answers."""
     from scenekit.data.captions import resolve_vocabulary
 
     words = resolve_vocabulary(vocabulary, min_count=min_count, with_questions=True).words
@@ -232,8 +254,14 @@ def recipe(categories=None, *, name: str = "vqa", vocabulary=None, min_count: in
                        embedding=embedding, hidden=hidden, attention_size=attention_size, joint=joint,
                        attention=attention, coords=coords)
     vocab = Vocabulary(list(words))
-    phases = [Phase("train", epochs=15 if epochs is None else epochs, lr=2e-3 if lr is None else lr,
-                    optimizer="adam", schedule="cosine", warmup_steps=20, clip_grad_norm=clip)]
+    phases = []
+    if pretrain_epochs:
+        phases.append(Phase("concepts", epochs=pretrain_epochs, lr=2e-3, optimizer="adam", schedule="cosine",
+                            warmup_steps=20, trains=("encoder", "image_feature", "concepts"),
+                            loss_terms=("concepts",)))
+    phases.append(Phase("train", epochs=15 if epochs is None else epochs, lr=2e-3 if lr is None else lr,
+                        optimizer="adam", schedule="cosine", warmup_steps=20, clip_grad_norm=clip,
+                        loss_terms=("cross_entropy",)))
 
     def build(model_config: dict) -> VQAModel:
         values = dict(model_config)
@@ -247,7 +275,7 @@ def recipe(categories=None, *, name: str = "vqa", vocabulary=None, min_count: in
     options = {"vocabulary": list(words), "min_count": min_count, "image_size": image_size,
                "channels": list(channels), "feature": feature, "embedding": embedding, "hidden": hidden,
                "attention_size": attention_size, "joint": joint, "attention": attention, "coords": coords,
-               "epochs": epochs, "lr": lr, "clip": clip}
+               "epochs": epochs, "lr": lr, "clip": clip, "pretrain_epochs": pretrain_epochs}
     model_config = asdict(config)
     model_config["channels"] = list(config.channels)
     return Recipe(model_name=name, categories=dict(categories or {}), options=options, model_config=model_config,
