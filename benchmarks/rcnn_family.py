@@ -29,21 +29,13 @@ import torch
 MODELS = ("fast-rcnn", "faster-rcnn", "mask-rcnn")
 
 
-def _parse(pair: str):
-    key, _, value = pair.partition("=")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
 def run(model_name: str, args) -> dict:
-    from scenekit.cli import make_recipe
+    from scenekit.cli import _parse_options, make_recipe
     from scenekit.data.world import CATEGORIES, make_world
     from scenekit.engine.checkpoint import load_checkpoint
     from scenekit.engine.train import TrainConfig, train
 
-    options = {"epochs": args.epochs, **dict(_parse(pair) for pair in args.option or [])}
+    options = {"epochs": args.epochs, **_parse_options(args.option)}
     if model_name == "fast-rcnn":
         options["proposal_cache"] = str(Path(args.out) / "proposals")
     recipe = make_recipe(model_name, dict(CATEGORIES), options)

@@ -39,14 +39,6 @@ def timed_predict(recipe, model, images, batch: int) -> float:
     return len(images) / best
 
 
-def _parse(pair: str):
-    key, _, value = pair.partition("=")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
 def trained(name: str, checkpoint: str | None, data: dict, args, extra: dict) -> tuple:
     """(recipe, model in eval mode, training wall seconds or None) for `name`, from `checkpoint` or trained."""
     from scenekit.cli import _restore, make_recipe
@@ -86,13 +78,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    from scenekit.cli import _parse_options
     from scenekit.data.world import make_world
 
     data = {split: make_world(n, split=split, seed=args.seed, image_size=args.image_size)
             for split, n in (("train", args.train_images), ("val", args.val_images), ("test", args.test_images))}
     images = [record.image for record in data["test"].records]
     rows = []
-    yolo_options = dict(_parse(pair) for pair in args.yolo_option)
+    yolo_options = _parse_options(args.yolo_option)
     for name, checkpoint, extra in (("faster-rcnn", args.faster_rcnn_checkpoint, {}),
                                     ("yolo2", args.yolo_checkpoint, yolo_options)):
         recipe, model, train_seconds = trained(name, checkpoint, data, args, extra)
