@@ -26,3 +26,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def _train_steps(model, batch, steps, lr=2e-3):
+    """`steps` AdamW steps of `model(*batch)`'s summed losses -> (loss after each step, the last losses dict)."""
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    history = []
+    for _ in range(steps):
+        losses = model(*batch)
+        loss = sum(losses.values())
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        history.append(float(loss.detach()))
+    return history, losses
+
+
+@pytest.fixture
+def train_steps():
+    """The overfit tests' training loop (the detectors' tests train one batch for a few dozen steps)."""
+    return _train_steps

@@ -129,28 +129,14 @@ def test_proposal_cache_searches_each_image_once(monkeypatch, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ training
-def _train(model, batch, steps, lr=2e-3):
-    optimiser = torch.optim.AdamW(model.parameters(), lr=lr)
-    model.train()
-    history = []
-    for _ in range(steps):
-        losses = model(*batch)
-        loss = sum(losses.values())
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        history.append(float(loss))
-    return history
-
-
-def test_fast_rcnn_overfits_one_image_and_detects_its_objects(one_thread):
+def test_fast_rcnn_overfits_one_image_and_detects_its_objects(one_thread, train_steps):
     torch.manual_seed(0)
     world = make_world(1, image_size=128, seed=11, min_objects=2, max_objects=3)
     record = world.records[0]
     r = fast_rcnn.recipe(CATEGORIES, image_size=128, flip=False)
     model = r.build_model(r.model_config)
     batch = r.collate([r.make_dataset(world, True)[0]])
-    history = _train(model, batch, 60)
+    history, _ = train_steps(model, batch, 60)
     assert np.mean(history[-5:]) < 0.5 * np.mean(history[:5])
     found = r.predict(model.eval(), [record.image], torch.device("cpu"))[0]
     confident = found["scores"] >= 0.5

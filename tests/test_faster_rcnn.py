@@ -70,28 +70,14 @@ def test_anchors_cover_every_feature_position_with_nine_shapes():
     assert objectness.shape == (1, 8 * 8 * 9) and deltas.shape == (1, 8 * 8 * 9, 4)
 
 
-def _train(model, batch, steps, lr=2e-3):
-    optimiser = torch.optim.AdamW(model.parameters(), lr=lr)
-    model.train()
-    history = []
-    for _ in range(steps):
-        losses = model(*batch)
-        loss = sum(losses.values())
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        history.append(float(loss))
-    return history, losses
-
-
-def test_faster_rcnn_overfits_one_image_and_detects_its_objects(one_thread):
+def test_faster_rcnn_overfits_one_image_and_detects_its_objects(one_thread, train_steps):
     torch.manual_seed(0)
     world = make_world(1, image_size=128, seed=11, min_objects=2, max_objects=3)
     record = world.records[0]
     r = faster_rcnn.recipe(CATEGORIES, image_size=128, flip=False)
     model = r.build_model(r.model_config)
     batch = r.collate([r.make_dataset(world, True)[0]])
-    history, losses = _train(model, batch, 80)
+    history, losses = train_steps(model, batch, 80)
     assert set(losses) == {"rpn_objectness", "rpn_box_regression", "classification", "box_regression"}
     assert np.mean(history[-5:]) < 0.4 * np.mean(history[:5])
     found = r.predict(model.eval(), [record.image], torch.device("cpu"))[0]

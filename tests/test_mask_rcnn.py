@@ -75,28 +75,14 @@ def test_paste_resizes_the_mask_to_the_box():
     assert bool((out[:, :10] == 1).all()) and bool((out[:, 10:] == 0).all())
 
 
-def _train(model, batch, steps, lr=2e-3):
-    optimiser = torch.optim.AdamW(model.parameters(), lr=lr)
-    model.train()
-    history = []
-    for _ in range(steps):
-        losses = model(*batch)
-        loss = sum(losses.values())
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        history.append(float(loss.detach()))
-    return history, losses
-
-
-def test_mask_rcnn_overfits_one_image_and_segments_its_objects(one_thread):
+def test_mask_rcnn_overfits_one_image_and_segments_its_objects(one_thread, train_steps):
     torch.manual_seed(0)
     world = make_world(1, image_size=96, seed=5, min_objects=2, max_objects=2)
     record = world.records[0]
     r = mask_rcnn.recipe(CATEGORIES, image_size=96, flip=False)
     model = r.build_model(r.model_config)
     batch = r.collate([r.make_dataset(world, True)[0]])
-    history, losses = _train(model, batch, 60)
+    history, losses = train_steps(model, batch, 60)
     assert "mask" in losses and np.mean(history[-5:]) < 0.4 * np.mean(history[:5])
     found = r.predict(model.eval(), [record.image], torch.device("cpu"))[0]
     assert found["masks"].shape == (len(found["boxes"]), 96, 96)
