@@ -159,17 +159,24 @@ def _two_stage_graph(model: nn.Module) -> ExportGraph:
 
     c, scale = model.config, 1.0 / model.features.stride
     images = torch.rand(1, 3, c.image_size, c.image_size)
+    # Mask R-CNN whose mask branch reads FPN's finer level: the images' graph gives that map as a fourth output.
+    fine_mask_map = isinstance(model, MaskRCNN) and c.mask_stride != model.features.stride
     if hasattr(model, "rpn"):
         def backbone_and_rpn(images):
-            features = model.features(images)                         # [B, 3, H, W] -> [B, C, H/s, W/s]
+            if fine_mask_map:
+                features, mask_map = model.feature_maps(images)        # [B, C, H/8, W/8], [B, C, H/4, W/4]
+            else:
+                features = model.features(images)                     # [B, 3, H, W] -> [B, C, H/s, W/s]
             objectness, deltas = model.rpn(features)                   # -> [B, HWA], [B, HWA, 4]
-            return features, objectness, deltas
+            return (features, objectness, deltas) + ((mask_map,) if fine_mask_map else ())
         graph = ExportGraph("two-stage", _Tupled(model, backbone_and_rpn), images,
-                            ["features", "objectness", "deltas"], True)
+                            ["features", "objectness", "deltas"] + (["mask_features"] if fine_mask_map else []),
+                            True)
     else:
         graph = ExportGraph("fast-rcnn", _Tupled(model, model.features), images, ["features"], True)
     with torch.no_grad():
         features = model.features(images).contiguous()
+        mask_map = model.feature_maps(images)[1].contiguous() if fine_mask_map else features
     boxes = torch.tensor([[4.0, 6.0, 60.0, 90.0], [30.0, 10.0, 150.0, 120.0], [0.0, 0.0, 12.0, 9.0]])
     rois = torch.cat([torch.zeros(len(boxes), 1), boxes], dim=1)         # [R, 5] (image index, x1, y1, x2, y2)
     inputs = {"features": {0: "batch", 2: "height", 3: "width"}, "rois": {0: "rois"}}
@@ -180,9 +187,9 @@ def _two_stage_graph(model: nn.Module) -> ExportGraph:
                                   ["class_logits", "box_deltas"],
                                   {**inputs, "class_logits": {0: "rois"}, "box_deltas": {0: "rois"}}))
     if isinstance(model, MaskRCNN):
-        def mask_logits(features, rois):       # MaskRCNN.mask_logits, its RoIAlign as ONNX's
-            return model.mask_head(roi_features(features, rois, c.mask_size // 2, scale, True))
-        graph.parts.append(ExportPart("mask_head", _Tupled(model, mask_logits), (features, rois),
+        def mask_logits(mask_map, rois):       # MaskRCNN.mask_logits, its RoIAlign as ONNX's
+            return model.mask_head(roi_features(mask_map, rois, c.mask_size // 2, 1.0 / c.mask_stride, True))
+        graph.parts.append(ExportPart("mask_head", _Tupled(model, mask_logits), (mask_map, rois),
                                       ["features", "rois"], ["mask_logits"], {**inputs, "mask_logits": {0: "rois"}}))
     return graph
 
@@ -508,6 +515,17 @@ class _RPNOutputs(nn.Module):
         return last[1], last[2]
 
 
+class _OnnxFeatureMaps:
+    """`MaskRCNN.feature_maps(images)` (shared map, FPN's finer map for the mask branch) from one backbone call."""
+
+    def __init__(self, backbone: _OnnxBackboneAndRPN):
+        self.backbone = backbone
+
+    def __call__(self, images: torch.Tensor):
+        features = self.backbone(images)
+        return features, self.backbone.kept.outputs[3]
+
+
 class _OnnxFunction:
     """A method of the model (`classify_regions`, `mask_logits`, `step`, ...) answered by an ONNX part. A plain
     callable, not a module: set on the instance, it takes the place of the class's method."""
@@ -598,6 +616,8 @@ def load_onnx(path, make_recipe, threads: int | None = None) -> OnnxPredictor:
         if family == "two-stage":
             skeleton.features = _OnnxBackboneAndRPN(session, skeleton.features)
             skeleton.rpn = _RPNOutputs(skeleton.features)
+            if "mask_features" in [output.name for output in session.session.get_outputs()]:
+                skeleton.feature_maps = _OnnxFeatureMaps(skeleton.features)
         else:
             skeleton.features = OnnxModule(session, skeleton.features)
         skeleton.classify_regions = _OnnxFunction(parts["head"])

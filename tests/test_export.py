@@ -28,14 +28,18 @@ FAMILIES = {
     "fast-rcnn": {"channels": [8, 16, 16], "hidden": 64},
     "faster-rcnn": {"channels": [8, 16, 16], "hidden": 64},
     "mask-rcnn": {"channels": [8, 16, 16], "hidden": 64, "mask_convs": 2, "mask_channels": 16},
+    "mask-rcnn-p2": {"channels": [8, 16, 16], "hidden": 64, "mask_convs": 2, "mask_channels": 16, "mask_stride": 4},
     "deepimagesent": {"channels": [8, 8, 16], "feature": 32, "hidden": 32, "embedding": 16},
     "showtell": {"channels": [8, 8, 16], "feature": 32, "hidden": 32, "embedding": 16},
     "showattendtell": {"channels": [8, 8, 16], "hidden": 32, "embedding": 16, "attention": 16},
 }
 
 
+RECIPE_OF = {"mask-rcnn-p2": "mask-rcnn"}       # Mask R-CNN whose mask branch reads FPN's stride-4 level
+
+
 def build(name):
-    recipe = make_recipe(name, dict(CATEGORIES), FAMILIES[name])
+    recipe = make_recipe(RECIPE_OF.get(name, name), dict(CATEGORIES), FAMILIES[name])
     torch.manual_seed(0)
     model = recipe.build_model(recipe.model_config).eval()
     with torch.no_grad():                     # non-trivial BatchNorm statistics, so folding them is tested too
@@ -161,7 +165,8 @@ def _own_outputs(model, images):
     """What the model's own code gives for the main graph's outputs."""
     if hasattr(model, "rpn"):
         features = model.features(images)
-        return (features, *model.rpn(features))
+        fine = getattr(model, "fine_level", None) is not None
+        return (features, *model.rpn(features)) + ((model.feature_maps(images)[1],) if fine else ())
     if hasattr(model, "start"):
         state, context = model.start(images)
         return tuple(state) + tuple(context)
@@ -179,8 +184,8 @@ def _as_tuple(out):
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
-@pytest.mark.parametrize("name", ["localizer", "yolo1", "faster-rcnn", "mask-rcnn", "deepimagesent",
-                                  "showattendtell"])
+@pytest.mark.parametrize("name", ["localizer", "yolo1", "faster-rcnn", "mask-rcnn", "mask-rcnn-p2",
+                                  "deepimagesent", "showattendtell"])
 def test_traced_wrappers_equal_the_models_own_methods(name):
     """The export wrappers restate a forward pass with a symbolic batch, or with ONNX's RoI operators; they must
     equal the model's own methods exactly."""
@@ -214,7 +219,7 @@ def test_predictions_through_onnxruntime_equal_the_checkpoint_predictions(export
                 np.testing.assert_allclose(a, b, atol=1e-4, rtol=0, err_msg=key)
         if "caption" in e:
             assert g["caption"] == e["caption"]
-    if name in ("faster-rcnn", "mask-rcnn", "fast-rcnn"):
+    if name in ("faster-rcnn", "mask-rcnn", "mask-rcnn-p2", "fast-rcnn"):
         assert all(len(e["scores"]) > 0 for e in expected)          # the comparison saw detections
 
 

@@ -75,11 +75,12 @@ def test_paste_resizes_the_mask_to_the_box():
     assert bool((out[:, :10] == 1).all()) and bool((out[:, 10:] == 0).all())
 
 
-def test_mask_rcnn_overfits_one_image_and_segments_its_objects(one_thread, train_steps):
+@pytest.mark.parametrize("mask_stride", [8, 4])
+def test_mask_rcnn_overfits_one_image_and_segments_its_objects(one_thread, train_steps, mask_stride):
     torch.manual_seed(0)
     world = make_world(1, image_size=96, seed=5, min_objects=2, max_objects=2)
     record = world.records[0]
-    r = mask_rcnn.recipe(CATEGORIES, image_size=96, flip=False)
+    r = mask_rcnn.recipe(CATEGORIES, image_size=96, flip=False, mask_stride=mask_stride)
     model = r.build_model(r.model_config)
     batch = r.collate([r.make_dataset(world, True)[0]])
     history, losses = train_steps(model, batch, 60)
@@ -106,11 +107,29 @@ def test_image_without_objects_gives_empty_masks_of_the_image_size(one_thread):
     assert found["boxes"].shape == (0, 4) and found["masks"].shape == (0, 48, 40)
 
 
-def test_mask_head_outputs_the_configured_grid():
+@pytest.mark.parametrize("mask_stride", [8, 4])
+def test_mask_head_outputs_the_configured_grid(mask_stride):
     for size in (14, 28):
-        model = MaskRCNN(MaskRCNNConfig(num_classes=6, image_size=64, mask_size=size))
+        model = MaskRCNN(MaskRCNNConfig(num_classes=6, image_size=64, mask_size=size, mask_stride=mask_stride))
         rois = torch.tensor([[0.0, 4.0, 4.0, 40.0, 40.0]])
-        logits = model.mask_head(model.mask_features(model.features(torch.zeros(1, 3, 64, 64)), rois))
-        assert logits.shape == (1, 6, size, size)
+        features, mask_map = model.feature_maps(torch.zeros(1, 3, 64, 64))
+        assert features.shape[2:] == (8, 8) and mask_map.shape[2:] == (64 // mask_stride,) * 2
+        assert model.mask_logits(mask_map, rois).shape == (1, 6, size, size)
     with pytest.raises(ValueError, match="even"):
         MaskRCNN(MaskRCNNConfig(num_classes=6, mask_size=15))
+    with pytest.raises(ValueError, match="mask_stride"):
+        MaskRCNN(MaskRCNNConfig(num_classes=6, mask_stride=2))
+
+
+def test_fine_mask_level_is_fpns_top_down_sum_of_the_stride_4_stage_and_the_upsampled_shared_map():
+    torch.manual_seed(0)
+    model = MaskRCNN(MaskRCNNConfig(num_classes=6, image_size=64, mask_stride=4)).eval()
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        features, fine = model.feature_maps(images)
+        assert torch.allclose(features, model.features(images), atol=1e-6)     # the shared map is unchanged
+        stride_4 = model.features.body.features[:8](images)                    # two [conv, bn, relu, pool] stages
+        level = model.fine_level
+        top = level.top(features).repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)   # nearest x2
+        expected = level.smooth(level.lateral(stride_4) + top)
+    assert fine.shape == (2, 64, 16, 16) and torch.allclose(fine, expected, atol=1e-5)

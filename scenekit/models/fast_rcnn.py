@@ -99,6 +99,17 @@ class ConvFeatures(nn.Module):
         images = images.contiguous(memory_format=torch.channels_last)
         return self.extra(self.body(images))       # [B, 3, H, W] -> [B, C, H / stride, W / stride]
 
+    def levels(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The map after each stage's pooling (strides 2, 4, ..., stride) and the final map (= `forward`), for
+        heads that read a finer level, as FPN's do (Lin et al. 2017)."""
+        x = images.contiguous(memory_format=torch.channels_last)
+        stages = []
+        for layer in self.body.features:
+            x = layer(x)
+            if isinstance(layer, nn.MaxPool2d):
+                stages.append(x)                   # [B, C_i, H / 2^i, W / 2^i]
+        return stages, self.extra(x)
+
 
 def build_features(config) -> nn.Module:
     if config.backbone == "small":

@@ -14,6 +14,12 @@ What it adds to Faster R-CNN (sec. 3):
 - At test time the mask branch runs on the final detection boxes (the 100 best); the m x m mask of the
   predicted class is resized to the box in the image and thresholded at 0.5 (`paste_masks`). Results leave as
   COCO RLE, evaluated with COCO segm AP.
+
+Where the mask head reads its RoIs (`mask_stride`): 8 is the shared stride-8 map, as the paper's C4 head reads
+the backbone's last shared stage; 4 is a finer map built as FPN builds its P2 level (Lin et al. 2017, sec. 3, the
+backbone the paper's best masks use): the stride-4 stage's map through a 1x1 lateral convolution, plus the shared
+map (1x1) upsampled x2 by nearest neighbour, then a 3x3 convolution. FPN gives RoIs of up to 112 px (224 / 2) to
+P2 and larger ones to coarser levels; the world's objects are at most ~145 px, so every RoI reads P2 here.
 """
 
 from __future__ import annotations
@@ -24,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scenekit.models.fast_rcnn import config_from_dict, two_stage_recipe
-from scenekit.models.faster_rcnn import WORLD_ANCHOR_SIZES, FasterRCNN, FasterRCNNConfig
+from scenekit.models.fast_rcnn import ConvFeatures, clock, config_from_dict, two_stage_recipe
+from scenekit.models.faster_rcnn import WORLD_ANCHOR_SIZES, FasterRCNN, FasterRCNNConfig, rpn_loss
 from scenekit.recipes import Recipe
 from scenekit.roi import paste_masks, roi_align  # noqa: F401  (paste_masks: part of this model's API)
 
@@ -39,6 +45,7 @@ class MaskRCNNConfig(FasterRCNNConfig):
     # box AP comes from the mask head's errors on large objects (mask IoU 0.54 at box IoU 0.81), not resolution.
     mask_convs: int = 4
     mask_channels: int = 64                # 256 in the paper
+    mask_stride: int = 8                   # 8: the shared map; 4: FPN's P2, built top-down (small backbone only)
 
 
 class MaskHead(nn.Module):
@@ -58,6 +65,22 @@ class MaskHead(nn.Module):
         x = self.convs(roi_features)                      # [R, C, m/2, m/2] -> [R, D, m/2, m/2]
         x = F.relu(self.upsample(x))                      # -> [R, D, m, m]
         return self.predictor(x)                          # -> [R, K, m, m]
+
+
+class TopDownLevel(nn.Module):
+    """FPN's top-down step (Lin et al. 2017, sec. 3, Fig. 3): a coarse map upsampled x2 plus a 1x1 lateral of the
+    backbone's finer stage, then a 3x3 convolution "to reduce the aliasing effect of upsampling"."""
+
+    def __init__(self, fine_channels: int, coarse_channels: int, channels: int):
+        super().__init__()
+        self.lateral = nn.Conv2d(fine_channels, channels, 1)
+        self.top = nn.Conv2d(coarse_channels, channels, 1)
+        self.smooth = nn.Conv2d(channels, channels, 3, padding=1)
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(self.top(coarse), size=fine.shape[2:], mode="nearest")  # [B, D, H/8, W/8] -> [B, D, H/4, W/4]
+        return self.smooth(self.lateral(fine) + up)                                # [B, D, H/4, W/4]
 
 
 def mask_targets(gt_masks: torch.Tensor, rois: torch.Tensor, matched: torch.Tensor, size: int) -> torch.Tensor:
@@ -88,60 +111,95 @@ class MaskRCNN(FasterRCNN):
         if config.mask_size % 2:
             raise ValueError(f"mask_size must be even (RoIAlign at mask_size / 2, then x2), got {config.mask_size}")
         super().__init__(config)
-        self.mask_head = MaskHead(self.features.out_channels, config.mask_channels, config.mask_convs,
-                                  config.num_classes)
+        stride, width = self.features.stride, self.features.out_channels
+        if config.mask_stride not in (stride, stride // 2):
+            raise ValueError(f"mask_stride must be the backbone's stride {stride} or half of it, got "
+                             f"{config.mask_stride}")
+        if config.mask_stride != stride:
+            if not isinstance(self.features, ConvFeatures):
+                raise ValueError(f"mask_stride={config.mask_stride} (FPN's finer level) needs the small backbone, "
+                                 f"not {config.backbone!r}")
+            self.fine_level = TopDownLevel(config.channels[-2], width, width)
+        self.mask_head = MaskHead(width, config.mask_channels, config.mask_convs, config.num_classes)
 
-    def mask_features(self, features: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
-        return roi_align(features, rois, self.config.mask_size // 2, 1.0 / self.features.stride,
-                         sampling_ratio=2, aligned=True)                       # [R, C, m/2, m/2]
+    def feature_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, 3, S, S] -> (the shared map [B, C, S/8, S/8], the mask branch's map [B, C, S/s, S/s], s = mask_stride)."""
+        if self.config.mask_stride == self.features.stride:
+            features = self.features(images)
+            return features, features
+        stages, features = self.features.levels(images)
+        return features, self.fine_level(stages[-2], features)
 
-    def mask_logits(self, features: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
-        """RoIAlign + mask head: features [B, C, H, W], rois [R, 5] -> mask logits [R, K, m, m]."""
-        return self.mask_head(self.mask_features(features, rois))
+    def mask_logits(self, mask_map: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        """RoIAlign + mask head: the mask branch's map [B, C, H, W], rois [R, 5] -> mask logits [R, K, m, m]."""
+        roi_features = roi_align(mask_map, rois, self.config.mask_size // 2, 1.0 / self.config.mask_stride,
+                                 sampling_ratio=2, aligned=True)                # [R, C, m/2, m/2]
+        return self.mask_head(roi_features)
 
-    def head_losses(self, features, proposals, targets):
-        losses, sample = super().head_losses(features, proposals, targets)
+    def mask_losses(self, mask_map: torch.Tensor, sample, targets: list[dict]) -> torch.Tensor:
+        """L_mask over the foreground RoIs of Fast R-CNN's sample."""
         foreground = torch.nonzero(sample.labels >= 1).flatten()
         rois, labels, matched = sample.rois[foreground], sample.labels[foreground], sample.matched[foreground]
         # RoIs are grouped by image in order, so per-image targets concatenate in the RoIs' order.
         wanted = [mask_targets(target["masks"], rois[rois[:, 0] == b, 1:], matched[rois[:, 0] == b],
                                self.config.mask_size) for b, target in enumerate(targets)]
-        mask_logits = self.mask_logits(features, rois)                        # [F, K, m, m]
-        losses["mask"] = mask_loss(mask_logits, labels, torch.cat(wanted))
-        return losses, sample
+        return mask_loss(self.mask_logits(mask_map, rois), labels, torch.cat(wanted))     # logits [F, K, m, m]
 
-    def detect_regions(self, features, proposals, image_sizes):
-        """Fast R-CNN's detections, then the mask branch on the final boxes -> "mask_probs" [n, m, m] of each
-        detection's predicted class."""
-        detections = super().detect_regions(features, proposals, image_sizes)
+    def add_masks(self, mask_map: torch.Tensor, detections: list[dict]) -> list[dict]:
+        """The mask branch on the final boxes -> each detection's "mask_probs" [n, m, m] of its predicted class."""
         rois = torch.cat([torch.cat([torch.full_like(d["boxes"][:, :1], i), d["boxes"]], dim=1)
                           for i, d in enumerate(detections)])
         labels = torch.cat([d["labels"] for d in detections])
-        mask_logits = self.mask_logits(features, rois.to(features.dtype))                     # [N, K, m, m]
+        mask_logits = self.mask_logits(mask_map, rois.to(mask_map.dtype))                   # [N, K, m, m]
         own = mask_logits[torch.arange(labels.numel(), device=labels.device), labels - 1].sigmoid()
         for d, probs in zip(detections, own.split([len(d["boxes"]) for d in detections])):
             d["mask_probs"] = probs                                                  # [n, m, m]
         return detections
+
+    # Faster R-CNN's forward and detect, with the mask branch on its own map.
+    def forward(self, images: torch.Tensor, targets: list[dict] | None = None):
+        if targets is None:
+            return self.detect(images, [tuple(images.shape[2:])] * len(images))[0]
+        features, mask_map = self.feature_maps(images)
+        sizes = [tuple(int(v) for v in t["size"]) for t in targets]
+        objectness, deltas, proposals = self.region_proposals(features, sizes, training=True)
+        rpn_objectness, rpn_box = rpn_loss(objectness, deltas, self.anchors(features), targets, self.config)
+        losses, sample = self.head_losses(features, proposals, targets)
+        losses["mask"] = self.mask_losses(mask_map, sample, targets)
+        return {"rpn_objectness": rpn_objectness, "rpn_box_regression": rpn_box, **losses}
+
+    @torch.no_grad()
+    def detect(self, images: torch.Tensor, image_sizes, proposals=None) -> tuple[list[dict], dict]:
+        started = clock(images)
+        features, mask_map = self.feature_maps(images)
+        convolved = clock(images)
+        if proposals is None:
+            _, _, proposals = self.region_proposals(features, image_sizes, training=False)
+        proposed = clock(images)
+        detections = self.add_masks(mask_map, self.detect_regions(features, proposals, image_sizes))
+        return detections, {"conv": convolved - started, "proposals": proposed - convolved,
+                            "region": clock(images) - proposed}
 
 
 def recipe(categories: dict, *, name: str = "mask-rcnn", image_size: int = 160, backbone: str = "small",
            backbone_weights: str | None = None, channels=(16, 32, 64), extra_convs: int = 2, norm: str = "batch",
            hidden: int = 256, rois_per_image: int = 64, bg_low: float = 0.0, anchor_sizes=WORLD_ANCHOR_SIZES,
            anchor_ratios=(0.5, 1.0, 2.0), mask_size: int = 14, mask_convs: int = 4, mask_channels: int = 64,
-           epochs: int | None = None, lr: float | None = None, flip: bool = True) -> Recipe:
+           mask_stride: int = 8, epochs: int | None = None, lr: float | None = None, flip: bool = True) -> Recipe:
     """Mask R-CNN trained end to end: RPN losses + box head losses + the mask loss."""
     config = MaskRCNNConfig(num_classes=len(categories), image_size=image_size, backbone=backbone,
                             channels=tuple(channels), extra_convs=extra_convs, norm=norm,
                             backbone_weights=backbone_weights, hidden=hidden, rois_per_image=rois_per_image,
                             bg_low=bg_low, anchor_sizes=tuple(anchor_sizes), anchor_ratios=tuple(anchor_ratios),
-                            mask_size=mask_size, mask_convs=mask_convs, mask_channels=mask_channels)
+                            mask_size=mask_size, mask_convs=mask_convs, mask_channels=mask_channels,
+                            mask_stride=mask_stride)
     epochs = 12 if epochs is None else epochs       # as Faster R-CNN's recipe (see there)
     lr = 1e-3 if lr is None else lr
     options = {"image_size": image_size, "backbone": backbone, "backbone_weights": backbone_weights,
                "channels": list(channels), "extra_convs": extra_convs, "norm": norm, "hidden": hidden,
                "rois_per_image": rois_per_image, "bg_low": bg_low, "anchor_sizes": list(anchor_sizes),
                "anchor_ratios": list(anchor_ratios), "mask_size": mask_size, "mask_convs": mask_convs,
-               "mask_channels": mask_channels, "epochs": epochs, "lr": lr, "flip": flip}
+               "mask_channels": mask_channels, "mask_stride": mask_stride, "epochs": epochs, "lr": lr, "flip": flip}
     return two_stage_recipe(name, categories, config, epochs=epochs, lr=lr, flip=flip,
                             build=lambda values: MaskRCNN(config_from_dict(MaskRCNNConfig, values)),
                             with_masks=True, options=options, world={"image_size": image_size})
