@@ -160,7 +160,7 @@ def _two_stage_graph(model: nn.Module) -> ExportGraph:
     c, scale = model.config, 1.0 / model.features.stride
     images = torch.rand(1, 3, c.image_size, c.image_size)
     # Mask R-CNN whose mask branch reads FPN's finer level: the images' graph gives that map as a fourth output.
-    fine_mask_map = isinstance(model, MaskRCNN) and c.mask_stride != model.features.stride
+    fine_mask_map = isinstance(model, MaskRCNN) and model.mask_stride != model.features.stride
     if hasattr(model, "rpn"):
         def backbone_and_rpn(images):
             if fine_mask_map:
@@ -188,7 +188,8 @@ def _two_stage_graph(model: nn.Module) -> ExportGraph:
                                   {**inputs, "class_logits": {0: "rois"}, "box_deltas": {0: "rois"}}))
     if isinstance(model, MaskRCNN):
         def mask_logits(mask_map, rois):       # MaskRCNN.mask_logits, its RoIAlign as ONNX's
-            return model.mask_head(roi_features(mask_map, rois, c.mask_size // 2, 1.0 / c.mask_stride, True))
+            return model.mask_head(roi_features(mask_map, rois, c.mask_size // 2, 1.0 / model.mask_stride,
+                                                 True))
         graph.parts.append(ExportPart("mask_head", _Tupled(model, mask_logits), (mask_map, rois),
                                       ["features", "rois"], ["mask_logits"], {**inputs, "mask_logits": {0: "rois"}}))
     return graph

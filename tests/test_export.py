@@ -28,14 +28,14 @@ FAMILIES = {
     "fast-rcnn": {"channels": [8, 16, 16], "hidden": 64},
     "faster-rcnn": {"channels": [8, 16, 16], "hidden": 64},
     "mask-rcnn": {"channels": [8, 16, 16], "hidden": 64, "mask_convs": 2, "mask_channels": 16},
-    "mask-rcnn-p2": {"channels": [8, 16, 16], "hidden": 64, "mask_convs": 2, "mask_channels": 16, "mask_stride": 4},
+    "mask-rcnn-c4": {"channels": [8, 16, 16], "hidden": 64, "mask_convs": 2, "mask_channels": 16, "mask_stride": 8},
     "deepimagesent": {"channels": [8, 8, 16], "feature": 32, "hidden": 32, "embedding": 16},
     "showtell": {"channels": [8, 8, 16], "feature": 32, "hidden": 32, "embedding": 16},
     "showattendtell": {"channels": [8, 8, 16], "hidden": 32, "embedding": 16, "attention": 16},
 }
 
 
-RECIPE_OF = {"mask-rcnn-p2": "mask-rcnn"}       # Mask R-CNN whose mask branch reads FPN's stride-4 level
+RECIPE_OF = {"mask-rcnn-c4": "mask-rcnn"}       # Mask R-CNN whose mask branch reads the shared stride-8 map
 
 
 def build(name):
@@ -184,7 +184,7 @@ def _as_tuple(out):
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
-@pytest.mark.parametrize("name", ["localizer", "yolo1", "faster-rcnn", "mask-rcnn", "mask-rcnn-p2",
+@pytest.mark.parametrize("name", ["localizer", "yolo1", "faster-rcnn", "mask-rcnn", "mask-rcnn-c4",
                                   "deepimagesent", "showattendtell"])
 def test_traced_wrappers_equal_the_models_own_methods(name):
     """The export wrappers restate a forward pass with a symbolic batch, or with ONNX's RoI operators; they must
@@ -219,7 +219,7 @@ def test_predictions_through_onnxruntime_equal_the_checkpoint_predictions(export
                 np.testing.assert_allclose(a, b, atol=1e-4, rtol=0, err_msg=key)
         if "caption" in e:
             assert g["caption"] == e["caption"]
-    if name in ("faster-rcnn", "mask-rcnn", "mask-rcnn-p2", "fast-rcnn"):
+    if name in ("faster-rcnn", "mask-rcnn", "mask-rcnn-c4", "fast-rcnn"):
         assert all(len(e["scores"]) > 0 for e in expected)          # the comparison saw detections
 
 

@@ -121,6 +121,16 @@ def test_mask_head_outputs_the_configured_grid(mask_stride):
         MaskRCNN(MaskRCNNConfig(num_classes=6, mask_stride=2))
 
 
+def test_recipe_reads_masks_from_the_stride_4_level_and_older_configs_from_the_shared_map():
+    r = mask_rcnn.recipe(CATEGORIES)
+    assert r.model_config["mask_stride"] == 4 and r.build_model(r.model_config).mask_stride == 4
+    older = {k: v for k, v in r.model_config.items() if k != "mask_stride"}     # checkpoints before the option
+    model = r.build_model(older)
+    assert model.mask_stride == 8 and not hasattr(model, "fine_level")
+    with pytest.raises(ValueError, match="small backbone"):
+        MaskRCNN(MaskRCNNConfig(num_classes=6, backbone="vgg16", mask_stride=16))
+
+
 def test_fine_mask_level_is_fpns_top_down_sum_of_the_stride_4_stage_and_the_upsampled_shared_map():
     torch.manual_seed(0)
     model = MaskRCNN(MaskRCNNConfig(num_classes=6, image_size=64, mask_stride=4)).eval()

@@ -40,12 +40,9 @@ from scenekit.roi import paste_masks, roi_align  # noqa: F401  (paste_masks: par
 class MaskRCNNConfig(FasterRCNNConfig):
     roi_op: str = "align"
     mask_size: int = 14                    # m: the mask head's output (RoIAlign at m / 2, then upsampled x2)
-    # m = 28 (the paper's FPN head) lifts the ceiling (gt mask -> 28 x 28 -> pasted back: IoU 0.955 vs 0.886 at
-    # 14) but gave the same test mask AP after 6 epochs (0.283 vs 0.282, benchmarks/rcnn_family.py): the gap to
-    # box AP comes from the mask head's errors on large objects (mask IoU 0.54 at box IoU 0.81), not resolution.
     mask_convs: int = 4
     mask_channels: int = 64                # 256 in the paper
-    mask_stride: int = 8                   # 8: the shared map; 4: FPN's P2, built top-down (small backbone only)
+    mask_stride: int | None = None         # None: the shared map; half its stride: FPN's P2 (small backbone only)
 
 
 class MaskHead(nn.Module):
@@ -112,10 +109,11 @@ class MaskRCNN(FasterRCNN):
             raise ValueError(f"mask_size must be even (RoIAlign at mask_size / 2, then x2), got {config.mask_size}")
         super().__init__(config)
         stride, width = self.features.stride, self.features.out_channels
-        if config.mask_stride not in (stride, stride // 2):
+        self.mask_stride = config.mask_stride or stride
+        if self.mask_stride not in (stride, stride // 2):
             raise ValueError(f"mask_stride must be the backbone's stride {stride} or half of it, got "
                              f"{config.mask_stride}")
-        if config.mask_stride != stride:
+        if self.mask_stride != stride:
             if not isinstance(self.features, ConvFeatures):
                 raise ValueError(f"mask_stride={config.mask_stride} (FPN's finer level) needs the small backbone, "
                                  f"not {config.backbone!r}")
@@ -124,7 +122,7 @@ class MaskRCNN(FasterRCNN):
 
     def feature_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, 3, S, S] -> (the shared map [B, C, S/8, S/8], the mask branch's map [B, C, S/s, S/s], s = mask_stride)."""
-        if self.config.mask_stride == self.features.stride:
+        if self.mask_stride == self.features.stride:
             features = self.features(images)
             return features, features
         stages, features = self.features.levels(images)
@@ -132,7 +130,7 @@ class MaskRCNN(FasterRCNN):
 
     def mask_logits(self, mask_map: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
         """RoIAlign + mask head: the mask branch's map [B, C, H, W], rois [R, 5] -> mask logits [R, K, m, m]."""
-        roi_features = roi_align(mask_map, rois, self.config.mask_size // 2, 1.0 / self.config.mask_stride,
+        roi_features = roi_align(mask_map, rois, self.config.mask_size // 2, 1.0 / self.mask_stride,
                                  sampling_ratio=2, aligned=True)                # [R, C, m/2, m/2]
         return self.mask_head(roi_features)
 
@@ -185,8 +183,18 @@ def recipe(categories: dict, *, name: str = "mask-rcnn", image_size: int = 160, 
            backbone_weights: str | None = None, channels=(16, 32, 64), extra_convs: int = 2, norm: str = "batch",
            hidden: int = 256, rois_per_image: int = 64, bg_low: float = 0.0, anchor_sizes=WORLD_ANCHOR_SIZES,
            anchor_ratios=(0.5, 1.0, 2.0), mask_size: int = 14, mask_convs: int = 4, mask_channels: int = 64,
-           mask_stride: int = 8, epochs: int | None = None, lr: float | None = None, flip: bool = True) -> Recipe:
-    """Mask R-CNN trained end to end: RPN losses + box head losses + the mask loss."""
+           mask_stride: int | None = None, epochs: int | None = None, lr: float | None = None,
+           flip: bool = True) -> Recipe:
+    """Mask R-CNN trained end to end: RPN losses + box head losses + the mask loss.
+
+    With the small backbone the mask branch reads FPN's stride-4 level by default (`mask_stride=None` -> 4;
+    `mask_stride=8` reads the shared map like the paper's C4 head). On 800 world images, 16 epochs, 28 x 28 masks
+    (benchmarks/rcnn_family.py), the stride-8 map left mask AP 11.8 points below box AP: its RoIAlign cannot
+    resolve the arms and points of stars and crosses (benchmarks/mask_quality.py); the stride-4 level closes most
+    of that gap (figures in benchmarks/README.md). Other backbones read their shared map.
+    """
+    if mask_stride is None and backbone == "small":
+        mask_stride = 2 ** len(channels) // 2
     config = MaskRCNNConfig(num_classes=len(categories), image_size=image_size, backbone=backbone,
                             channels=tuple(channels), extra_convs=extra_convs, norm=norm,
                             backbone_weights=backbone_weights, hidden=hidden, rois_per_image=rois_per_image,
