@@ -14,6 +14,14 @@ Each model is trained by its default recipe unless a checkpoint is given:
     .venv/bin/python benchmarks/yolo_vs_faster_rcnn.py --threads 2 \\
         --faster-rcnn-checkpoint runs/bench_rcnn/faster-rcnn/best.pt
     .venv/bin/python benchmarks/yolo_vs_faster_rcnn.py --train-images 300 --epochs 2     # quick look
+
+    # The session-14 YOLOv2 (stride 16, 10 x 10 grid): 40 multi-scale epochs on 2400 images, then 10 epochs
+    # at the 160 px test size (--yolo-finetune); with --yolo-checkpoint runs/s14_yolo/long/best.pt instead of
+    # the --yolo-option/--epochs/--val-images flags only the fine-tuning is run:
+    .venv/bin/python benchmarks/yolo_vs_faster_rcnn.py --threads 2 --train-images 2400 --val-images 0 \
+        --epochs 40 --yolo-option 'channels=[8,16,32,64]' --yolo-option head_channels=128 \
+        --yolo-option strided_stem=true --yolo-finetune 10 \
+        --faster-rcnn-checkpoint runs/final_rcnn2000/faster-rcnn/best.pt
 """
 
 from __future__ import annotations
@@ -40,29 +48,75 @@ def timed_predict(recipe, model, images, batch: int) -> float:
 
 
 def trained(name: str, checkpoint: str | None, data: dict, args, extra: dict) -> tuple:
-    """(recipe, model in eval mode, training wall seconds or None) for `name`, from `checkpoint` or trained."""
+    """(recipe, model in eval mode, training wall seconds or None, checkpoint path) for `name`, from
+    `checkpoint` or trained."""
     from scenekit.cli import _restore, make_recipe
     from scenekit.engine.train import TrainConfig, train
 
     if checkpoint:
         recipe, model, _, _ = _restore(checkpoint, "cpu")
-        return recipe, model.eval(), None
+        return recipe, model.eval(), None, checkpoint
     options = {**({} if args.epochs is None else {"epochs": args.epochs}), **extra}
     recipe = make_recipe(name, data["train"].categories, options)
     config = TrainConfig(out=str(Path(args.out) / name), batch_size=recipe.batch_size, seed=args.seed,
                          progress=False, tensorboard=False, log_every=200)
     started = time.perf_counter()
-    result = train(recipe, data["train"], data["val"], config)
+    result = train(recipe, data["train"], data.get("val"), config)
     seconds = time.perf_counter() - started
     _, model, _, _ = _restore(str(result.best_checkpoint), "cpu")
-    return recipe, model.eval(), seconds
+    return recipe, model.eval(), seconds, str(result.best_checkpoint)
+
+
+def fine_tuned_at_test_size(recipe, checkpoint: str, data: dict, args) -> tuple:
+    """(recipe, model, checkpoint path): the YOLOv2 of `checkpoint` trained `--yolo-finetune` more epochs at its
+    test size only (multi-scale off, cosine from `--yolo-finetune-lr`, the same k-means priors), so that its
+    weights and batch-norm statistics end at the size it is tested at. Multi-scale training leaves both tuned
+    to a mix of sizes (and the running statistics to the last ones drawn)."""
+    from scenekit.cli import _restore, make_recipe
+    from scenekit.engine.checkpoint import load_checkpoint
+    from scenekit.engine.train import TrainConfig, train
+
+    state = load_checkpoint(checkpoint)
+    options = {**state["options"], "multi_scale": False, "epochs": args.yolo_finetune, "lr": args.yolo_finetune_lr,
+               "warmup_steps": 0, "anchors": state["model_config"]["anchors"]}
+    tuned = make_recipe("yolo2", recipe.categories, options)
+    build = tuned.build_model
+
+    def build_from_checkpoint(config):
+        model = build(config)
+        model.load_state_dict(state["model"])
+        return model
+
+    tuned.build_model = build_from_checkpoint
+    config = TrainConfig(out=str(Path(args.out) / "yolo2_finetune"), batch_size=tuned.batch_size, seed=args.seed,
+                         progress=False, tensorboard=False, log_every=200)
+    result = train(tuned, data["train"], None, config)
+    tuned, model, _, _ = _restore(str(result.best_checkpoint), "cpu")
+    return tuned, model.eval(), str(result.best_checkpoint)
+
+
+def with_precise_batch_norm(recipe, model, data: dict, args, checkpoint: str) -> str:
+    """Re-estimate YOLOv2's batch-norm statistics at its test size on training images
+    (`scenekit.models.yolo.recompute_batch_norm`) and save the result beside the run; returns its path."""
+    from scenekit.engine.checkpoint import load_checkpoint, save_checkpoint
+    from scenekit.models.yolo import recompute_batch_norm
+
+    size = recipe.options.get("test_size") or recipe.options["image_size"]
+    recompute_batch_norm(model, data["train"], sorted(recipe.categories), size, images=args.yolo_precise_bn)
+    state = load_checkpoint(checkpoint)
+    state["model"] = model.state_dict()
+    path = Path(args.out) / "yolo2_precise_bn.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, state)
+    return str(path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--train-images", type=int, default=1600)
-    parser.add_argument("--val-images", type=int, default=100)
+    parser.add_argument("--val-images", type=int, default=100,
+                        help="validation images picking the best epoch; 0: no validation, the last epoch")
     parser.add_argument("--test-images", type=int, default=300)
     parser.add_argument("--image-size", type=int, default=160, help="world image side")
     parser.add_argument("--epochs", type=int, default=None, help="override both recipes' epochs")
@@ -71,6 +125,14 @@ def main() -> None:
                         help="a trained faster-rcnn checkpoint instead of training")
     parser.add_argument("--yolo-option", action="append", metavar="KEY=VALUE", default=[],
                         help="yolo2 recipe option (JSON value), e.g. channels=[8,16,32,64,128]")
+    parser.add_argument("--yolo-finetune", type=int, default=0, metavar="EPOCHS",
+                        help="then train YOLOv2 this many more epochs at its test size only (multi-scale off), "
+                             "from its weights; saved under OUT/yolo2_finetune")
+    parser.add_argument("--yolo-finetune-lr", type=float, default=5e-4, help="peak lr of that (cosine, no warm-up)")
+    parser.add_argument("--yolo-precise-bn", type=int, default=0, metavar="IMAGES",
+                        help="re-estimate YOLOv2's batch-norm statistics at its test size on this many training "
+                             "images before measuring (multi-scale training leaves the last sizes' statistics); "
+                             "the result is saved as OUT/yolo2_precise_bn.pt")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/bench_yolo_vs_frcnn")
@@ -82,13 +144,19 @@ def main() -> None:
     from scenekit.data.world import make_world
 
     data = {split: make_world(n, split=split, seed=args.seed, image_size=args.image_size)
-            for split, n in (("train", args.train_images), ("val", args.val_images), ("test", args.test_images))}
+            for split, n in (("train", args.train_images), ("val", args.val_images), ("test", args.test_images))
+            if n > 0}
     images = [record.image for record in data["test"].records]
     rows = []
     yolo_options = _parse_options(args.yolo_option)
     for name, checkpoint, extra in (("faster-rcnn", args.faster_rcnn_checkpoint, {}),
                                     ("yolo2", args.yolo_checkpoint, yolo_options)):
-        recipe, model, train_seconds = trained(name, checkpoint, data, args, extra)
+        recipe, model, train_seconds, path = trained(name, checkpoint, data, args, extra)
+        if name == "yolo2" and args.yolo_finetune > 0:
+            recipe, model, path = fine_tuned_at_test_size(recipe, path, data, args)
+            print(f"fine-tuned at the test size: {path}", flush=True)
+        if name == "yolo2" and args.yolo_precise_bn > 0:
+            print(f"precise batch norm: {with_precise_batch_norm(recipe, model, data, args, path)}", flush=True)
         metrics = recipe.evaluate(model, data["test"], torch.device("cpu"))
         row = {"model": name, "input": recipe.options.get("image_size"), "mAP50": metrics["mAP50"],
                "coco_AP": metrics.get("coco_AP", metrics.get("AP")),

@@ -178,6 +178,14 @@ def test_passthrough_stacks_each_2x2_neighbourhood_into_channels():
     assert model(torch.rand(1, 3, 32, 32)).shape == (1, 4, 4, 2, 8)
     with pytest.raises(ValueError, match="multiples of the stride 8"):
         model(torch.rand(1, 3, 36, 32))
+    # The thinning 1 x 1 convolution keeps 1/8 of the fine map's width unless told: 4 x its width is stacked.
+    assert model.passthrough[0].out_channels == 1 and model.predict[0][0].in_channels == 8 + 4 * 1
+    wide = build_yolo(YoloConfig(version=2, num_classes=3, channels=(4, 8, 8), head_channels=8, num_anchors=2,
+                                 passthrough_channels=6))
+    assert wide.passthrough[0].out_channels == 6 and wide.predict[0][0].in_channels == 8 + 4 * 6
+    assert wide(torch.rand(1, 3, 32, 32)).shape == (1, 4, 4, 2, 8)
+    with pytest.raises(DataError, match="passthrough_channels"):
+        yolo.recipe({1: "a"}, name="yolo2", passthrough_channels=0)
 
 
 def _boxes_dataset(shapes_and_sizes):
@@ -253,6 +261,106 @@ def test_detect_maps_a_letterboxed_prediction_back_to_the_image():
     torch.testing.assert_close(found["scores"], torch.tensor([0.48, 0.16, 0.16], dtype=torch.float64),
                                atol=1e-5, rtol=0)
     torch.testing.assert_close(found["boxes"][0], torch.tensor(original[0]), atol=1e-3, rtol=0)
+
+
+def test_strided_stem_is_a_stride_2_convolution_with_the_same_output_grid():
+    torch.manual_seed(0)
+    plain = build_yolo(YoloConfig(version=2, num_classes=3, channels=(4, 8, 8), head_channels=8, num_anchors=2))
+    strided = build_yolo(YoloConfig(version=2, num_classes=3, channels=(4, 8, 8), head_channels=8, num_anchors=2,
+                                    strided_stem=True)).eval()
+    images = torch.rand(2, 3, 32, 32)
+    assert strided(images).shape == plain(images).shape == (2, 4, 4, 2, 8)
+    pools = [m for m in strided.features.modules() if isinstance(m, torch.nn.MaxPool2d)]
+    assert len(pools) == len([m for m in plain.features.modules() if isinstance(m, torch.nn.MaxPool2d)]) - 1
+    # The first block by hand: 3x3 convolution with stride 2 and padding 1, batch norm (eval), leaky ReLU 0.1.
+    conv, norm = strided.features.fine[0][0], strided.features.fine[0][1]
+    reference = torch.nn.functional.conv2d(images, conv.weight, stride=2, padding=1)         # [2, 4, 16, 16]
+    reference = (reference - norm.running_mean.view(1, -1, 1, 1)) / torch.sqrt(norm.running_var + norm.eps
+                                                                               ).view(1, -1, 1, 1)
+    reference = reference * norm.weight.view(1, -1, 1, 1) + norm.bias.view(1, -1, 1, 1)
+    reference = torch.where(reference > 0, reference, 0.1 * reference)
+    torch.testing.assert_close(strided.features.fine[0](images), reference, atol=1e-5, rtol=1e-5)
+    with pytest.raises(DataError, match="strided_stem"):
+        yolo.recipe({1: "a"}, name="yolo2", channels=[8], image_size=64, strided_stem=True)
+    # The recipe's switch reaches the stored configuration, so a checkpoint rebuilds the same network.
+    recipe = yolo.recipe({1: "a"}, name="yolo2", channels=[4, 8, 8], head_channels=8, image_size=64,
+                         strided_stem=True)
+    assert recipe.model_config["strided_stem"] is True
+    assert recipe.build_model(recipe.model_config).features.fine[0][0].stride == (2, 2)
+
+
+def test_detect_on_a_batch_equals_nms_per_image_and_class():
+    # detect runs one class-aware NMS over the whole batch; the reference is plain greedy NMS run on every
+    # (image, class) of the same decoded scores, merged by score and cut at max_detections per image.
+    from scenekit.models.backbones import inference_copy
+    from scenekit.nms import nms
+
+    torch.manual_seed(0)
+    model = build_yolo(YoloConfig(version=2, num_classes=3, image_size=64, channels=(4, 8, 8), head_channels=8,
+                                  anchors=[[0.2, 0.3], [0.5, 0.4]])).eval()
+    images = [np.random.default_rng(k).integers(0, 256, (64, 64, 3), dtype=np.uint8) for k in range(3)]
+    found = detect(model, images, torch.device("cpu"), class_ids=[2, 5, 9], score_threshold=0.05,
+                   nms_threshold=0.3, max_detections=7)
+    with torch.no_grad():      # the network detect runs: batch norms folded into the convolutions
+        output = inference_copy(model)(torch.stack([yolo.letterbox(image, 64)[0] for image in images]))
+    boxes, objectness, probabilities = decode_yolo2(output, model.anchors)
+    scores = (objectness[..., None] * probabilities).reshape(3, -1, 3).double()     # [N, P, C]
+    boxes = boxes.reshape(3, -1, 4).double() * 64
+    for index in range(3):
+        kept = []
+        for label in range(3):
+            candidates = (scores[index, :, label] > 0.05).nonzero().flatten()
+            keep = nms(boxes[index, candidates], scores[index, candidates, label], 0.3)
+            kept += [(float(scores[index, p, label]), label, p) for p in candidates[keep].tolist()]
+        kept = sorted(kept, key=lambda item: -item[0])[:7]
+        assert len(kept) == 7 or len(kept) == len(found[index]["scores"])
+        assert found[index]["scores"].tolist() == pytest.approx([score for score, _, _ in kept], abs=1e-12)
+        assert found[index]["labels"].tolist() == [[2, 5, 9][label] for _, label, _ in kept]
+        torch.testing.assert_close(found[index]["boxes"], boxes[index, [p for _, _, p in kept]].clamp(0, 64))
+    assert detect(model, [], torch.device("cpu"), class_ids=[2, 5, 9]) == []
+
+
+def test_recompute_batch_norm_sets_running_statistics_to_the_batch_statistics_at_the_test_size():
+    torch.manual_seed(0)
+    data = make_world(4, image_size=96, min_objects=1, max_objects=2, seed=2)
+    model = build_yolo(YoloConfig(version=2, num_classes=6, channels=(4, 8, 8), head_channels=8, num_anchors=2))
+    first = model.features.fine[0]                                   # conv -> batch norm -> leaky ReLU
+    first[1].running_mean.fill_(5.0)                                 # stale statistics of some other size
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    yolo.recompute_batch_norm(model, data, sorted(data.categories), 64, images=4, batch_size=4)
+    images = torch.stack([yolo.letterbox(record.image, 64)[0] for record in data.records])   # [4, 3, 64, 64]
+    activations = torch.nn.functional.conv2d(images, first[0].weight, padding=1)          # [4, 4, 64, 64]
+    torch.testing.assert_close(first[1].running_mean, activations.mean(dim=(0, 2, 3)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(first[1].running_var, activations.var(dim=(0, 2, 3), unbiased=True),
+                               atol=1e-5, rtol=1e-4)
+    assert not model.training and first[1].momentum == 0.1         # back to eval, momentum restored
+    for key, value in weights.items():
+        assert torch.equal(model.state_dict()[key], value), key     # learned weights untouched
+
+
+def test_multi_scale_recipe_evaluates_with_statistics_re_estimated_on_training_images_at_the_test_size():
+    torch.manual_seed(0)
+    train, val = (make_world(n, image_size=96, min_objects=1, max_objects=2, seed=s) for n, s in ((6, 2), (2, 3)))
+    options = dict(image_size=64, channels=(4, 8, 8), head_channels=8, num_anchors=2, anchors="hand")
+    recipe = yolo.recipe(train.categories, name="yolo2", precise_bn=5, **options)
+    model = recipe.build_model(recipe.model_config)
+    recipe.make_dataset(train, True)
+    norm = model.features.fine[0][1]
+    norm.running_mean.fill_(5.0)                                  # as left by the sizes drawn last
+    recipe.evaluate(model, val, torch.device("cpu"))
+    expected = recipe.build_model(recipe.model_config)
+    expected.load_state_dict({k: v for k, v in model.state_dict().items()})
+    yolo.recompute_batch_norm(expected, train, sorted(train.categories), 64, images=5)
+    torch.testing.assert_close(norm.running_mean, expected.features.fine[0][1].running_mean)
+    assert float(norm.running_mean.abs().max()) < 5.0
+    # Off with precise_bn=0, and for a model without multi-scale training (one size: nothing to correct).
+    for off in (dict(precise_bn=0), dict(multi_scale=False)):
+        recipe = yolo.recipe(train.categories, name="yolo2", **options, **off)
+        model = recipe.build_model(recipe.model_config)
+        recipe.make_dataset(train, True)
+        model.features.fine[0][1].running_mean.fill_(5.0)
+        recipe.evaluate(model, val, torch.device("cpu"))
+        assert bool((model.features.fine[0][1].running_mean == 5.0).all())
 
 
 # ------------------------------------------------------------------------------------------------ overfitting
