@@ -1,14 +1,15 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from scenekit.data.captions import caption_vocabulary
 from scenekit.data.records import Dataset, Question, Record
 from scenekit.data.vocab import Vocabulary, tokenize
 from scenekit.data.world import make_world
 from scenekit.errors import DataError
-from scenekit.models.vqa import (QuestionData, VQAConfig, VQAModel, answer_question, collate_questions,
-                                 coordinate_channels, evaluate_vqa, recipe)
+from scenekit.models.vqa import (QuestionData, VQAConfig, VQAModel, answer_question, cell_targets,
+                                 collate_questions, coordinate_channels, evaluate_vqa, recipe)
 
 WORDS = ["<pad>", "<start>", "<end>", "<unk>", "what", "colour", "is", "the", "square", "where", "red", "blue",
          "green", "yellow", "on", "left", "right", "?"]
@@ -38,8 +39,11 @@ def _overfit_dataset():
 def test_vqa_overfits_four_images(attention):
     torch.manual_seed(0)
     dataset = _overfit_dataset()
+    # With attention: every ingredient on (context layers, dense head without targets here, count glimpse);
+    # without: the plain LSTM baseline of Zhu et al.'s Table 2.
+    extras = {} if attention else {"context_layers": 0, "dense": False}
     tiny = recipe(vocabulary=WORDS, image_size=16, channels=(8, 16), feature=32, embedding=16, hidden=32,
-                  attention_size=16, joint=32, attention=attention)
+                  attention_size=16, joint=32, attention=attention, **extras)
     model = tiny.build_model(tiny.model_config)
     images, targets = collate_questions([tiny.make_dataset(dataset, True)[i] for i in range(4)])
     optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
@@ -106,10 +110,15 @@ def test_concept_phase_trains_only_the_encoder_and_its_head():
     images, targets = collate_questions([tiny.make_dataset(dataset, True)[i] for i in range(4)])
     for name, module in model.named_children():
         module.requires_grad_(name in tiny.phases[0].trains)
+    assert set(tiny.phases[0].trains) == {"encoder", "context", "image_feature", "concepts", "dense_head"}
+    assert tiny.phases[0].loss_terms == ("concepts", "dense")
+    assert tiny.phases[1].loss_terms == ("cross_entropy", "dense")
+    assert targets["cell_classes"].shape == (4, 7, 4, 4) and targets["centres"].shape == (4, 4, 4)
     losses = model(images, targets)
-    assert set(losses) == {"concepts"}                  # the frozen LSTM is not run
+    assert set(losses) == {"concepts", "dense"}         # the frozen LSTM is not run
+    assert float(losses["dense"].detach()) > 0
     model.requires_grad_(True)
-    assert set(model(images, targets)) == {"concepts", "cross_entropy"}
+    assert set(model(images, targets)) == {"concepts", "dense", "cross_entropy"}
 
 
 def test_answer_question_needs_choices():
@@ -123,3 +132,75 @@ def test_mixed_numbers_of_choices_are_refused():
                       image=np.zeros((8, 8, 3), np.uint8))]
     with pytest.raises(DataError, match="same number of choices"):
         QuestionData(Dataset(records, {}, None), Vocabulary(WORDS), 16)
+
+
+def test_cell_targets_are_category_fractions_and_box_centres():
+    semantic = np.zeros((4, 6), np.int64)
+    semantic[0:2, 0:3] = 2                   # fills the top-left cell of a 2 x 2 grid (cells are 2 x 3 px)
+    semantic[3, 3:6] = 5                     # half of the bottom-right cell
+    record = Record(1, "a", 6, 4, boxes=np.array([[0, 0, 3, 2], [3, 3, 6, 4]], float), labels=np.array([2, 5]),
+                    semantic=semantic)
+    fractions, centres = cell_targets(record, grid=2, classes=7)
+    assert fractions.shape == (7, 2, 2) and centres.shape == (2, 2)
+    assert fractions[2, 0, 0] == 1.0 and fractions[0, 0, 0] == 0.0
+    assert fractions[5, 1, 1] == 0.5 and fractions[0, 1, 1] == 0.5
+    assert fractions[0, 0, 1] == 1.0 and fractions[0, 1, 0] == 1.0
+    torch.testing.assert_close(fractions.sum(dim=0), torch.ones(2, 2))
+    # Box centres (1.5, 1) and (4.5, 3.5) fall in cells (row 0, col 0) and (row 1, col 1).
+    assert centres.tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    with pytest.raises(DataError, match="semantic"):
+        cell_targets(record, grid=2, classes=5)
+
+
+def test_dense_loss_is_soft_cross_entropy_plus_centre_bce():
+    torch.manual_seed(2)
+    model = VQAModel(VQAConfig(words=WORDS, image_size=16, channels=(4, 8)))
+    logits = torch.randn(3, 8, 4, 4)                                   # 7 categories + the centre logit
+    fractions = torch.rand(3, 7, 4, 4)
+    fractions /= fractions.sum(dim=1, keepdim=True)
+    centres = (torch.rand(3, 4, 4) > 0.7).float()
+    expected = F.cross_entropy(logits[:, :7], fractions) + \
+        F.binary_cross_entropy(logits[:, 7].sigmoid(), centres)
+    got = model.dense_loss(logits, {"cell_classes": fractions, "centres": centres})
+    torch.testing.assert_close(got, expected)
+    assert float(model.dense_loss(logits, {})) == 0.0                   # no semantic maps: no dense term
+
+
+def test_count_glimpse_grows_with_matching_cells_where_attention_averages():
+    torch.manual_seed(3)
+    model = VQAModel(VQAConfig(words=WORDS, image_size=16, channels=(4, 8), hidden=8, attention_size=8)).eval()
+    h, cells = torch.randn(2, 8), torch.randn(2, 5, model.att_cells.in_features)
+    twice = torch.cat([cells, cells], dim=1)                           # every cell duplicated
+    r1, _ = model.attend(h, cells, model.att_cells(cells))
+    r2, _ = model.attend(h, twice, model.att_cells(twice))
+    torch.testing.assert_close(r1, r2)                                 # softmax attention: the same average
+    n1 = model.count(h, cells, model.att_cells(cells))
+    torch.testing.assert_close(model.count(h, twice, model.att_cells(twice)), 2 * n1)
+    gate = torch.sigmoid(model.count_score(torch.tanh(model.att_hidden(h)[:, None] + model.att_cells(cells))))
+    torch.testing.assert_close(n1, (gate * cells).sum(dim=1))           # n = sum_i sigmoid(s_i) C_i
+
+
+@pytest.mark.parametrize("context_layers, low, high", [(0, 1, 22), (2, 23, 54)])
+def test_context_layers_widen_what_a_cell_sees(context_layers, low, high):
+    # Receptive field of the 3-stage CNN (3x3 convs, 2x2 pools): 22 px; each context conv at stride 8 adds 16.
+    torch.manual_seed(4)
+    model = VQAModel(VQAConfig(words=WORDS, image_size=128, context_layers=context_layers)).eval()
+    image = torch.rand(1, 3, 128, 128, requires_grad=True)
+    model.features(image)[0, :, 8, 8].sum().backward()                 # a cell in the middle of the 16 x 16 grid
+    columns = torch.nonzero(image.grad.abs().sum(dim=(0, 1, 2))).flatten()
+    extent = int(columns.max() - columns.min() + 1)
+    assert low <= extent <= high
+
+
+def test_old_checkpoints_load_and_mismatched_ones_fail_clearly():
+    dataset = make_world(2, image_size=64, min_objects=1, max_objects=2)
+    words = caption_vocabulary(dataset, with_questions=True).words
+    current = recipe(vocabulary=words, image_size=16, channels=(4, 8))
+    # A checkpoint saved before the context / dense / count options: its config lacks them.
+    legacy_config = {k: v for k, v in current.model_config.items()
+                     if k not in ("context_layers", "dense", "dense_classes", "count_glimpse")}
+    legacy = current.build_model(legacy_config)
+    assert len(legacy.context) == 0 and not hasattr(legacy, "dense_head") and not hasattr(legacy, "count_score")
+    current.build_model(legacy_config).load_state_dict(legacy.state_dict())
+    with pytest.raises(DataError, match="retrain"):
+        current.build_model(current.model_config).load_state_dict(legacy.state_dict())

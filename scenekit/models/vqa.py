@@ -18,6 +18,23 @@ multi-label classifier of the words of each image's captions, as the captioners'
 The grid cells carry their normalised (x, y) coordinates as two extra channels (`coords`, as CoordConv,
 Liu et al. 2018): a small CNN's cells do not know where they lie, and "where is the red circle?" needs the
 attended vector r_t to say where the attention went.
+
+Three further ingredients, each switchable and off in checkpoints saved before them:
+- `context_layers`: 3x3 convolutions at the grid's resolution after the small CNN. Each cell of the three-stage
+  CNN sees 22 px of a 64 px input, too little to tell a circle from a ring or a star; two more layers widen that
+  to 54 px for ~40% more convolution multiply-adds (they run on the 8 x 8 grid).
+- `dense`: the encoder's pre-training also learns, for every grid cell, which category covers it (soft target:
+  the fractions of the cell's pixels per category, background included) and whether an object's box centre lies
+  in it, from the training images' semantic maps and boxes (a segmentation-style stand-in for Visual7W's
+  ImageNet pre-training, as detection backbones are pre-trained). The head's predictions (category
+  probabilities, centre probability) are appended to each cell of C(I), and the term stays on, as an auxiliary
+  loss, while the answers are trained. Records without a semantic map (files without masks) get no dense
+  targets; the term is then zero and only the caption words pre-train the CNN.
+- `count_glimpse`: softmax attention averages, so r_T cannot say how many cells matched ("how many red
+  shapes?", "is there a ring?" -- no / one / two / three or more). A second, unnormalised read-out of the last
+  step, n_T = sum_i sigmoid(s_i) C_i with s_i = w_n^T tanh(W_he h_T + W_ce C_i) + b_n, sums the matching cells
+  (with `dense`, their centre probabilities: a count) and enters q through W_n (the sigmoid-gated sum of
+  counting models such as Trott et al. 2018 / Zhang et al. 2018, in its simplest form).
 """
 
 from __future__ import annotations
@@ -51,6 +68,14 @@ class VQAConfig:
     joint: int = 128                           # size of q and of the answer embeddings
     attention: bool = True
     coords: bool = True
+    context_layers: int = 2                    # 3x3 conv layers at grid resolution after the small CNN
+    dense: bool = True                         # per-cell category + object-centre head, appended to C(I)
+    dense_classes: int = 7                     # background + the dataset's categories (ids 1..K)
+    count_glimpse: bool = True                 # unnormalised sigmoid-gated read-out n_T (needs attention)
+
+
+# Values of the options for checkpoints saved before they existed: such checkpoints hold none of their layers.
+LEGACY_OPTIONS = {"context_layers": 0, "dense": False, "count_glimpse": False}
 
 
 class VQAModel(nn.Module):
@@ -64,10 +89,23 @@ class VQAModel(nn.Module):
         self.grid = config.image_size // self.encoder.stride
         if self.grid < 1:
             raise ValueError(f"image_size {config.image_size} is too small for {len(config.channels)} pooling stages")
-        d = self.encoder.out_channels + (2 if config.coords else 0)
+        if config.count_glimpse and not config.attention:
+            raise ValueError("count_glimpse needs attention=True (it reuses the attention's projections)")
+        if config.context_layers < 0 or (config.dense and config.dense_classes < 2):
+            raise ValueError(f"need context_layers >= 0 and dense_classes >= 2, got {config.context_layers}, "
+                             f"{config.dense_classes}")
+        width = self.encoder.out_channels
+        layers = []
+        for _ in range(config.context_layers):
+            layers += [nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                       nn.ReLU(inplace=True)]
+        self.context = nn.Sequential(*layers)                                     # empty: identity
+        d = width + (config.dense_classes + 1 if config.dense else 0) + (2 if config.coords else 0)
+        if config.dense:
+            self.dense_head = nn.Conv2d(width, config.dense_classes + 1, 1)      # categories + centre logit
         e, h = config.embedding, config.hidden
         self.embed = nn.Embedding(len(config.words), e, padding_idx=0)
-        self.image_feature = nn.Sequential(nn.Flatten(), nn.Linear(self.encoder.out_channels * self.grid ** 2,
+        self.image_feature = nn.Sequential(nn.Flatten(), nn.Linear(width * self.grid ** 2,
                                                                    config.feature), nn.ReLU(inplace=True))
         self.image_input = nn.Linear(config.feature, e)                            # x_0
         if config.attention:
@@ -75,15 +113,26 @@ class VQAModel(nn.Module):
             self.att_cells = nn.Linear(d, config.attention_size)                   # W_ce
             self.att_score = nn.Linear(config.attention_size, 1)                   # w_a, b_a
             self.joint_image = nn.Linear(d, config.joint)                          # W_r
+        if config.count_glimpse:
+            self.count_score = nn.Linear(config.attention_size, 1)                 # w_n, b_n
+            self.joint_count = nn.Linear(d, config.joint)                          # W_n
         self.cell = LSTMCell(e + (d if config.attention else 0), h)
         self.joint_question = nn.Linear(h, config.joint)                           # W_q
         self.answer = nn.Linear(e, config.joint)
         self.concepts = nn.Linear(config.feature, len(config.words))              # the encoder's pre-training head
 
-    def cells(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, 3, S, S] -> (grid cells C(I) [B, L, D], fully connected image input x_0 [B, E])."""
-        grid = self.encoder(images)                                               # [B, C, g, g]
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] -> CNN grid [B, C, g, g] (the small CNN, then the context layers)."""
+        return self.context(self.encoder(images))
+
+    def cells(self, images: torch.Tensor, grid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, 3, S, S] (or their CNN grid, if computed already) -> (grid cells C(I) [B, L, D], fully connected
+        image input x_0 [B, E])."""
+        grid = self.features(images) if grid is None else grid                   # [B, C, g, g]
         x0 = self.image_input(self.image_feature(grid))
+        if self.config.dense:
+            dense = self.dense_head(grid)                                         # [B, K + 1, g, g]
+            grid = torch.cat([grid, dense[:, :-1].softmax(dim=1), dense[:, -1:].sigmoid()], dim=1)
         if self.config.coords:
             grid = coordinate_channels(grid)
         return grid.flatten(2).transpose(1, 2), x0
@@ -93,9 +142,15 @@ class VQAModel(nn.Module):
         a = self.att_score(torch.tanh(self.att_hidden(h)[:, None] + projected)).squeeze(-1).softmax(dim=1)
         return (a[..., None] * cells).sum(dim=1), a
 
-    def encode(self, images: torch.Tensor, questions: torch.Tensor, owner: torch.Tensor):
+    def count(self, h: torch.Tensor, cells: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
+        """h [N, H], cells [N, L, D] -> n = sum_i sigmoid(s_i) C_i [N, D]: unlike r, it grows with the number of
+        matching cells (see `count_glimpse` in the module docstring)."""
+        gate = self.count_score(torch.tanh(self.att_hidden(h)[:, None] + projected)).sigmoid()      # [N, L, 1]
+        return (gate * cells).sum(dim=1)
+
+    def encode(self, images: torch.Tensor, questions: torch.Tensor, owner: torch.Tensor, grid=None):
         """Questions [N, T] (padded with 0) about images[owner] -> (q [N, J], final attention [N, L] | None)."""
-        cells, x0 = self.cells(images)
+        cells, x0 = self.cells(images, grid)
         cells, x0 = cells[owner], x0[owner]
         projected = self.att_cells(cells) if self.config.attention else None
         n, hidden = len(questions), self.config.hidden
@@ -114,7 +169,34 @@ class VQAModel(nn.Module):
         if self.config.attention:
             r, alpha = self.attend(h, cells, projected)
             q = q + self.joint_image(r)
+        if self.config.count_glimpse:
+            q = q + self.joint_count(self.count(h, cells, projected))             # n_T [N, D] -> [N, J]
         return torch.tanh(q), alpha
+
+    def dense_loss(self, dense: torch.Tensor, targets: dict) -> torch.Tensor:
+        """dense [B, K + 1, g, g] logits -> cross-entropy with the cells' category fractions ("cell_classes"
+        [B, K, g, g]) + binary cross-entropy of the centre map ("centres" [B, g, g]). Without the targets (a
+        dataset without semantic maps) the term is a zero that keeps the graph: only the concepts train the CNN."""
+        if "cell_classes" not in targets:
+            return dense.sum() * 0.0
+        fractions = targets["cell_classes"].to(dense.dtype)
+        if fractions.shape[1:] != dense[:, :-1].shape[1:]:
+            raise DataError(f"cell targets of shape {tuple(fractions.shape[1:])} do not fit the grid "
+                            f"{tuple(dense[:, :-1].shape[1:])}; check dense_classes", field="semantic")
+        classes = -(fractions * dense[:, :-1].log_softmax(dim=1)).sum(dim=1).mean()
+        centres = F.binary_cross_entropy_with_logits(dense[:, -1], targets["centres"].to(dense.dtype))
+        return classes + centres
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As nn.Module's, with a DataError naming the layers when a checkpoint's layers do not match (VQA
+        checkpoints saved before the caption pre-training of session 13 do not load; retrain them)."""
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except RuntimeError as error:
+            mine, theirs = set(self.state_dict()), set(state_dict)
+            raise DataError(f"the checkpoint's VQA layers do not match this version of the model (missing "
+                            f"{sorted(mine - theirs)[:4]}, unexpected {sorted(theirs - mine)[:4]}): retrain it "
+                            f"with `scenekit train vqa`", field="model") from error
 
     def score(self, q: torch.Tensor, choices: torch.Tensor) -> torch.Tensor:
         """q [N, J], choices [N, K, Ta] word ids (0-padded) -> scores [N, K]: q . tanh(W mean(embeddings))."""
@@ -126,13 +208,16 @@ class VQAModel(nn.Module):
         """targets {"questions" [N, T], "choices" [N, K, Ta], "owner" [N] and, to train, "answers" [N] and
         optionally "concepts" [B, V]}: the losses (cross-entropy over the K candidates; binary cross-entropy of the
         image's visual concepts), or (without "answers") the scores [N, K]."""
-        losses = {}
+        losses, grid = {}, None
         if "answers" in targets and "concepts" in targets:
-            logits = self.concepts(self.image_feature(self.encoder(images)))          # [B, V]
+            grid = self.features(images)                                           # [B, C, g, g]
+            logits = self.concepts(self.image_feature(grid))                       # [B, V]
             losses["concepts"] = F.binary_cross_entropy_with_logits(logits, targets["concepts"].to(logits.dtype))
+            if self.config.dense:
+                losses["dense"] = self.dense_loss(self.dense_head(grid), targets)
             if not self.embed.weight.requires_grad:
                 return losses             # the encoder's pre-training phase: the frozen LSTM would be wasted time
-        q, _ = self.encode(images, targets["questions"], targets["owner"])
+        q, _ = self.encode(images, targets["questions"], targets["owner"], grid)
         scores = self.score(q, targets["choices"])
         if "answers" not in targets:
             return scores
@@ -148,11 +233,33 @@ def encode_question(vocabulary: Vocabulary, question: str, choices) -> tuple[tor
     return q, torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
 
 
+def cell_targets(record, grid: int, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A record's semantic map [H, W] and boxes -> (category fractions [K, g, g] of each cell of a g x g grid laid
+    over the image, object-centre map [g, g]: 1 where a box centre lies): the `dense` pre-training targets."""
+    semantic = np.asarray(record.semantic)
+    height, width = semantic.shape
+    if semantic.size and (semantic.min() < 0 or semantic.max() >= classes):
+        raise DataError(f"semantic map holds class {int(semantic.max())}, outside 0..{classes - 1}",
+                        record=record.image_id, field="semantic")
+    rows = np.arange(height) * grid // height                                   # pixel row -> cell row
+    cols = np.arange(width) * grid // width
+    index = ((rows[:, None] * grid + cols[None, :]) * classes + semantic).ravel()
+    counts = np.bincount(index, minlength=grid * grid * classes).reshape(grid, grid, classes)
+    fractions = counts / np.maximum(counts.sum(axis=2, keepdims=True), 1)
+    centres = np.zeros((grid, grid), np.float32)
+    for x0, y0, x1, y1 in np.asarray(record.boxes, dtype=np.float64).reshape(-1, 4):
+        centres[min(int((y0 + y1) / 2 * grid / height), grid - 1),
+                min(int((x0 + x1) / 2 * grid / width), grid - 1)] = 1.0
+    return torch.from_numpy(fractions.transpose(2, 0, 1)).float(), torch.from_numpy(centres)
+
+
 class QuestionData(torch.utils.data.Dataset):
     """One item per image with questions: (image [3, S, S], {"questions": [...], "choices": [...],
-    "answers": [...], "kinds": [...], "concepts": [V] the words of the image's captions (zeros without)})."""
+    "answers": [...], "kinds": [...], "concepts": [V] the words of the image's captions (zeros without)}, and,
+    given `grid` and when every record has a semantic map, "cell_classes" [K, g, g] and "centres" [g, g])."""
 
-    def __init__(self, dataset, vocabulary: Vocabulary, image_size: int):
+    def __init__(self, dataset, vocabulary: Vocabulary, image_size: int, grid: int | None = None,
+                 classes: int = 7):
         self.dataset, self.vocabulary, self.size = dataset, vocabulary, image_size
         self.records = [r for r in dataset.records if r.questions]
         if not self.records:
@@ -161,6 +268,8 @@ class QuestionData(torch.utils.data.Dataset):
         if len(counts) != 1:
             raise DataError(f"every question needs the same number of choices, got {sorted(counts)}",
                             field="questions")
+        self.grid = grid if grid and all(r.semantic is not None for r in self.records) else None
+        self.classes = classes
 
     def __len__(self) -> int:
         return len(self.records)
@@ -169,10 +278,12 @@ class QuestionData(torch.utils.data.Dataset):
         record = self.records[index]
         encoded = [encode_question(self.vocabulary, q.question, q.choices) for q in record.questions]
         captions = [self.vocabulary.encode(c, add_start_end=False) for c in record.captions]
-        return prepare_image(load_image(self.dataset, record), self.size), {
-            "questions": [e[0] for e in encoded], "choices": [e[1] for e in encoded],
-            "answers": [q.answer for q in record.questions], "kinds": [q.kind for q in record.questions],
-            "concepts": concept_targets(captions, len(self.vocabulary))}
+        target = {"questions": [e[0] for e in encoded], "choices": [e[1] for e in encoded],
+                  "answers": [q.answer for q in record.questions], "kinds": [q.kind for q in record.questions],
+                  "concepts": concept_targets(captions, len(self.vocabulary))}
+        if self.grid:
+            target["cell_classes"], target["centres"] = cell_targets(record, self.grid, self.classes)
+        return prepare_image(load_image(self.dataset, record), self.size), target
 
 
 def collate_questions(batch):
@@ -187,8 +298,8 @@ def collate_questions(batch):
         "choices": choices,
         "answers": torch.tensor([a for _, t in batch for a in t["answers"]]),
         "owner": torch.tensor([i for i, (_, t) in enumerate(batch) for _ in t["questions"]]),
-        **({"concepts": torch.stack([t["concepts"] for _, t in batch])} if all("concepts" in t for _, t in batch)
-           else {}),
+        **{key: torch.stack([t[key] for _, t in batch]) for key in ("concepts", "cell_classes", "centres")
+           if all(key in t for _, t in batch)},
     }
 
 
@@ -220,7 +331,7 @@ def evaluate_vqa(model: VQAModel, dataset, device, batch_size: int = 64) -> dict
         images, targets = collate_questions(items)
         began = time.perf_counter()
         scores = model(images.to(device), {k: v.to(device) for k, v in targets.items()
-                                           if k not in ("answers", "concepts")})
+                                           if k not in ("answers", "concepts", "cell_classes", "centres")})
         elapsed += time.perf_counter() - began
         right += (scores.argmax(dim=1).cpu() == targets["answers"]).tolist()
         kinds += [k for _, t in items for k in t["kinds"]]
@@ -240,31 +351,38 @@ WORLD_OPTIONS = {"image_size": 128, "max_objects": 6}   # answers near uniform p
 def recipe(categories=None, *, name: str = "vqa", vocabulary=None, min_count: int = 1, image_size: int = 64,
            channels=(16, 32, 64), feature: int = 128, embedding: int = 64, hidden: int = 128,
            attention_size: int = 64, joint: int = 128, attention: bool = True, coords: bool = True,
-           epochs: int | None = None, lr: float | None = None, clip: float = 5.0,
-           pretrain_epochs: int = 4) -> Recipe:
+           context_layers: int = 2, dense: bool = True, count_glimpse: bool | None = None,
+           epochs: int | None = None, lr: float | None = None, clip: float = 5.0, pretrain_epochs: int = 4) -> Recipe:
     """The VQA recipe: Adam, cosine schedule, gradient clipping; best checkpoint by validation accuracy.
 
     Visual7W starts from an ImageNet VGG; here `pretrain_epochs` > 0 first trains the small CNN alone (with the
     fc feature and a concept classifier, the LSTM frozen) to name the words of each image's captions, as the
-    captioners' encoder is pre-trained (`scenekit.models.captioner.recipe`), then everything on the answers."""
+    captioners' encoder is pre-trained (`scenekit.models.captioner.recipe`), and with `dense` also to name each
+    grid cell's category and object centres (see the module docstring), then everything on the answers (the
+    dense term kept as an auxiliary loss). `count_glimpse` defaults to `attention`."""
     from scenekit.data.captions import resolve_vocabulary
 
     words = resolve_vocabulary(vocabulary, min_count=min_count, with_questions=True).words
+    count_glimpse = attention if count_glimpse is None else count_glimpse
+    dense_classes = 1 + max((int(k) for k in (categories or {})), default=6)     # the world's 6 shapes by default
     config = VQAConfig(words=list(words), image_size=image_size, channels=tuple(channels), feature=feature,
                        embedding=embedding, hidden=hidden, attention_size=attention_size, joint=joint,
-                       attention=attention, coords=coords)
+                       attention=attention, coords=coords, context_layers=context_layers, dense=dense,
+                       dense_classes=dense_classes, count_glimpse=count_glimpse)
+    grid = image_size // 2 ** len(channels)
+    dense_terms = ("dense",) if dense else ()
     vocab = Vocabulary(list(words))
     phases = []
     if pretrain_epochs:
         phases.append(Phase("concepts", epochs=pretrain_epochs, lr=2e-3, optimizer="adam", schedule="cosine",
-                            warmup_steps=20, trains=("encoder", "image_feature", "concepts"),
-                            loss_terms=("concepts",)))
-    phases.append(Phase("train", epochs=15 if epochs is None else epochs, lr=2e-3 if lr is None else lr,
+                            warmup_steps=20, trains=("encoder", "context", "image_feature", "concepts")
+                            + (("dense_head",) if dense else ()), loss_terms=("concepts",) + dense_terms))
+    phases.append(Phase("train", epochs=16 if epochs is None else epochs, lr=2e-3 if lr is None else lr,
                         optimizer="adam", schedule="cosine", warmup_steps=20, clip_grad_norm=clip,
-                        loss_terms=("cross_entropy",)))
+                        loss_terms=("cross_entropy",) + dense_terms))
 
     def build(model_config: dict) -> VQAModel:
-        values = dict(model_config)
+        values = {**LEGACY_OPTIONS, **model_config}
         values["channels"] = tuple(values["channels"])
         return VQAModel(VQAConfig(**values))
 
@@ -275,12 +393,14 @@ def recipe(categories=None, *, name: str = "vqa", vocabulary=None, min_count: in
     options = {"vocabulary": list(words), "min_count": min_count, "image_size": image_size,
                "channels": list(channels), "feature": feature, "embedding": embedding, "hidden": hidden,
                "attention_size": attention_size, "joint": joint, "attention": attention, "coords": coords,
+               "context_layers": context_layers, "dense": dense, "count_glimpse": count_glimpse,
                "epochs": epochs, "lr": lr, "clip": clip, "pretrain_epochs": pretrain_epochs}
     model_config = asdict(config)
     model_config["channels"] = list(config.channels)
     return Recipe(model_name=name, categories=dict(categories or {}), options=options, model_config=model_config,
                   build_model=build, phases=phases,
-                  make_dataset=lambda dataset, train: QuestionData(dataset, vocab, image_size),
+                  make_dataset=lambda dataset, train: QuestionData(dataset, vocab, image_size,
+                                                                   grid if dense and train else None, dense_classes),
                   collate=collate_questions,
                   evaluate=lambda model, dataset, device: evaluate_vqa(model, dataset, device),
                   predict=predict, best_metric="accuracy", best_mode="max", world=dict(WORLD_OPTIONS))
