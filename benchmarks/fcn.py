@@ -3,6 +3,7 @@ split) within 10 CPU-minutes, and labels an image hundreds of times faster than 
 
 Compared, all trained by `scenekit.engine.train` on the same world images (S x S px, 0-8 objects):
   fcn-32s, fcn-16s, fcn-8s          FCN with 0, 1, 2 skip connections (Long et al. 2015, sec. 4.2)
+  fcn-4s                            FCN with a third skip, from pool2 (the step the paper stops before)
   deconvnet, deconvnet-transposed   the encoder-decoder upsampling by max-unpooling (Noh et al. 2015) or by a
                                     learned stride-2 transposed convolution, otherwise identical
   sliding-window                    a small CNN labelling the centre pixel of each window, run on every pixel
@@ -19,6 +20,7 @@ on a shared machine).
     .venv/bin/python benchmarks/fcn.py                          # all models, then the table and the figure
     .venv/bin/python benchmarks/fcn.py --models fcn-8s,deconvnet  # a subset (results go to --out/<model>.json)
     .venv/bin/python benchmarks/fcn.py --report                 # table + figure from the saved results
+    .venv/bin/python benchmarks/fcn.py --ceiling                # best mIoU a perfect stride-s score map allows
 
 Figure: `--out/fcn_predictions.png`, test images with the true class map and each model's prediction.
 """
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-MODELS = ["fcn-32s", "fcn-16s", "fcn-8s", "deconvnet", "deconvnet-transposed", "sliding-window"]
+MODELS = ["fcn-32s", "fcn-16s", "fcn-8s", "fcn-4s", "deconvnet", "deconvnet-transposed", "sliding-window"]
 
 
 def build_recipe(name: str, categories: dict, args):
@@ -45,7 +47,42 @@ def build_recipe(name: str, categories: dict, args):
     else:                                  # the recipe's defaults unless asked: network input, epochs
         options = {"world_size": args.image_size}
         options.update({k: v for k, v in (("image_size", args.input_size), ("epochs", args.epochs)) if v})
+    if name == "fcn-4s":                   # not in the CLI's table: `scenekit train fcn --option architecture=fcn4s`
+        return make_recipe("fcn", categories, {**options, "architecture": "fcn4s"})
     return make_recipe(name, categories, options)
+
+
+def resolution_ceiling(args) -> None:
+    """The best mean IoU a network scoring at stride s can reach, whatever it learns: the true class map at the
+    network's input size, each s x s cell turned into its class fractions (a perfect score map), upsampled back as
+    FCN's last layer does (fixed bilinear, `upsample_bilinear`, on log-fractions), resized to the image, argmax."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from scenekit.data.world import make_world
+    from scenekit.metrics.segmentation import SegmentationMeter
+    from scenekit.models.fcn import pad_to_multiple, record_class_map, resize_class_map, upsample_bilinear
+
+    test = make_world(args.test_images, seed=args.seed, split="test", image_size=args.image_size)
+    class_index = {cid: i + 1 for i, cid in enumerate(sorted(test.categories))}
+    maps = [record_class_map(test, record, class_index) for record in test.records]
+    classes = len(class_index) + 1
+    print(f"resolution ceiling: test mean IoU of a perfect stride-s score map ({len(maps)} test images, "
+          f"world {args.image_size} px)")
+    print(f"{'input px':>8s} " + " ".join(f"{'stride ' + str(s):>9s}" for s in (4, 8, 16, 32)))
+    for size in sorted({args.input_size or 96, args.image_size}):
+        cells = []
+        for stride in (4, 8, 16, 32):
+            meter = SegmentationMeter(num_classes=classes, ignore_index=255)
+            for class_map in maps:
+                small = torch.from_numpy(resize_class_map(class_map, size).astype(np.int64))
+                one_hot = F.one_hot(small.clamp(max=classes - 1), classes).permute(2, 0, 1).float()[None]
+                fractions = F.avg_pool2d(pad_to_multiple(one_hot, stride), stride)       # [1, K+1, S/s, S/s]
+                scores = upsample_bilinear(fractions.clamp(min=1e-4).log(), stride)[..., :size, :size]
+                scores = F.interpolate(scores, size=class_map.shape, mode="bilinear", align_corners=False)
+                meter.update(scores[0].argmax(dim=0).numpy(), class_map)
+            cells.append(float(meter.compute()["mean_iou"]))
+        print(f"{size:8d} " + " ".join(f"{c:9.3f}" for c in cells))
 
 
 def run_model(name: str, args) -> dict:
@@ -191,8 +228,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (world, weights, data order)")
     parser.add_argument("--out", default="benchmarks/out/fcn", help="folder for checkpoints, results, figure")
     parser.add_argument("--report", action="store_true", help="only print the table and draw the figure")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="only print the resolution ceiling: the test mean IoU of perfect stride-4/8/16/32 "
+                             "score maps at the network input size and at the world's")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.ceiling:
+        resolution_ceiling(args)
+        return
     os.makedirs(args.out, exist_ok=True)
     if not args.report:
         for name in args.models.split(","):

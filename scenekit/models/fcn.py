@@ -12,6 +12,10 @@ Every pixel gets a softmax over K classes + background (Long et al. 2015, "FCN")
    stride-32 scores, FCN-8s adds pool3's too (sec. 4.2, Fig. 3). The 2x upsamplings are learned and start as
    bilinear interpolation; the last one stays fixed bilinear, as in the authors' nets; skip scorers start at
    zero, so a fresh FCN-8s is an FCN-32s. We train all at once (Shelhamer et al. 2017, sec. 4.1), not in stages.
+   FCN-4s fuses pool2's scores the same way: the step the paper stops before (sec. 4.2: on VOC's ~500 px images
+   fusing had met diminishing returns, so lower layers were not fused). On the world's small images
+   it lifts the resolution ceiling: a perfect stride-8 score map, upsampled as FCN's last layer does, labels the
+   world at 96 px input with only ~0.85 mean IoU, a stride-4 map with ~0.93 (benchmarks/fcn.py --ceiling).
 3. **Encoder-decoder** (Noh et al. 2015, "DeconvNet"): a mirrored decoder grows the coarse map back stage by
    stage. Its upsampling is *max-unpooling*, which puts each value back where the max of its pooling window
    came from (the "switch variables", sec. 3.2.1), then convolutions fill in the sparse map. The same decoder
@@ -43,7 +47,7 @@ from scenekit.errors import DataError
 from scenekit.recipes import Phase, Recipe
 
 IGNORE_INDEX = 255
-ARCHITECTURES = ("fcn32s", "fcn16s", "fcn8s", "deconvnet")
+ARCHITECTURES = ("fcn32s", "fcn16s", "fcn8s", "fcn4s", "deconvnet")
 
 
 # ------------------------------------------------------------------------------------------------ operations
@@ -137,7 +141,7 @@ def segmentation_loss(scores: torch.Tensor, target: torch.Tensor, ignore_index: 
 @dataclass
 class FCNConfig:
     num_classes: int                              # K categories; the networks score K + 1 (0 = background)
-    architecture: str = "fcn8s"                   # "fcn32s" | "fcn16s" | "fcn8s" | "deconvnet"
+    architecture: str = "fcn8s"                   # "fcn32s" | "fcn16s" | "fcn8s" | "fcn4s" | "deconvnet"
     upsample: str = "unpool"                      # deconvnet's decoder: "unpool" | "transposed"
     downsample: str = "pool"                      # "pool" (2x2 max-pool) | "stride" (stride-2 3x3 convolution)
     channels: tuple[int, ...] = (16, 32, 64, 128, 128)  # encoder widths; stride 2 ** len(channels)
@@ -160,6 +164,9 @@ class FCNConfig:
             raise ValueError("unpooling needs the pooling indices: use downsample='pool' with upsample='unpool'")
         if self.backbone == "small" and len(self.channels) < 3:
             raise ValueError(f"channels needs at least 3 stages (pool3 is FCN-8s's skip), got {self.channels}")
+        if self.backbone == "small" and self.architecture == "fcn4s" and len(self.channels) < 4:
+            raise ValueError(f"fcn4s needs at least 4 stages (its third skip is from the stage before FCN-8s's "
+                             f"two), got {self.channels}")
         if isinstance(self.convs_per_stage, (list, tuple)):
             self.convs_per_stage = tuple(int(n) for n in self.convs_per_stage)
             if len(self.convs_per_stage) != len(self.channels):
@@ -240,7 +247,7 @@ class Encoder(nn.Module):
 
 
 class FCN(nn.Module):
-    """FCN-32s / 16s / 8s (Long et al. 2015, sec. 4.2): `model(images)` -> scores [B, K+1, H, W];
+    """FCN-32s / 16s / 8s (Long et al. 2015, sec. 4.2) and FCN-4s: `model(images)` -> scores [B, K+1, H, W];
     `model(images, {"semantic": [B, H, W]})` -> {"segmentation": loss}."""
 
     def __init__(self, config: FCNConfig):
@@ -248,13 +255,13 @@ class FCN(nn.Module):
         self.config = config
         self.encoder = Encoder(config)
         channels, classes = self.encoder.channels, config.num_classes + 1
-        self.num_skips = {"fcn32s": 0, "fcn16s": 1, "fcn8s": 2}[config.architecture]
+        self.num_skips = {"fcn32s": 0, "fcn16s": 1, "fcn8s": 2, "fcn4s": 3}[config.architecture]
         # fc6 and fc7 as convolutions (sec. 3.1), then the class scorer, at the coarsest stride.
         self.classifier = nn.Sequential(
             nn.Conv2d(channels[-1], config.head, 3, padding=1), nn.ReLU(inplace=True), nn.Dropout2d(0.1),
             nn.Conv2d(config.head, config.head, 1), nn.ReLU(inplace=True), nn.Dropout2d(0.1),
             nn.Conv2d(config.head, classes, 1))
-        # pool4 and pool3 scorers, zero at the start (the FCN authors' initialisation) ...
+        # pool4, pool3 (and pool2) scorers, zero at the start (the FCN authors' initialisation) ...
         self.skip_scorers = nn.ModuleList(nn.Conv2d(channels[-2 - k], classes, 1) for k in range(self.num_skips))
         for scorer in self.skip_scorers:
             nn.init.zeros_(scorer.weight)
@@ -271,7 +278,7 @@ class FCN(nn.Module):
         height, width = images.shape[-2:]
         features, _ = self.encoder(channels_last(pad_to_multiple(images, self.encoder.stride)))
         scores = self.classifier(features[-1])                        # [B, K+1, H/32, W/32]
-        for k in range(self.num_skips):                               # 32s -> 16s -> 8s
+        for k in range(self.num_skips):                               # 32s -> 16s -> 8s (-> 4s)
             scores = self.upsamplers[k](scores) + self.skip_scorers[k](features[-2 - k])
         scores = upsample_bilinear(scores, self.final_factor)[..., :height, :width]     # -> [B, K+1, H, W]
         if targets is None:
@@ -702,11 +709,18 @@ def recipe(categories: dict[int, str], *, name: str = "fcn", architecture: str =
     What the defaults rest on (benchmarks/README.md, the world at 128 px, equal CPU time): the errors are mostly
     shape confusions (star vs cross, ring vs circle), few are edges. A network input of 96 px learns a little more
     per CPU second than 128 px in short runs (1.8x the images per second, a stride-32 cell sees more of each shape,
-    edges blur a little more); after 10 CPU-minutes both reach ~0.72 test mIoU. A stride-16 encoder (finer grid,
-    smaller receptive field) learnt clearly slower and a 1.5x wider one no faster. The paper trains VGG-16 FCNs from
-    ImageNet weights with SGD, momentum 0.99 and batch 1; here AdamW with BatchNorm trains the small encoder from
-    scratch (no pre-training phase, untried: the per-pixel labels already teach the shapes, and the train/val gap
-    stays small, so the net underfits rather than lacks data). Small batches (4-8) learn the most per CPU second. 25
+    edges blur a little more); after 10 CPU-minutes both reach ~0.72 test mIoU with FCN-8s. A stride-16 encoder
+    (finer grid, smaller receptive field) learnt clearly slower and a 1.5x wider or deeper one no faster. The
+    stride of the finest scores caps what any training can reach: perfect stride-8 scores upsampled bilinearly
+    label the world at 96 px input with ~0.85 mean IoU, stride-4 scores with ~0.93; `architecture="fcn4s"`
+    (pool2's skip) lifts FCN-8s's test mIoU from 0.724 to 0.747 in the same 532 CPU-s (it trails FCN-8s in
+    short runs, where pool2's shallow scores add noise before the shapes are learnt). Early on the net underfits
+    (it cannot fit 200 images in 40 epochs: train mIoU 0.66; learning rates 1e-3 to 1e-2 change little), but 25
+    epochs over 2000 images overfit them (train 0.85, val 0.77): the same CPU time over 5000 world images x 10
+    epochs gives FCN-4s 0.768 test mIoU in 473 CPU-s (train 0.80, val 0.79), so pass `--train-images 5000
+    --option epochs=10`; the defaults here stay 25 epochs for the CLI's 2000 images. The paper trains
+    VGG-16 FCNs from ImageNet weights with SGD, momentum 0.99 and batch 1; here AdamW with BatchNorm trains the
+    small encoder from scratch (no pre-training phase). Small batches (4-8) learn the most per CPU second. 25
     epochs of 2000 images fit 10 CPU-minutes on one thread. Best checkpoint by validation mean IoU.
     """
     if backbone not in ("small", "vgg16"):
