@@ -79,6 +79,8 @@ def fine_tuned_at_test_size(recipe, checkpoint: str, data: dict, args) -> tuple:
     state = load_checkpoint(checkpoint)
     options = {**state["options"], "multi_scale": False, "epochs": args.yolo_finetune, "lr": args.yolo_finetune_lr,
                "warmup_steps": 0, "anchors": state["model_config"]["anchors"]}
+    if args.yolo_finetune_size:
+        options.update(image_size=args.yolo_finetune_size, test_size=None)
     tuned = make_recipe("yolo2", recipe.categories, options)
     build = tuned.build_model
 
@@ -129,6 +131,10 @@ def main() -> None:
                         help="then train YOLOv2 this many more epochs at its test size only (multi-scale off), "
                              "from its weights; saved under OUT/yolo2_finetune")
     parser.add_argument("--yolo-finetune-lr", type=float, default=5e-4, help="peak lr of that (cosine, no warm-up)")
+    parser.add_argument("--yolo-finetune-size", type=int, default=None, metavar="PX",
+                        help="fine-tune (and then test) YOLOv2 at this input side instead of its image_size: "
+                             "YOLOv2's speed/accuracy trade-off is chosen by the input size (Redmon & Farhadi "
+                             "2017, Table 3); a multiple of the network's stride")
     parser.add_argument("--yolo-precise-bn", type=int, default=0, metavar="IMAGES",
                         help="re-estimate YOLOv2's batch-norm statistics at its test size on this many training "
                              "images before measuring (multi-scale training leaves the last sizes' statistics); "

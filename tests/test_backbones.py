@@ -197,3 +197,20 @@ def test_inference_copy_is_rebuilt_when_the_weights_change():
         torch.testing.assert_close(second(images), model(images), rtol=1e-5, atol=1e-5)
     model.fold_for_inference = False
     assert inference_copy(model) is model
+
+
+def test_inference_copy_sees_replaced_parameters_and_buffers_anywhere_in_the_tree():
+    from scenekit.models.backbones import SmallCNN, inference_copy
+
+    model = SmallCNN(channels=(4, 4), padding=1).eval()
+    images = torch.rand(1, 3, 8, 8)
+    first = inference_copy(model)
+    deep_conv, deep_norm = model.features[4], model.features[5]
+    deep_conv.weight = torch.nn.Parameter(deep_conv.weight.detach() * 3)          # a new tensor, not in place
+    second = inference_copy(model)
+    assert second is not first
+    deep_norm.running_var = deep_norm.running_var * 4                              # a replaced buffer
+    third = inference_copy(model)
+    assert third is not second
+    with torch.no_grad():
+        torch.testing.assert_close(third(images), model(images), rtol=1e-5, atol=1e-5)

@@ -51,13 +51,25 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
     return folded
 
 
+def _tensors_of(model: nn.Module) -> list[torch.Tensor]:
+    """Every parameter and buffer of `model` and its submodules, by a direct walk. (`parameters()` and
+    `buffers()` build dotted names and a de-duplication set: ~0.2 ms per call on a 40-module network, as
+    much as a small detector's whole NMS, paid on every predict call.)"""
+    found, stack = [], [model]
+    while stack:
+        module = stack.pop()
+        found += [t for t in module._parameters.values() if t is not None]
+        found += [t for t in module._buffers.values() if t is not None]
+        stack += [m for m in module._modules.values() if m is not None]
+    return found
+
+
 def inference_copy(model: nn.Module) -> nn.Module:
     """`fold_batch_norms(model)`, rebuilt only when the model's weights or buffers have changed since (an
     optimiser step or load_state_dict bumps the tensors' version counters)."""
     if getattr(model, "fold_for_inference", True) is False:     # e.g. the ONNX stand-in of scenekit.export
         return model
-    tensors = list(model.parameters()) + list(model.buffers())
-    key = tuple((t.data_ptr(), t._version) for t in tensors)
+    key = tuple((t.data_ptr(), t._version) for t in _tensors_of(model))
     cached = _FOLDED.get(model)
     if cached is None or cached[0] != key:
         cached = (key, fold_batch_norms(model))
