@@ -47,6 +47,20 @@ def timed_predict(recipe, model, images, batch: int) -> float:
     return len(images) / best
 
 
+def multiply_adds_per_image(recipe, model, images) -> float:
+    """Multiply-adds of `recipe.predict` per image, one image per call (convolutions and matrix products, as
+    counted by torch.utils.flop_counter, FLOPs / 2). The machine-independent cost: with the convolutions
+    running near the core's peak, it bounds the speed ratio at batch 1. Faster R-CNN's count includes its RPN
+    and its region head on every proposal."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = torch.device("cpu")
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        for image in images:
+            recipe.predict(model, [image], device)
+    return counter.get_total_flops() / 2 / len(images)
+
+
 def trained(name: str, checkpoint: str | None, data: dict, args, extra: dict) -> tuple:
     """(recipe, model in eval mode, training wall seconds or None, checkpoint path) for `name`, from
     `checkpoint` or trained."""
@@ -168,21 +182,24 @@ def main() -> None:
                "coco_AP": metrics.get("coco_AP", metrics.get("AP")),
                "train_min": None if train_seconds is None else train_seconds / 60,
                "images_per_s_batch1": timed_predict(recipe, model, images[:100], 1),
-               "images_per_s_batch16": timed_predict(recipe, model, images, 16)}
+               "images_per_s_batch16": timed_predict(recipe, model, images, 16),
+               "gmac_per_image": multiply_adds_per_image(recipe, model, images[:50]) / 1e9}
         rows.append(row)
         print(json.dumps(row), flush=True)
 
     frcnn, yolo = rows
     print(f"\nworld test split: {args.test_images} images at {args.image_size} px, {args.threads} torch thread(s)")
-    print("| model | input | VOC mAP@0.5 | COCO AP | images/s (batch 1) | images/s (batch 16) | train min |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| model | input | VOC mAP@0.5 | COCO AP | GMAC / image | images/s (batch 1) | images/s (batch 16) "
+          "| train min |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         minutes = "-" if r["train_min"] is None else f"{r['train_min']:.1f}"
-        print(f"| {r['model']} | {r['input']} | {r['mAP50']:.3f} | {r['coco_AP']:.3f} | "
+        print(f"| {r['model']} | {r['input']} | {r['mAP50']:.3f} | {r['coco_AP']:.3f} | {r['gmac_per_image']:.3f} | "
               f"{r['images_per_s_batch1']:.1f} | {r['images_per_s_batch16']:.1f} | {minutes} |")
     print(f"\nYOLOv2 - Faster R-CNN: {100 * (yolo['mAP50'] - frcnn['mAP50']):+.1f} mAP points; speed ratio "
           f"{yolo['images_per_s_batch1'] / frcnn['images_per_s_batch1']:.1f}x (batch 1), "
-          f"{yolo['images_per_s_batch16'] / frcnn['images_per_s_batch16']:.1f}x (batch 16)")
+          f"{yolo['images_per_s_batch16'] / frcnn['images_per_s_batch16']:.1f}x (batch 16); "
+          f"multiply-adds {frcnn['gmac_per_image'] / yolo['gmac_per_image']:.1f}x fewer")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
