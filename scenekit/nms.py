@@ -227,6 +227,9 @@ def _sorted_coordinates(boxes: np.ndarray, order: np.ndarray):
     return tuple(np.ascontiguousarray(boxes[order, d]) for d in range(4))
 
 
+SMALL_NMS = 128          # up to this many boxes the kernel's grid is a single cell
+
+
 def _grid_cell(x1, y1, x2, y2) -> float:
     """Side of the kernel's grid cells: about a typical box, so most boxes touch at most 4 cells.
 
@@ -234,6 +237,10 @@ def _grid_cell(x1, y1, x2, y2) -> float:
     average, so a few huge boxes cannot blow up the grid's memory.
     """
     extent = max(x2.max() - x1.min(), y2.max() - y1.min())
+    if x1.size <= SMALL_NMS:
+        # A handful of boxes (a one-stage detector's candidates for one image): one cell holding them all,
+        # i.e. plain pairwise tests, is cheaper than sizing a grid (a median and a loop of array passes).
+        return max(float(extent), 1.0)
     cell = max(float(np.median(np.maximum(x2 - x1, y2 - y1))), extent / 512, 1e-12 * max(extent, 1.0))
     if not cell > 0:
         return 1.0

@@ -155,6 +155,20 @@ def test_nms_equals_slow_loop_on_clustered_boxes(seed):
     assert nms(boxes, scores, 0.5).tolist() == slow_nms(boxes, scores, 0.5)
 
 
+@pytest.mark.parametrize("n", [40, 128, 129])
+def test_nms_equals_slow_loop_on_both_sides_of_the_single_cell_size(n):
+    # Up to SMALL_NMS boxes the kernel tests all pairs in one cell; above it, neighbours in a grid.
+    import scenekit.nms as module
+
+    assert module.SMALL_NMS == 128
+    boxes, scores = clustered_boxes(n, 4, seed=n)
+    assert nms(boxes, scores, 0.5).tolist() == slow_nms(boxes, scores, 0.5)
+    idxs = torch.arange(n) % 3
+    expected = sorted((i for c in range(3) for i in (idxs == c).nonzero().view(-1)[
+        slow_nms(boxes[idxs == c], scores[idxs == c], 0.5)].tolist()), key=lambda i: (-scores[i].item(), i))
+    assert batched_nms(boxes, scores, idxs, 0.5).tolist() == expected
+
+
 @pytest.mark.parametrize("seed, iou_threshold", [(0, 0.5), (1, 0.3), (2, 0.7), (3, 0.5)])
 def test_nms_equals_opencv_nmsboxes(seed, iou_threshold):
     # Continuous random coordinates, so no IoU lands within float32 rounding of the threshold (OpenCV
