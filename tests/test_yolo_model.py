@@ -263,6 +263,33 @@ def test_detect_maps_a_letterboxed_prediction_back_to_the_image():
     torch.testing.assert_close(found["boxes"][0], torch.tensor(original[0]), atol=1e-3, rtol=0)
 
 
+def test_detect_undoes_each_images_own_letterbox_in_a_batch_of_different_shapes():
+    # Three images of different shapes in one call; the middle one has no detection. Each box must come back
+    # in its own image's pixels (and clipped to it), in the same order as the images.
+    model = build_yolo(YoloConfig(version=2, num_classes=1, image_size=64, channels=(4, 8, 8, 8, 8),
+                                  head_channels=8, anchors=[[0.3, 0.3]]))
+    images = [np.zeros((100, 200, 3), np.uint8), np.zeros((50, 50, 3), np.uint8), np.zeros((300, 60, 3), np.uint8)]
+    originals = [np.array([[40.0, 30.0, 120.0, 70.0]]), None, np.array([[10.0, 200.0, 50.0, 290.0]])]
+    output = torch.full((3, 2, 2, 1, 6), -20.0)
+    for index, original in enumerate(originals):
+        if original is None:
+            continue
+        _, moved = Letterbox(64)(images[index], {"boxes": original})
+        encoded = encode_yolo2(torch.tensor(moved["boxes"] / 64, dtype=torch.float32), (2, 2), model.anchors)
+        slot = (index, int(encoded["row"]), int(encoded["col"]), 0)
+        output[slot][:2] = torch.logit(encoded["xy"][0].double()).float()
+        output[slot][2:4] = encoded["wh"][0]
+        output[slot][4:] = torch.tensor([math.log(0.9 / 0.1), 0.0])
+    model.forward = lambda batch, targets=None: output
+    found = detect(model, images, torch.device("cpu"), class_ids=[3], score_threshold=0.5)
+    assert [len(f["boxes"]) for f in found] == [1, 0, 1]
+    assert found[1]["boxes"].shape == (0, 4) and found[1]["labels"].dtype == torch.int64
+    for f, original in zip(found, originals):
+        if original is not None:
+            torch.testing.assert_close(f["boxes"][0], torch.tensor(original[0]), atol=1e-3, rtol=0)
+            assert f["labels"].tolist() == [3] and f["scores"].tolist() == pytest.approx([0.9], abs=1e-6)
+
+
 def test_strided_stem_is_a_stride_2_convolution_with_the_same_output_grid():
     torch.manual_seed(0)
     plain = build_yolo(YoloConfig(version=2, num_classes=3, channels=(4, 8, 8), head_channels=8, num_anchors=2))

@@ -659,19 +659,18 @@ def detect(model: nn.Module, images: list[np.ndarray], device, class_ids: list[i
     image_index, candidate, label = (scores > score_threshold).nonzero(as_tuple=True)      # [K] each
     kept_boxes, kept_scores = boxes[image_index, candidate], scores[image_index, candidate, label]
     keep = batched_nms(kept_boxes, kept_scores, image_index * scores.shape[-1] + label, nms_threshold)
-    keep_image = image_index[keep]                       # kept, best first over the batch
-    ids_of = torch.tensor(class_ids, dtype=torch.int64)
-    results = []
-    for index, image in enumerate(images):
-        height, width = image.shape[:2]
-        mine = keep[keep_image == index][:max_detections]          # this image's best, still best first
-        scale_x, scale_y, left, top = undo[index]
-        found = (kept_boxes[mine] - torch.tensor([left, top, left, top], dtype=torch.float64)) \
-            / torch.tensor([scale_x, scale_y, scale_x, scale_y], dtype=torch.float64)
-        found[:, 0::2] = found[:, 0::2].clamp(0, width)
-        found[:, 1::2] = found[:, 1::2].clamp(0, height)
-        results.append({"boxes": found, "scores": kept_scores[mine], "labels": ids_of[label[mine]]})
-    return results
+    # Kept boxes grouped by image (a stable sort keeps each image's best first), the letterbox undone for all
+    # at once (x_original = (x - left) / scale_x, clipped to the image), then one slice per image.
+    keep = keep[torch.argsort(image_index[keep], stable=True)]
+    owner = image_index[keep]                                              # [K] image of each kept box
+    undo = torch.tensor(undo, dtype=torch.float64)[owner]                  # [K, 4] (scale_x, scale_y, left, top)
+    found = (kept_boxes[keep] - undo[:, [2, 3, 2, 3]]) / undo[:, [0, 1, 0, 1]]
+    sides = torch.tensor([image.shape[1::-1] for image in images], dtype=torch.float64)    # [N, 2] (W, H)
+    found = torch.minimum(found.clamp(min=0), sides[owner].repeat(1, 2))
+    scores, labels = kept_scores[keep], torch.tensor(class_ids, dtype=torch.int64)[label[keep]]
+    starts = [0] + torch.bincount(owner, minlength=len(images)).cumsum(0).tolist()
+    return [{"boxes": found[a:min(b, a + max_detections)], "scores": scores[a:min(b, a + max_detections)],
+             "labels": labels[a:min(b, a + max_detections)]} for a, b in zip(starts, starts[1:])]
 
 
 def detections_to_coco(image_id: int, found: dict) -> list[dict]:
