@@ -21,6 +21,11 @@ on a shared machine).
     .venv/bin/python benchmarks/fcn.py --models fcn-8s,deconvnet  # a subset (results go to --out/<model>.json)
     .venv/bin/python benchmarks/fcn.py --report                 # table + figure from the saved results
     .venv/bin/python benchmarks/fcn.py --ceiling                # best mIoU a perfect stride-s score map allows
+    .venv/bin/python benchmarks/fcn.py --models fcn-4s --train-images 5000 --epochs 10 \
+        --option superpixel_scale=800 --out benchmarks/out/fcn4s_sp10   # the >= 0.85 run (superpixel averaging)
+
+`--option KEY=VALUE` passes recipe options to the networks as `scenekit train --option` does. With
+`superpixel_scale` > 0 the test scores are those after superpixel averaging, and `test_raw_*` those without.
 
 Figure: `--out/fcn_predictions.png`, test images with the true class map and each model's prediction.
 """
@@ -47,6 +52,8 @@ def build_recipe(name: str, categories: dict, args):
     else:                                  # the recipe's defaults unless asked: network input, epochs
         options = {"world_size": args.image_size}
         options.update({k: v for k, v in (("image_size", args.input_size), ("epochs", args.epochs)) if v})
+    if name != "sliding-window":
+        options.update(args.option)        # --option KEY=VALUE, as `scenekit train --option`
     if name == "fcn-4s":                   # not in the CLI's table: `scenekit train fcn --option architecture=fcn4s`
         return make_recipe("fcn", categories, {**options, "architecture": "fcn4s"})
     return make_recipe(name, categories, options)
@@ -127,13 +134,25 @@ def run_model(name: str, args) -> dict:
     few = make_world(args.window_images, seed=args.seed, split="test", image_size=args.image_size)
     input_size = recipe.options["image_size"]                         # the network's; scores at the image's
     row["input_size"] = input_size
+    # Superpixel averaging of the scores (Farabet et al. 2013), when the recipe asks for it; the scores without
+    # it are kept as test_raw_*.
+    superpixels = None
+    if recipe.options.get("superpixel_scale"):
+        superpixels = tuple(recipe.options[k] for k in ("superpixel_scale", "superpixel_sigma",
+                                                         "superpixel_min_size"))
+    row["superpixels"] = superpixels
     started = time.perf_counter()
-    few_scores = evaluate_segmentation(model, few, device, class_ids, input_size, batch_size=1)
+    few_scores = evaluate_segmentation(model, few, device, class_ids, input_size, batch_size=1,
+                                       superpixels=superpixels)
     row["window_images_s_per_image"] = (time.perf_counter() - started) / len(few)
     row["window_images_mean_iou"] = few_scores["mean_iou"]
     if name != "sliding-window":
-        scores = evaluate_segmentation(model, test_data, device, class_ids, input_size, batch_size=16)
+        scores = evaluate_segmentation(model, test_data, device, class_ids, input_size, batch_size=16,
+                                       superpixels=superpixels)
         row.update({f"test_{k}": v for k, v in scores.items()})
+        if superpixels is not None:
+            raw = evaluate_segmentation(model, test_data, device, class_ids, input_size, batch_size=16)
+            row.update({f"test_raw_{k}": v for k, v in raw.items()})
     else:
         row.update({f"test_{k}": v for k, v in few_scores.items()})
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k != "curve"}),
@@ -152,11 +171,12 @@ def report(args) -> None:
           f"torch threads {rows[0]['threads']}; test = {rows[0]['test_images']} test images "
           f"(sliding window: the first {args.window_images})")
     print(f"{'model':22s} {'epochs':>6s} {'train CPU s':>11s} {'wall s':>7s} {'mIoU':>6s} {'pix acc':>7s} "
-          f"{'img/s':>8s} {'s/img (same imgs)':>18s} {'mIoU (same)':>11s}")
+          f"{'img/s':>8s} {'s/img (same imgs)':>18s} {'mIoU (same)':>11s} {'mIoU w/o superpixels':>20s}")
     for r in rows:
+        raw = f"{r['test_raw_mean_iou']:20.3f}" if "test_raw_mean_iou" in r else f"{'':>20s}"
         print(f"{r['model']:22s} {r['epochs']:6d} {r['train_cpu_s']:11.0f} {r['train_wall_s']:7.0f} "
               f"{r['test_mean_iou']:6.3f} {r['test_pixel_accuracy']:7.3f} {r['test_images_per_s']:8.2f} "
-              f"{r['window_images_s_per_image']:18.3f} {r['window_images_mean_iou']:11.3f}")
+              f"{r['window_images_s_per_image']:18.3f} {r['window_images_mean_iou']:11.3f} {raw}")
     names = [k[len("test_iou_"):] for k in rows[0] if k.startswith("test_iou_")]
     print("\n" + f"{'per-class IoU':22s} " + " ".join(f"{n[:8]:>8s}" for n in names))
     for r in rows:
@@ -220,6 +240,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None,
                         help="training epochs of the networks (default: the recipe's, 25 x 2000 images at 96 px "
                              "fit 10 CPU-minutes)")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="recipe option of the networks, as `scenekit train --option` (repeatable)")
     parser.add_argument("--window-epochs", type=int, default=6, help="training epochs of the sliding window")
     parser.add_argument("--window", type=int, default=48, help="sliding-window side (px)")
     parser.add_argument("--windows-per-image", type=int, default=32, help="training windows per image and epoch")
@@ -233,6 +255,9 @@ def main() -> None:
                              "score maps at the network input size and at the world's")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    from scenekit.cli import _parse_options
+
+    args.option = _parse_options(args.option)
     if args.ceiling:
         resolution_ceiling(args)
         return

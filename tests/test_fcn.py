@@ -192,6 +192,65 @@ def test_fcn4s_resolves_4_pixel_squares_that_fcn8s_cannot():
     assert _train_on_checkerboard("fcn8s") < 0.75
 
 
+@pytest.mark.parametrize("downsample", ["pool", "stride"])
+@pytest.mark.parametrize("size", [(16, 16), (17, 23), (9, 40)])
+def test_residual_encoder_keeps_the_input_size_for_odd_and_even_sizes(downsample, size):
+    model = build_segmenter(FCNConfig(num_classes=3, architecture="fcn4s", channels=(4, 6, 8, 8), head=8,
+                                      convs_per_stage=1, block="residual", downsample=downsample)).eval()
+    assert model(torch.rand(2, 3, *size)).shape == (2, 4, *size)
+    # Each residual stage halves the size once: features at strides 2, 4, 8, 16 of the padded 16-multiple.
+    features, _ = model.encoder(torch.rand(1, 3, 32, 48))
+    assert [tuple(f.shape[-2:]) for f in features] == [(16, 24), (8, 12), (4, 6), (2, 3)]
+
+
+def test_residual_block_adds_its_input_through_the_shortcut():
+    from scenekit.models.fcn import ResidualBlock
+
+    block = ResidualBlock(5, 5).eval()
+    with torch.no_grad():
+        block.body[-1].weight.zero_()                     # the residual branch's last BN outputs its bias
+        block.body[-1].bias.fill_(-0.5)
+    x = torch.randn(2, 5, 7, 6)
+    torch.testing.assert_close(block(x), torch.relu(x - 0.5))          # relu(x + F(x)), F(x) = -0.5 by hand
+    projected = ResidualBlock(5, 8, stride=2).eval()                   # width and stride change: 1x1 projection
+    assert projected(x).shape == (2, 8, 4, 3) and isinstance(projected.shortcut, torch.nn.Sequential)
+
+
+@torch.no_grad()
+def test_deep_supervision_adds_the_loss_of_the_coarser_fcns_inside():
+    torch.manual_seed(0)
+    config = dict(num_classes=3, channels=(4, 6, 8), head=8, convs_per_stage=1)
+    fcn16s = build_segmenter(FCNConfig(architecture="fcn16s", aux_weight=0.5, **config)).eval()
+    images, target = torch.rand(2, 3, 19, 26), torch.randint(0, 4, (2, 19, 26))
+    target[0, :3] = IGNORE_INDEX
+    # Fresh skips score zero, so the output is the coarse scores upsampled twice (2x, then 16x) and the
+    # auxiliary term nearly 0.5 x the main loss (bilinear 2x then 16x is 32x except at the zero-padded border).
+    losses = fcn16s(images, {"semantic": target})
+    assert float(losses["auxiliary"]) == pytest.approx(0.5 * float(losses["segmentation"]), rel=1e-2)
+    # Once the skip has learned something, the auxiliary loss is the loss of FCN-32s with the same weights.
+    fcn16s.skip_scorers[0].weight.normal_()
+    fcn32s = build_segmenter(FCNConfig(architecture="fcn32s", **config)).eval()
+    fcn32s.load_state_dict({k: v for k, v in fcn16s.state_dict().items() if k in fcn32s.state_dict()})
+    losses = fcn16s(images, {"semantic": target})
+    expected = segmentation_loss(fcn32s(images), target)
+    assert float(losses["auxiliary"]) == pytest.approx(0.5 * float(expected), rel=1e-5)
+    assert abs(float(losses["segmentation"]) - float(expected)) > 1e-3
+    # No weight, no term: the engine sums the losses it gets, so FCN trains as the paper's without it.
+    assert "auxiliary" not in build_segmenter(FCNConfig(architecture="fcn16s", **config))(
+        images, {"semantic": target})
+
+
+def test_checkpoint_configs_from_before_the_new_options_build_the_plain_network():
+    from dataclasses import asdict
+
+    old = {k: v for k, v in asdict(FCNConfig(num_classes=3, architecture="fcn8s", **SMALL)).items()
+           if k not in ("block", "aux_weight")}                          # what earlier checkpoints stored
+    model = build_segmenter(FCNConfig(**old))
+    assert model.config.block == "plain" and model.config.aux_weight == 0.0
+    plain = build_segmenter(FCNConfig(num_classes=3, architecture="fcn8s", **SMALL))
+    model.load_state_dict(plain.state_dict())                              # strict: the same parameters
+
+
 def test_invalid_configurations_are_refused():
     with pytest.raises(ValueError, match="architecture"):
         FCNConfig(num_classes=2, architecture="fcn2s")
@@ -203,6 +262,10 @@ def test_invalid_configurations_are_refused():
         FCNConfig(num_classes=2, channels=(4, 8))
     with pytest.raises(ValueError, match="one count per stage"):
         FCNConfig(num_classes=2, channels=(4, 8, 16), convs_per_stage=(1, 2))
+    with pytest.raises(ValueError, match="block"):
+        FCNConfig(num_classes=2, block="dense")
+    with pytest.raises(ValueError, match="aux_weight"):
+        FCNConfig(num_classes=2, aux_weight=float("nan"))
     assert FCNConfig(num_classes=2, channels=(4, 8, 16, 32)).stage_convs == (1, 1, 2, 2)
 
 
@@ -329,6 +392,65 @@ def test_draw_semantic_tints_labelled_pixels_and_adds_a_legend():
     np.testing.assert_allclose(picture[7, 7], expected, atol=1)
     with pytest.raises(ValueError, match="class_map"):
         draw_semantic(image, class_map[:5], {4: "star"})
+
+
+# ------------------------------------------------------------------------------------------------ superpixels
+def test_superpixel_average_gives_each_segment_its_mean_distribution():
+    from scenekit.models.fcn import superpixel_average
+
+    probabilities = torch.tensor([[[0.9, 0.2, 0.5]],
+                                  [[0.1, 0.8, 0.5]]])                   # [2 classes, 1, 3]: pixels a, b, c
+    segments = np.array([[0, 0, 1]])                                    # a and b one segment, c alone
+    out = superpixel_average(probabilities, segments)
+    expected = torch.tensor([[[0.55, 0.55, 0.5]], [[0.45, 0.45, 0.5]]])  # by hand: (0.9 + 0.2) / 2 = 0.55
+    torch.testing.assert_close(out, expected)
+
+
+@settings(max_examples=50, deadline=None)
+@given(height=st.integers(1, 9), width=st.integers(1, 9), segments=st.integers(1, 6), seed=st.integers(0, 10_000))
+def test_superpixel_average_matches_a_loop_over_segments(height, width, segments, seed):
+    from scenekit.models.fcn import superpixel_average
+
+    generator = torch.Generator().manual_seed(seed)
+    probabilities = torch.rand(4, height, width, generator=generator).softmax(dim=0)
+    labels = torch.randint(0, segments, (height, width), generator=generator).numpy() * 3   # unused labels too
+    out = superpixel_average(probabilities, labels)
+    expected = np.zeros((4, height, width))
+    for label in np.unique(labels):
+        where = labels == label
+        expected[:, where] = probabilities.numpy()[:, where].mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.sum(dim=0), torch.ones(height, width))
+
+
+def test_superpixel_average_refuses_mismatched_or_negative_segments():
+    from scenekit.models.fcn import superpixel_average
+
+    with pytest.raises(ValueError, match="segments"):
+        superpixel_average(torch.rand(3, 4, 5), np.zeros((4, 6), dtype=np.int64))
+    with pytest.raises(ValueError, match="non-negative"):
+        superpixel_average(torch.rand(3, 2, 2), np.array([[0, -1], [0, 0]]))
+
+
+def test_recipe_with_superpixels_labels_each_felzenszwalb_segment_with_one_distribution():
+    from scenekit.data.world import make_world
+    from scenekit.models.fcn import recipe
+    from scenekit.proposals.graph_segment import felzenszwalb
+
+    torch.manual_seed(0)
+    world = make_world(1, image_size=64, split="train", min_objects=2)
+    fcn = recipe(world.categories, image_size=32, world_size=64, channels=(4, 6, 8), head=8,
+                 superpixel_scale=300, superpixel_sigma=0.5, superpixel_min_size=10)
+    assert fcn.options["superpixel_scale"] == 300                         # stored, so a checkpoint restores it
+    image = world.records[0].image
+    found = fcn.predict(fcn.build_model(fcn.model_config), [image], torch.device("cpu"))[0]
+    segments = felzenszwalb(image, scale=300, sigma=0.5, min_size=10)
+    assert 1 < segments.max() + 1 < 64 * 64
+    for label in np.unique(segments):
+        inside = found["probabilities"][:, segments == label]              # [K+1, pixels of the segment]
+        assert float((inside - inside[:, :1]).abs().max()) < 1e-6
+    with pytest.raises(DataError, match="superpixel_scale"):
+        recipe(world.categories, superpixel_scale=-1)
 
 
 # ------------------------------------------------------------------------------------------------ training
