@@ -8,7 +8,7 @@ from scenekit.data.records import Dataset, Question, Record
 from scenekit.data.vocab import Vocabulary, tokenize
 from scenekit.data.world import make_world
 from scenekit.errors import DataError
-from scenekit.models.vqa import (QuestionData, VQAConfig, VQAModel, answer_question, cell_targets,
+from scenekit.models.vqa import (QuestionData, VQAConfig, VQAModel, answer_all, answer_question, cell_targets,
                                  collate_questions, coordinate_channels, evaluate_vqa, recipe)
 
 WORDS = ["<pad>", "<start>", "<end>", "<unk>", "what", "colour", "is", "the", "square", "where", "red", "blue",
@@ -204,3 +204,33 @@ def test_old_checkpoints_load_and_mismatched_ones_fail_clearly():
     current.build_model(legacy_config).load_state_dict(legacy.state_dict())
     with pytest.raises(DataError, match="retrain"):
         current.build_model(current.model_config).load_state_dict(legacy.state_dict())
+
+
+def test_batched_answers_match_one_question_at_a_time():
+    # answer_all pads questions and choices of several images into one batch; answer_question asks one by one.
+    torch.manual_seed(5)
+    dataset = make_world(5, image_size=64, min_objects=1, max_objects=4, seed=3)
+    words = caption_vocabulary(dataset, with_questions=True).words
+    tiny = recipe(vocabulary=words, image_size=32, channels=(4, 8), feature=16, embedding=8, hidden=16,
+                  attention_size=8, joint=16)
+    model = tiny.build_model(tiny.model_config).eval()
+    questions, right, _ = answer_all(model, dataset, torch.device("cpu"), batch_size=2)
+    alone = [answer_question(model, record.image, q.question, q.choices)["index"] == q.answer
+             for record in dataset.records for q in record.questions]
+    assert [q.question for q in questions] == [q.question for r in dataset.records for q in r.questions]
+    assert right.tolist() == alone and len(alone) >= 10
+    scores = evaluate_vqa(model, dataset, torch.device("cpu"))
+    colour = [ok for ok, q in zip(alone, questions) if q.kind == "colour"]
+    assert scores["accuracy"] == pytest.approx(np.mean(alone))
+    assert scores["accuracy_colour"] == pytest.approx(np.mean(colour))
+
+
+def test_checkpoints_keep_the_input_size_they_were_trained_at():
+    # The recipe now feeds 96 px (a 12 x 12 grid); a session-14 model stored image_size 64 and keeps its 8 x 8.
+    dataset = make_world(2, image_size=64, min_objects=1, max_objects=2)
+    words = caption_vocabulary(dataset, with_questions=True).words
+    assert recipe(vocabulary=words).build_model(recipe(vocabulary=words).model_config).grid == 12
+    old = recipe(vocabulary=words, image_size=64)
+    model = recipe(vocabulary=words).build_model(old.model_config)
+    assert model.grid == 8
+    model.load_state_dict(old.build_model(old.model_config).state_dict())

@@ -15,6 +15,13 @@ under the LSTM). `attention=False` drops the attention terms: the plain LSTM bas
 Visual7W's CNN is an ImageNet VGG; the small CNN here is pre-trained instead (`recipe`, phase "concepts") as a
 multi-label classifier of the words of each image's captions, as the captioners' encoder is.
 
+The input size (`image_size`, default 96) sets the grid: three pooling stages give 12 x 12 cells at 96 px. The
+VQA world's pictures are 128 px and its small shapes 10-28 px wide; fed at 64 px (the default until session 15)
+the smallest become 5 px blobs on an 8 x 8 grid, where two small shapes can share a cell. On the benchmark (20000
+images x 6 epochs, run on a GPU for the comparison) 96 px gave 0.890 against 0.833 at 64 px; 128 px with a
+fourth stage (8 x 8 cells) 0.842, or 0.892 with twice the widths at ~4x the CPU cost of 96 px; 128 px with
+three stages (16 x 16 cells) 0.861. The CPU benchmark (one thread) gives the 96 px model 0.875 in 1453 s.
+
 The grid cells carry their normalised (x, y) coordinates as two extra channels (`coords`, as CoordConv,
 Liu et al. 2018): a small CNN's cells do not know where they lie, and "where is the red circle?" needs the
 attended vector r_t to say where the attention went.
@@ -59,7 +66,7 @@ from scenekit.recipes import Phase, Recipe
 @dataclass
 class VQAConfig:
     words: list[str]                           # vocabulary of questions and answers, id order
-    image_size: int = 64
+    image_size: int = 96                       # the world is 128 px; 96 px -> a 12 x 12 grid
     channels: tuple[int, ...] = (16, 32, 64)   # SmallCNN widths (padding 1)
     feature: int = 128                         # fully connected image feature read at t = 0
     embedding: int = 64
@@ -321,11 +328,12 @@ def answer_question(model: VQAModel, image: np.ndarray, question: str, choices, 
 
 
 @torch.no_grad()
-def evaluate_vqa(model: VQAModel, dataset, device, batch_size: int = 64) -> dict:
-    """Accuracy over all questions and per question kind (`accuracy_<kind>`), and questions per second."""
+def answer_all(model: VQAModel, dataset, device, batch_size: int = 64) -> tuple[list, np.ndarray, float]:
+    """Every question of `dataset`, in record order -> (questions [Question], right [N] bool, seconds the model
+    took)."""
     model.eval()
     data = QuestionData(dataset, model.vocabulary, model.config.image_size)
-    right, kinds, elapsed = [], [], 0.0
+    right, elapsed = [], 0.0
     for start in range(0, len(data), batch_size):
         items = [data[i] for i in range(start, min(len(data), start + batch_size))]
         images, targets = collate_questions(items)
@@ -334,12 +342,17 @@ def evaluate_vqa(model: VQAModel, dataset, device, batch_size: int = 64) -> dict
                                            if k not in ("answers", "concepts", "cell_classes", "centres")})
         elapsed += time.perf_counter() - began
         right += (scores.argmax(dim=1).cpu() == targets["answers"]).tolist()
-        kinds += [k for _, t in items for k in t["kinds"]]
-    right = np.array(right, dtype=bool)
+    questions = [q for record in data.records for q in record.questions]
+    return questions, np.array(right, dtype=bool), elapsed
+
+
+def evaluate_vqa(model: VQAModel, dataset, device, batch_size: int = 64) -> dict:
+    """Accuracy over all questions and per question kind (`accuracy_<kind>`), and questions per second."""
+    questions, right, elapsed = answer_all(model, dataset, device, batch_size)
+    kinds = np.array([q.kind for q in questions])
     result = {"accuracy": float(right.mean())}
-    for kind in sorted(set(kinds)):
-        mine = np.array([k == kind for k in kinds])
-        result[f"accuracy_{kind}"] = float(right[mine].mean())
+    for kind in sorted(set(kinds.tolist())):
+        result[f"accuracy_{kind}"] = float(right[kinds == kind].mean())
     result.update({"questions": len(right), "questions_per_s": len(right) / max(elapsed, 1e-9)})
     return result
 
@@ -348,7 +361,7 @@ def evaluate_vqa(model: VQAModel, dataset, device, batch_size: int = 64) -> dict
 WORLD_OPTIONS = {"image_size": 128, "max_objects": 6}   # answers near uniform per kind (tests/test_world.py)
 
 
-def recipe(categories=None, *, name: str = "vqa", vocabulary=None, min_count: int = 1, image_size: int = 64,
+def recipe(categories=None, *, name: str = "vqa", vocabulary=None, min_count: int = 1, image_size: int = 96,
            channels=(16, 32, 64), feature: int = 128, embedding: int = 64, hidden: int = 128,
            attention_size: int = 64, joint: int = 128, attention: bool = True, coords: bool = True,
            context_layers: int = 2, dense: bool = True, count_glimpse: bool | None = None,
