@@ -47,6 +47,8 @@ test size (on the world: 0.68 VOC mAP@0.5 at 160 px, 0.84 once they are re-estim
 
 from __future__ import annotations
 
+import functools
+
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -410,19 +412,22 @@ def decode_yolo2(output: torch.Tensor, anchors: torch.Tensor, direct_location: b
     otherwise b_x = x_a + t_x p_w with x_a the cell centre (the anchor-box offsets of Faster R-CNN's RPN).
     """
     rows, cols = output.shape[1], output.shape[2]
-    anchors = anchors.to(output)
-    col = torch.arange(cols, device=output.device, dtype=output.dtype).view(1, 1, cols, 1)
-    row = torch.arange(rows, device=output.device, dtype=output.dtype).view(1, rows, 1, 1)
-    prior_w, prior_h = anchors[:, 0], anchors[:, 1]                        # [A] each, broadcast last
+    priors = anchors.to(output)                                            # [A, 2] (p_w, p_h)
+    cell, side = (t.to(output) for t in _cell_corners(rows, cols))         # [G, G, 1, 2] (c_x, c_y), [2]
     if direct_location:
-        cx = (col + output[..., 0].sigmoid()) / cols
-        cy = (row + output[..., 1].sigmoid()) / rows
+        centre = (cell + output[..., 0:2].sigmoid()) / side                # [N, G, G, A, 2] (b_x, b_y)
     else:
-        cx = (col + 0.5) / cols + output[..., 0] * prior_w
-        cy = (row + 0.5) / rows + output[..., 1] * prior_h
-    w = prior_w * output[..., 2].clamp(max=MAX_LOG_SCALE).exp()
-    h = prior_h * output[..., 3].clamp(max=MAX_LOG_SCALE).exp()
-    return _corners(cx, cy, w, h), output[..., 4].sigmoid(), output[..., 5:].softmax(dim=-1)
+        centre = (cell + 0.5) / side + output[..., 0:2] * priors
+    size = priors * output[..., 2:4].clamp(max=MAX_LOG_SCALE).exp()        # (b_w, b_h)
+    boxes = torch.cat([centre - size / 2, centre + size / 2], dim=-1)      # -> [N, G, G, A, 4] xyxy
+    return boxes, output[..., 4].sigmoid(), output[..., 5:].softmax(dim=-1)
+
+
+@functools.lru_cache(maxsize=32)
+def _cell_corners(rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(c_x, c_y) of every cell's top-left corner in cells, [rows, cols, 1, 2], and (cols, rows)."""
+    row, col = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    return torch.stack([col, row], dim=-1).view(rows, cols, 1, 2).float(), torch.tensor([cols, rows]).float()
 
 
 def yolo2_loss(output: torch.Tensor, targets: list[dict], anchors: torch.Tensor, *, direct_location: bool = True,
