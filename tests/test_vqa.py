@@ -119,6 +119,12 @@ def test_concept_phase_trains_only_the_encoder_and_its_head():
     assert float(losses["dense"].detach()) > 0
     model.requires_grad_(True)
     assert set(model(images, targets)) == {"concepts", "dense", "cross_entropy"}
+    # The answer loss reuses the grid, feature and dense logits of the pre-training terms: the same value as
+    # encoding the images from scratch.
+    model.eval()
+    q, _ = model.encode(images, targets["questions"], targets["owner"])
+    fresh = torch.nn.functional.cross_entropy(model.score(q, targets["choices"]), targets["answers"])
+    torch.testing.assert_close(model(images, targets)["cross_entropy"], fresh)
 
 
 def test_answer_question_needs_choices():

@@ -132,13 +132,16 @@ class VQAModel(nn.Module):
         """[B, 3, S, S] -> CNN grid [B, C, g, g] (the small CNN, then the context layers)."""
         return self.context(self.encoder(images))
 
-    def cells(self, images: torch.Tensor, grid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, 3, S, S] (or their CNN grid, if computed already) -> (grid cells C(I) [B, L, D], fully connected
-        image input x_0 [B, E])."""
+    def cells(self, images: torch.Tensor, grid: torch.Tensor | None = None, feature: torch.Tensor | None = None,
+              dense: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, 3, S, S] -> (grid cells C(I) [B, L, D], fully connected image input x_0 [B, E]). Training passes
+        what its pre-training losses computed already: the CNN grid, its fully connected feature and the dense
+        head's logits."""
         grid = self.features(images) if grid is None else grid                   # [B, C, g, g]
-        x0 = self.image_input(self.image_feature(grid))
+        feature = self.image_feature(grid) if feature is None else feature       # [B, F]
+        x0 = self.image_input(feature)
         if self.config.dense:
-            dense = self.dense_head(grid)                                         # [B, K + 1, g, g]
+            dense = self.dense_head(grid) if dense is None else dense             # [B, K + 1, g, g]
             grid = torch.cat([grid, dense[:, :-1].softmax(dim=1), dense[:, -1:].sigmoid()], dim=1)
         if self.config.coords:
             grid = coordinate_channels(grid)
@@ -155,9 +158,10 @@ class VQAModel(nn.Module):
         gate = self.count_score(torch.tanh(self.att_hidden(h)[:, None] + projected)).sigmoid()      # [N, L, 1]
         return (gate * cells).sum(dim=1)
 
-    def encode(self, images: torch.Tensor, questions: torch.Tensor, owner: torch.Tensor, grid=None):
-        """Questions [N, T] (padded with 0) about images[owner] -> (q [N, J], final attention [N, L] | None)."""
-        cells, x0 = self.cells(images, grid)
+    def encode(self, images: torch.Tensor, questions: torch.Tensor, owner: torch.Tensor, **computed):
+        """Questions [N, T] (padded with 0) about images[owner] -> (q [N, J], final attention [N, L] | None).
+        `computed`: the image parts `cells` may take instead of recomputing them."""
+        cells, x0 = self.cells(images, **computed)
         cells, x0 = cells[owner], x0[owner]
         projected = self.att_cells(cells) if self.config.attention else None
         n, hidden = len(questions), self.config.hidden
@@ -215,16 +219,18 @@ class VQAModel(nn.Module):
         """targets {"questions" [N, T], "choices" [N, K, Ta], "owner" [N] and, to train, "answers" [N] and
         optionally "concepts" [B, V]}: the losses (cross-entropy over the K candidates; binary cross-entropy of the
         image's visual concepts), or (without "answers") the scores [N, K]."""
-        losses, grid = {}, None
+        losses, computed = {}, {}
         if "answers" in targets and "concepts" in targets:
             grid = self.features(images)                                           # [B, C, g, g]
-            logits = self.concepts(self.image_feature(grid))                       # [B, V]
+            computed = {"grid": grid, "feature": self.image_feature(grid)}         # feature [B, F]
+            logits = self.concepts(computed["feature"])                            # [B, V]
             losses["concepts"] = F.binary_cross_entropy_with_logits(logits, targets["concepts"].to(logits.dtype))
             if self.config.dense:
-                losses["dense"] = self.dense_loss(self.dense_head(grid), targets)
+                computed["dense"] = self.dense_head(grid)                          # [B, K + 1, g, g]
+                losses["dense"] = self.dense_loss(computed["dense"], targets)
             if not self.embed.weight.requires_grad:
                 return losses             # the encoder's pre-training phase: the frozen LSTM would be wasted time
-        q, _ = self.encode(images, targets["questions"], targets["owner"], grid)
+        q, _ = self.encode(images, targets["questions"], targets["owner"], **computed)
         scores = self.score(q, targets["choices"])
         if "answers" not in targets:
             return scores
