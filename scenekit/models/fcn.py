@@ -350,8 +350,8 @@ class FCN(nn.Module):
 
     def auxiliary_loss(self, coarser: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         """Deep supervision (Lee et al. 2015, "Deeply-Supervised Nets": companion losses at hidden layers,
-        added to the output's loss with a weight): each coarser score map on the way, upsampled by FCN's fixed bilinear layer to the image, is
-        scored like the net's output, the mean of these losses returned. It is the loss of the FCN-32s (16s, ...)
+        added to the output's loss with a weight): each coarser score map on the way, upsampled by FCN's fixed
+        bilinear layer to the image, is scored like the net's output, the mean of these losses returned. It is the loss of the FCN-32s (16s, ...)
         inside this net, so all the nets of Long et al.'s stage-wise training (sec. 4.2: 32s, then 16s, then 8s)
         learn at once, and the deep scores are taught the classes directly, not only through the finer sum."""
         height, width = target.shape[-2:]

@@ -48,7 +48,6 @@ test size (on the world: 0.68 VOC mAP@0.5 at 160 px, 0.84 once they are re-estim
 from __future__ import annotations
 
 import functools
-
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
