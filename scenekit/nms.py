@@ -299,23 +299,36 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
     _check_threshold(iou_threshold, "iou_threshold", unit=True)
     _check_threshold(score_threshold, "score_threshold", optional=True)
     _check_max_output(max_output)
-    scores_np = _to_numpy(scores)
-    order = _score_order(scores_np, score_threshold)           # global score order
-    if order.size == 0 or max_output == 0:
+    if max_output == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    classes = idxs.detach().cpu().numpy()[order]
+    kept = batched_nms_numpy(_to_numpy(boxes), _to_numpy(scores), idxs.detach().cpu().numpy(), iou_threshold,
+                             score_threshold=score_threshold)
+    if max_output is not None:
+        kept = kept[:max_output]
+    return torch.from_numpy(kept).to(boxes.device)
+
+
+def batched_nms_numpy(boxes: np.ndarray, scores: np.ndarray, idxs: np.ndarray, iou_threshold: float, *,
+                      score_threshold: float | None = None) -> np.ndarray:
+    """`batched_nms` on numpy arrays that are already checked: float64 ``boxes [N, 4]`` xyxy, ``scores [N]``,
+    integer ``idxs [N]``. Returns the kept indices (int64) by decreasing score, ties by index.
+
+    For callers that hold numpy arrays already (a detector's post-processing), without the checks and the
+    tensor round trips, which are most of the cost on a few dozen boxes.
+    """
+    order = _score_order(scores, score_threshold)               # global score order
+    if order.size == 0:
+        return order.astype(np.int64)
+    classes = idxs[order]
     by_class = np.argsort(classes, kind="stable")              # grouped by class, by score within a class
     grouped = order[by_class]
     class_sorted = classes[by_class]
     seg_starts = np.concatenate(([0], np.flatnonzero(np.diff(class_sorted)) + 1, [grouped.size])).astype(np.int64)
-    x1, y1, x2, y2 = _sorted_coordinates(_to_numpy(boxes), grouped)
+    x1, y1, x2, y2 = _sorted_coordinates(boxes, grouped)
     keep = _suppress_segments(x1, y1, x2, y2, seg_starts, float(iou_threshold), -1,
                               _grid_cell(x1, y1, x2, y2))
     kept_rank = np.sort(by_class[keep])                        # back to global score order
-    kept = order[kept_rank]
-    if max_output is not None:
-        kept = kept[:max_output]
-    return torch.from_numpy(kept).to(boxes.device)
+    return order[kept_rank].astype(np.int64)
 
 
 def greedy_merge(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, *,

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scenekit.boxes import box_iou
-from scenekit.nms import batched_nms, greedy_merge, nms
+from scenekit.nms import batched_nms, batched_nms_numpy, greedy_merge, nms
 
 
 def T(rows, dtype=torch.float64):
@@ -231,6 +231,22 @@ def test_batched_nms_equals_opencv_nmsboxesbatched(seed):
     boxes, scores = clustered_boxes(3000, 30, seed)
     idxs = torch.from_numpy(np.random.default_rng(seed).integers(0, 20, len(boxes)))
     assert batched_nms(boxes, scores, idxs, 0.5).tolist() == opencv_nms(boxes, scores, 0.5, idxs)
+    # the numpy entry point (a detector's post-processing) gives the same, as int64
+    kept = batched_nms_numpy(boxes.numpy(), scores.numpy(), idxs.numpy(), 0.5)
+    assert kept.dtype == np.int64 and kept.tolist() == opencv_nms(boxes, scores, 0.5, idxs)
+
+
+def test_batched_nms_numpy_applies_the_score_threshold_and_handles_no_boxes():
+    boxes, scores = clustered_boxes(400, 8, seed=5)
+    idxs = np.random.default_rng(5).integers(0, 4, len(boxes))
+    above = scores.numpy() >= 0.4
+    kept = batched_nms_numpy(boxes.numpy(), scores.numpy(), idxs, 0.45, score_threshold=0.4)
+    # the same as suppressing only the boxes at or above the threshold (OpenCV on that subset)
+    subset = np.flatnonzero(above)
+    expected = subset[opencv_nms(boxes[subset], scores[subset], 0.45, torch.from_numpy(idxs[subset]))]
+    assert kept.tolist() == expected.tolist()
+    empty = batched_nms_numpy(np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64), 0.5)
+    assert empty.dtype == np.int64 and empty.shape == (0,)
 
 
 def test_batched_nms_score_threshold_and_max_output():

@@ -11,7 +11,7 @@ from pycocotools import mask as mask_utils
 from scenekit.data.records import Dataset, Question, Record
 from scenekit.data.transforms import (ColorJitter, Compose, DetectionDataset, HorizontalFlip, Letterbox,
                                       MultiScaleBatchSampler, RandomCrop, Resize, collate_detection, flip_text,
-                                      load_image, multiscale_sizes, record_masks)
+                                      letterbox_image, load_image, multiscale_sizes, record_masks)
 from scenekit.errors import DataError
 
 
@@ -84,6 +84,19 @@ def test_letterbox_pads_centred_and_records_how_to_undo_it():
     assert (out_image[:16] == 114).all() and (out_image[-16:] == 114).all()
     undone = (out["boxes"] - [left, top, left, top]) / [scale_x, scale_y, scale_x, scale_y]
     np.testing.assert_allclose(undone, target["boxes"])
+
+
+def test_letterbox_image_is_the_image_half_of_letterbox():
+    image = coordinate_image(100, 200)
+    canvas, undo = letterbox_image(image, 64)
+    # scale min(64 / 100, 64 / 200) = 0.32: 200 x 100 -> 64 x 32, centred vertically (top = (64 - 32) // 2)
+    np.testing.assert_allclose(undo, [0.32, 0.32, 0, 16])
+    assert canvas.shape == (64, 64, 3) and (canvas[:16] == 114).all() and (canvas[48:] == 114).all()
+    same, target = Letterbox(64)(image, {"boxes": np.zeros((0, 4))})
+    assert np.array_equal(canvas, same) and np.array_equal(undo, target["letterbox"])
+    tall, tall_undo = letterbox_image(coordinate_image(64, 16), (32, 40), fill=0)
+    np.testing.assert_allclose(tall_undo, [0.5, 0.5, 16, 0])     # 16 x 64 -> 8 x 32, centred horizontally
+    assert (tall[:, :16] == 0).all() and (tall[:, 24:] == 0).all()
 
 
 def test_random_crop_keeps_exactly_the_boxes_with_half_their_area_inside():

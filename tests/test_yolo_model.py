@@ -137,6 +137,26 @@ def test_yolo2_ground_truth_encoded_to_its_anchor_decodes_to_the_same_box(box, g
     assert shape_iou[int(encoded["anchor"])] == pytest.approx(max(shape_iou), abs=1e-6)
 
 
+@pytest.mark.parametrize("classes", [1, 6, 20])
+def test_yolo2_class_probabilities_are_the_softmax_of_the_class_scores(classes):
+    output = torch.randn(2, 4, 5, 3, 5 + classes) * 4
+    _, objectness, probabilities = decode_yolo2(output, torch.tensor([[0.1, 0.2], [0.3, 0.3], [0.5, 0.4]]))
+    scores = output[..., 5:].double()
+    expected = scores.exp() / scores.exp().sum(-1, keepdim=True)          # softmax from its definition
+    torch.testing.assert_close(probabilities.double(), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(objectness.double(), 1 / (1 + (-output[..., 4].double()).exp()), rtol=0, atol=1e-6)
+
+
+def test_detect_refuses_non_finite_network_outputs_naming_the_image():
+    model = build_yolo(YoloConfig(version=2, num_classes=2, image_size=64, channels=(4, 8, 8), head_channels=8,
+                                  anchors=[[0.2, 0.3]])).eval()
+    with torch.no_grad():
+        model.predict[-1].bias.fill_(float("nan"))          # as diverged training leaves it
+    images = [np.zeros((64, 64, 3), np.uint8), np.zeros((40, 80, 3), np.uint8)]
+    with pytest.raises(ValueError, match=r"NaN or infinite for image\(s\) \[0, 1\]"):
+        detect(model, images, torch.device("cpu"), class_ids=[1, 2])
+
+
 def test_yolo2_direct_location_keeps_the_centre_in_its_cell():
     output = torch.zeros(1, 3, 3, 1, 6)
     output[..., 0:2] = torch.tensor([-50.0, 50.0])                 # extreme t_x, t_y

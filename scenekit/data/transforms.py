@@ -199,6 +199,23 @@ class Resize:
         return _resize_image(image, new_hw), _resize_target(target, image.shape[:2], new_hw)
 
 
+def _letterbox_geometry(h: int, w: int, out_h: int, out_w: int) -> tuple[int, int, int, int]:
+    """(new height, new width, top, left) of an h x w image scaled to fit out_h x out_w, aspect kept, centred."""
+    scale = min(out_h / h, out_w / w)
+    nh, nw = min(out_h, max(1, round(h * scale))), min(out_w, max(1, round(w * scale)))
+    return nh, nw, (out_h - nh) // 2, (out_w - nw) // 2
+
+
+def letterbox_image(image: np.ndarray, size, fill: int = 114) -> tuple[np.ndarray, np.ndarray]:
+    """The image half of `Letterbox`: ([out_h, out_w, 3] canvas, [scale_x, scale_y, left, top]) for an
+    [H, W, 3] image and `size` (int or (h, w)); x_original = (x - left) / scale_x."""
+    (h, w), (out_h, out_w) = image.shape[:2], ((size, size) if isinstance(size, int) else size)
+    nh, nw, top, left = _letterbox_geometry(h, w, out_h, out_w)
+    canvas = np.full((out_h, out_w, 3), fill, dtype=np.uint8)
+    canvas[top:top + nh, left:left + nw] = _resize_image(image, (nh, nw))
+    return canvas, np.array([nw / w, nh / h, left, top], dtype=np.float64)
+
+
 class Letterbox:
     """Scale to fit inside `size` (int or (h, w)) keeping the aspect ratio, then pad the rest with `fill`,
     centred (as YOLO's letterbox). `target["letterbox"] = [scale_x, scale_y, left, top]` undoes it:
@@ -210,13 +227,9 @@ class Letterbox:
 
     def __call__(self, image, target):
         (h, w), (out_h, out_w) = image.shape[:2], self.size
-        scale = min(out_h / h, out_w / w)
-        nh, nw = min(out_h, max(1, round(h * scale))), min(out_w, max(1, round(w * scale)))
-        top, left = (out_h - nh) // 2, (out_w - nw) // 2
-        resized = _resize_image(image, (nh, nw))
+        canvas, undo = letterbox_image(image, self.size, self.fill)
+        nh, nw, top, left = _letterbox_geometry(h, w, out_h, out_w)
         target = _resize_target(target, (h, w), (nh, nw))
-        canvas = np.full((out_h, out_w, 3), self.fill, dtype=np.uint8)
-        canvas[top:top + nh, left:left + nw] = resized
         target["boxes"] = target["boxes"] + [left, top, left, top]
         if "masks" in target:
             masks = np.zeros((len(target["masks"]), out_h, out_w), dtype=np.uint8)
@@ -226,7 +239,7 @@ class Letterbox:
             semantic = np.full((out_h, out_w), self.semantic_fill, dtype=np.asarray(target["semantic"]).dtype)
             semantic[top:top + nh, left:left + nw] = target["semantic"]
             target["semantic"] = semantic
-        target["letterbox"] = np.array([nw / w, nh / h, left, top], dtype=np.float64)
+        target["letterbox"] = undo
         return canvas, target
 
 

@@ -62,7 +62,8 @@ from torch import nn
 from scenekit.anchors import kmeans_anchors, wh_iou
 from scenekit.errors import DataError
 from scenekit.models.backbones import inference_copy
-from scenekit.nms import batched_nms
+from scenekit.data.transforms import letterbox_image
+from scenekit.nms import batched_nms_numpy
 from scenekit.recipes import Phase, Recipe
 
 LEAKY_SLOPE = 0.1                      # "leaky rectified linear activation" phi(x) = x if x > 0 else 0.1 x
@@ -412,21 +413,27 @@ def decode_yolo2(output: torch.Tensor, anchors: torch.Tensor, direct_location: b
     """
     rows, cols = output.shape[1], output.shape[2]
     priors = anchors.to(output)                                            # [A, 2] (p_w, p_h)
-    cell, side = (t.to(output) for t in _cell_corners(rows, cols))         # [G, G, 1, 2] (c_x, c_y), [2]
+    cell, side = _cell_corners(rows, cols, output.dtype, output.device)    # [G, G, 1, 2] (c_x, c_y), [2]
+    t_xy, t_wh, t_o, class_scores = output.split((2, 2, 1, output.shape[-1] - 5), dim=-1)
     if direct_location:
-        centre = (cell + output[..., 0:2].sigmoid()) / side                # [N, G, G, A, 2] (b_x, b_y)
+        centre = (cell + t_xy.sigmoid()) / side                            # [N, G, G, A, 2] (b_x, b_y)
     else:
-        centre = (cell + 0.5) / side + output[..., 0:2] * priors
-    size = priors * output[..., 2:4].clamp(max=MAX_LOG_SCALE).exp()        # (b_w, b_h)
+        centre = (cell + 0.5) / side + t_xy * priors
+    size = priors * t_wh.clamp(max=MAX_LOG_SCALE).exp()                    # (b_w, b_h)
     boxes = torch.cat([centre - size / 2, centre + size / 2], dim=-1)      # -> [N, G, G, A, 4] xyxy
-    return boxes, output[..., 4].sigmoid(), output[..., 5:].softmax(dim=-1)
+    # softmax over the classes, taken over the first axis of the transposed view: the same values to a unit
+    # in the last place, but torch's CPU softmax over a short last axis (a handful of classes) is ~5x slower.
+    probabilities = class_scores.transpose(0, -1).softmax(dim=0).transpose(0, -1)       # [N, G, G, A, C]
+    return boxes, t_o.squeeze(-1).sigmoid(), probabilities
 
 
 @functools.lru_cache(maxsize=32)
-def _cell_corners(rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _cell_corners(rows: int, cols: int, dtype: torch.dtype, device: torch.device) \
+        -> tuple[torch.Tensor, torch.Tensor]:
     """(c_x, c_y) of every cell's top-left corner in cells, [rows, cols, 1, 2], and (cols, rows)."""
     row, col = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
-    return torch.stack([col, row], dim=-1).view(rows, cols, 1, 2).float(), torch.tensor([cols, rows]).float()
+    corners = torch.stack([col, row], dim=-1).view(rows, cols, 1, 2)
+    return corners.to(device, dtype), torch.tensor([cols, rows], device=device, dtype=dtype)
 
 
 def yolo2_loss(output: torch.Tensor, targets: list[dict], anchors: torch.Tensor, *, direct_location: bool = True,
@@ -509,13 +516,15 @@ def _trainable(record) -> np.ndarray:
 
 
 def letterbox(image: np.ndarray, size: int):
-    """[H, W, 3] uint8 -> ([3, size, size] float32 in [0, 1], (scale, left, top)) with the aspect kept."""
-    from scenekit.data.transforms import Letterbox
+    """[H, W, 3] uint8 -> ([3, size, size] float32 in [0, 1], (scale_x, scale_y, left, top)) with the aspect
+    kept."""
+    canvas, undo = letterbox_image(image, size)
+    return _input_tensor(canvas[None])[0], tuple(float(v) for v in undo)
 
-    canvas, target = Letterbox(size)(image, {"boxes": np.zeros((0, 4))})
-    scale_x, scale_y, left, top = target["letterbox"]
-    tensor = torch.from_numpy(np.ascontiguousarray(canvas)).permute(2, 0, 1).float().div_(255.0)
-    return tensor, (float(scale_x), float(scale_y), float(left), float(top))
+
+def _input_tensor(canvases: np.ndarray) -> torch.Tensor:
+    """[N, H, W, 3] uint8 -> [N, 3, H, W] float32 in [0, 1], in channels-last memory (no copy to reorder)."""
+    return torch.from_numpy(canvases).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 class YoloData(torch.utils.data.Dataset):
@@ -644,35 +653,40 @@ def detect(model: nn.Module, images: list[np.ndarray], device, class_ids: list[i
         return []
     if model.training:          # eval() walks every submodule: skip it when already in eval mode
         model.eval()
-    tensors, undo = zip(*(letterbox(image, size) for image in images))
+    canvases, undo = zip(*(letterbox_image(image, size) for image in images))
     network = inference_copy(model)          # batch norms folded into the convolutions (as Darknet does)
-    output = network(torch.stack(tensors).to(device)).float()
+    output = network(_input_tensor(np.stack(canvases)).to(device)).float()
+    n = len(images)
     if config.version == 1:
         boxes, confidence, probabilities = decode_yolo1(output, config.boxes_per_cell)
-        n = len(images)
         probabilities = probabilities.clamp(min=0)[..., None, :].expand(*confidence.shape, -1)
         scores = confidence.clamp(min=0)[..., None] * probabilities          # [N, S, S, B, C]
     else:
         boxes, objectness, probabilities = decode_yolo2(output, model.anchors, config.direct_location)
-        n = len(images)
         scores = objectness[..., None] * probabilities                      # [N, G, G, A, C]
-    boxes = boxes.reshape(n, -1, 4).double().cpu() * size                  # [N, P, 4] input pixels
-    scores = scores.reshape(n, boxes.shape[1], -1).double().cpu()          # [N, P, C]
+    # The rest is a few small arrays per image: numpy, whose calls cost a fraction of torch's.
+    boxes = boxes.reshape(n, -1, 4).cpu().numpy().astype(np.float64) * size      # [N, P, 4] input pixels
+    scores = scores.reshape(n, boxes.shape[1], -1).cpu().numpy().astype(np.float64)   # [N, P, C]
+    broken = ~(np.isfinite(boxes).all(axis=(1, 2)) & np.isfinite(scores).all(axis=(1, 2)))
+    if broken.any():
+        raise ValueError(f"YOLO's outputs are NaN or infinite for image(s) {np.flatnonzero(broken).tolist()} of "
+                         f"the batch (diverged weights?); no detections can be drawn from them")
     # One class-aware NMS call for the whole batch, grouped by (image, class): the same result as one call
     # per image, without paying the call's fixed cost N times.
-    image_index, candidate, label = (scores > score_threshold).nonzero(as_tuple=True)      # [K] each
+    image_index, candidate, label = np.nonzero(scores > score_threshold)              # [K] each
     kept_boxes, kept_scores = boxes[image_index, candidate], scores[image_index, candidate, label]
-    keep = batched_nms(kept_boxes, kept_scores, image_index * scores.shape[-1] + label, nms_threshold)
+    keep = batched_nms_numpy(kept_boxes, kept_scores, image_index * scores.shape[-1] + label, nms_threshold)
     # Kept boxes grouped by image (a stable sort keeps each image's best first), the letterbox undone for all
     # at once (x_original = (x - left) / scale_x, clipped to the image), then one slice per image.
-    keep = keep[torch.argsort(image_index[keep], stable=True)]
+    keep = keep[np.argsort(image_index[keep], kind="stable")]
     owner = image_index[keep]                                              # [K] image of each kept box
-    undo = torch.tensor(undo, dtype=torch.float64)[owner]                  # [K, 4] (scale_x, scale_y, left, top)
+    undo = np.stack(undo)[owner]                                           # [K, 4] (scale_x, scale_y, left, top)
     found = (kept_boxes[keep] - undo[:, [2, 3, 2, 3]]) / undo[:, [0, 1, 0, 1]]
-    sides = torch.tensor([image.shape[1::-1] for image in images], dtype=torch.float64)    # [N, 2] (W, H)
-    found = torch.minimum(found.clamp(min=0), sides[owner].repeat(1, 2))
-    scores, labels = kept_scores[keep], torch.tensor(class_ids, dtype=torch.int64)[label[keep]]
-    starts = [0] + torch.bincount(owner, minlength=len(images)).cumsum(0).tolist()
+    sides = np.array([image.shape[1::-1] for image in images], dtype=np.float64)     # [N, 2] (W, H)
+    found = torch.from_numpy(np.minimum(np.maximum(found, 0.0), np.tile(sides[owner], 2)))
+    scores = torch.from_numpy(kept_scores[keep])
+    labels = torch.from_numpy(np.asarray(class_ids, dtype=np.int64)[label[keep]])
+    starts = [0] + np.cumsum(np.bincount(owner, minlength=n)).tolist()
     return [{"boxes": found[a:min(b, a + max_detections)], "scores": scores[a:min(b, a + max_detections)],
              "labels": labels[a:min(b, a + max_detections)]} for a, b in zip(starts, starts[1:])]
 
