@@ -6,7 +6,9 @@ rate. The issue's target on the world: YOLOv2 within 5 mAP points of Faster R-CN
 Both detectors are evaluated on the same test images (the world's test split, seed 0, 160 px) with the same
 metrics (VOC mAP@0.5 all-point, COCO AP), and timed the same way in this one process: `recipe.predict` on
 decoded images (resize/letterbox, forward, decoding, NMS; for Faster R-CNN also the RPN's proposal layer and
-the region head), batches of 1 and of 16, best of two passes, the same torch thread count.
+the region head), batches of 1 and of 16, the same torch thread count. The two models' timing passes
+alternate (`--timing-rounds` rounds of one pass each) and each keeps its best pass, so a change in the machine's
+load during the run touches both sides of the ratio alike.
 
 Each model is trained by its default recipe unless a checkpoint is given:
 
@@ -34,17 +36,27 @@ from pathlib import Path
 import torch
 
 
-def timed_predict(recipe, model, images, batch: int) -> float:
-    """Images per second of `recipe.predict` over `images`, best of two passes."""
+def one_pass(recipe, model, images, batch: int) -> float:
+    """Seconds of `recipe.predict` over `images` in batches of `batch`."""
     device = torch.device("cpu")
-    best = float("inf")
-    for _ in range(2):
-        started = time.perf_counter()
-        with torch.no_grad():
-            for start in range(0, len(images), batch):
-                recipe.predict(model, images[start:start + batch], device)
-        best = min(best, time.perf_counter() - started)
-    return len(images) / best
+    started = time.perf_counter()
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            recipe.predict(model, images[start:start + batch], device)
+    return time.perf_counter() - started
+
+
+def interleaved_images_per_s(models: list[tuple], images, batches: dict[str, int], rounds: int) -> list[dict]:
+    """Images per second of each (recipe, model) at each batch size: `rounds` rounds, each timing one pass of
+    every model in turn, and the best pass of each. Alternating keeps a drift in the machine's load (another
+    process, the clock) from landing on one side of the ratio only."""
+    best = [{name: float("inf") for name in batches} for _ in models]
+    for _ in range(rounds):
+        for fastest, (recipe, model) in zip(best, models):
+            for name, batch in batches.items():
+                count = 100 if batch == 1 else len(images)
+                fastest[name] = min(fastest[name], one_pass(recipe, model, images[:count], batch) / count)
+    return [{name: 1.0 / seconds for name, seconds in fastest.items()} for fastest in best]
 
 
 def multiply_adds_per_image(recipe, model, images) -> float:
@@ -154,6 +166,8 @@ def main() -> None:
                              "images before measuring (multi-scale training leaves the last sizes' statistics); "
                              "the result is saved as OUT/yolo2_precise_bn.pt")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--timing-rounds", type=int, default=5,
+                        help="alternating timing passes per model and batch size (the best of each is kept)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/bench_yolo_vs_frcnn")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
@@ -167,7 +181,7 @@ def main() -> None:
             for split, n in (("train", args.train_images), ("val", args.val_images), ("test", args.test_images))
             if n > 0}
     images = [record.image for record in data["test"].records]
-    rows = []
+    rows, loaded = [], []
     yolo_options = _parse_options(args.yolo_option)
     for name, checkpoint, extra in (("faster-rcnn", args.faster_rcnn_checkpoint, {}),
                                     ("yolo2", args.yolo_checkpoint, yolo_options)):
@@ -181,12 +195,15 @@ def main() -> None:
         row = {"model": name, "input": recipe.options.get("image_size"), "mAP50": metrics["mAP50"],
                "coco_AP": metrics.get("coco_AP", metrics.get("AP")),
                "train_min": None if train_seconds is None else train_seconds / 60,
-               "images_per_s_batch1": timed_predict(recipe, model, images[:100], 1),
-               "images_per_s_batch16": timed_predict(recipe, model, images, 16),
                "gmac_per_image": multiply_adds_per_image(recipe, model, images[:50]) / 1e9}
         rows.append(row)
+        loaded.append((recipe, model))
         print(json.dumps(row), flush=True)
 
+    speeds = interleaved_images_per_s(loaded, images, {"images_per_s_batch1": 1, "images_per_s_batch16": 16},
+                                      args.timing_rounds)
+    for row, speed in zip(rows, speeds):
+        row.update(speed)
     frcnn, yolo = rows
     print(f"\nworld test split: {args.test_images} images at {args.image_size} px, {args.threads} torch thread(s)")
     print("| model | input | VOC mAP@0.5 | COCO AP | GMAC / image | images/s (batch 1) | images/s (batch 16) "
