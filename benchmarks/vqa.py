@@ -188,16 +188,20 @@ def main() -> None:
                         help="only diagnose a trained model's errors on the test split (see `diagnose`)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--batch-size", type=int, default=32, help="images per batch (all their questions)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (world images, initialisation)")
+    parser.add_argument("--train-seed", type=int, default=None,
+                        help="another seed for the training images and the initialisation only, the test split "
+                             "staying --seed's: a repeat of the same experiment on the same test questions")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.diagnose:
         print_diagnosis(args.diagnose, args.seed, args.test_images, args.json)
         return
-    train_data = make_world(args.train_images, seed=args.seed, split="train", **WORLD_OPTIONS)
+    train_seed = args.seed if args.train_seed is None else args.train_seed
+    train_data = make_world(args.train_images, seed=train_seed, split="train", **WORLD_OPTIONS)
     test_data = make_world(args.test_images, seed=args.seed, split="test", **WORLD_OPTIONS)
-    train_subset = make_world(min(args.test_images, args.train_images), seed=args.seed, split="train",
+    train_subset = make_world(min(args.test_images, args.train_images), seed=train_seed, split="train",
                               **WORLD_OPTIONS)                        # the first training images again
     rows = []
     variants = {"both": (True, False), "with": (True,), "without": (False,)}[args.variants]
@@ -208,7 +212,7 @@ def main() -> None:
             out = scratch if args.out is None else f"{args.out}/{'with' if attention else 'without'}_attention"
             cpu, wall = time.process_time(), time.perf_counter()
             result = train(model_recipe, train_data, None,
-                           TrainConfig(out=out, batch_size=args.batch_size, seed=args.seed, progress=False,
+                           TrainConfig(out=out, batch_size=args.batch_size, seed=train_seed, progress=False,
                                        tensorboard=False, log_every=0))
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         scores = evaluate_vqa(result.model, test_data, torch.device("cpu"))
