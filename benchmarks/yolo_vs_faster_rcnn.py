@@ -46,16 +46,15 @@ def one_pass(recipe, model, images, batch: int) -> float:
     return time.perf_counter() - started
 
 
-def interleaved_images_per_s(models: list[tuple], images, batches: dict[str, int], rounds: int) -> list[dict]:
-    """Images per second of each (recipe, model) at each batch size: `rounds` rounds, each timing one pass of
-    every model in turn, and the best pass of each. Alternating keeps a drift in the machine's load (another
-    process, the clock) from landing on one side of the ratio only."""
+def interleaved_images_per_s(models: list[tuple], batches: dict[str, tuple[int, list]], rounds: int) -> list[dict]:
+    """Images per second of each (recipe, model) for each named (batch size, images): `rounds` rounds, each
+    timing one pass of every model in turn, and the best pass of each. Alternating keeps a drift in the
+    machine's load (another process, the clock) from landing on one side of the ratio only."""
     best = [{name: float("inf") for name in batches} for _ in models]
     for _ in range(rounds):
         for fastest, (recipe, model) in zip(best, models):
-            for name, batch in batches.items():
-                count = 100 if batch == 1 else len(images)
-                fastest[name] = min(fastest[name], one_pass(recipe, model, images[:count], batch) / count)
+            for name, (batch, images) in batches.items():
+                fastest[name] = min(fastest[name], one_pass(recipe, model, images, batch) / len(images))
     return [{name: 1.0 / seconds for name, seconds in fastest.items()} for fastest in best]
 
 
@@ -200,8 +199,8 @@ def main() -> None:
         loaded.append((recipe, model))
         print(json.dumps(row), flush=True)
 
-    speeds = interleaved_images_per_s(loaded, images, {"images_per_s_batch1": 1, "images_per_s_batch16": 16},
-                                      args.timing_rounds)
+    speeds = interleaved_images_per_s(loaded, {"images_per_s_batch1": (1, images[:100]),
+                                               "images_per_s_batch16": (16, images)}, args.timing_rounds)
     for row, speed in zip(rows, speeds):
         row.update(speed)
     frcnn, yolo = rows

@@ -60,9 +60,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from scenekit.anchors import kmeans_anchors, wh_iou
+from scenekit.data.transforms import Letterbox, clip_boxes, letterbox_image, load_image
 from scenekit.errors import DataError
 from scenekit.models.backbones import inference_copy
-from scenekit.data.transforms import letterbox_image
 from scenekit.nms import batched_nms_numpy
 from scenekit.recipes import Phase, Recipe
 
@@ -533,17 +533,13 @@ class YoloData(torch.utils.data.Dataset):
     generator (seeded and checkpointed by the engine). Crowd and difficult objects are left out."""
 
     def __init__(self, dataset, class_ids: list[int], size: int, flip: bool = False):
-        from scenekit.data.transforms import load_image
-
-        self.dataset, self.size, self.flip, self.load_image = dataset, int(size), flip, load_image
+        self.dataset, self.size, self.flip = dataset, int(size), flip
         self.index_of = {int(c): i for i, c in enumerate(class_ids)}
 
     def __len__(self) -> int:
         return len(self.dataset.records)
 
     def __getitem__(self, index: int):
-        from scenekit.data.transforms import Letterbox, clip_boxes
-
         record = self.dataset.records[index]
         keep = _trainable(record)
         unknown = [int(c) for c in record.labels[keep] if int(c) not in self.index_of]
@@ -551,7 +547,7 @@ class YoloData(torch.utils.data.Dataset):
             raise DataError(f"category id {unknown[0]} is not one of the model's {sorted(self.index_of)}",
                             record=f"image id {record.image_id}", field="labels")
         boxes = clip_boxes(record.boxes[keep], record.width, record.height)
-        canvas, target = Letterbox(self.size)(self.load_image(self.dataset, record),
+        canvas, target = Letterbox(self.size)(load_image(self.dataset, record),
                                               {"boxes": boxes, "labels": record.labels[keep]})
         boxes = np.asarray(target["boxes"], dtype=np.float32).reshape(-1, 4)
         labels = np.array([self.index_of[int(c)] for c in target["labels"]], dtype=np.int64)
@@ -703,7 +699,6 @@ def evaluate_yolo(model: nn.Module, dataset, device, class_ids: list[int], *, si
                   batch_size: int = 16, **detect_options) -> dict:
     """VOC mAP at IoU 0.5 (all-point), COCO AP / AP50, and images per second of `detect` (letterbox, forward,
     decoding, NMS; not the reading of files) on `dataset`."""
-    from scenekit.data.transforms import load_image
     from scenekit.metrics.detection import coco_evaluate, voc_evaluate
 
     results, seconds = [], 0.0
