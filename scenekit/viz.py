@@ -183,10 +183,43 @@ def draw_attention(image, words, alphas, *, cell: int = 96, columns: int = 5) ->
 
 
 # ------------------------------------------------------------------------------------------------ predictions
-def draw_prediction(image, found: dict, names: dict | None = None, score_threshold: float = 0.3) -> Image.Image:
-    """Whatever a recipe's `predict` returned for one image, drawn: the semantic map (tinted, legend), the
-    instance masks, the boxes scoring at least `score_threshold` (the best one always), the caption under it."""
+READABLE_SIDE = 512      # pictures are drawn at least this long on their long side, so labels stay legible
+
+
+def enlarge(image, long_side: int | None = READABLE_SIDE) -> tuple[Image.Image, float]:
+    """(the image scaled up so its long side is at least `long_side`, the scale factor); never scaled down.
+    Upscaled with nearest neighbours, so the pixels the model saw stay visible as pixels."""
     picture = to_pil(image)
+    if not long_side or max(picture.size) >= long_side:
+        return picture, 1.0
+    factor = long_side / max(picture.size)
+    size = (max(1, round(picture.width * factor)), max(1, round(picture.height * factor)))
+    return picture.resize(size, Image.NEAREST), size[0] / picture.width
+
+
+def _enlarge_map(array, size: tuple[int, int]) -> np.ndarray:
+    """A [..., H, W] label map or mask stack resized to (width, height) `size` by nearest neighbours."""
+    array = np.asarray(array)
+    flat = array.reshape(-1, *array.shape[-2:])
+    resized = [np.asarray(Image.fromarray(m.astype(np.int32), mode="I").resize(size, Image.NEAREST))
+               for m in flat]
+    return np.stack(resized).reshape(*array.shape[:-2], size[1], size[0]).astype(array.dtype) if resized else \
+        np.zeros((*array.shape[:-2], size[1], size[0]), array.dtype)
+
+
+def draw_prediction(image, found: dict, names: dict | None = None, score_threshold: float = 0.3,
+                    long_side: int | None = READABLE_SIDE) -> Image.Image:
+    """Whatever a recipe's `predict` returned for one image, drawn: the semantic map (tinted, legend), the
+    instance masks, the boxes scoring at least `score_threshold` (the best one always), the caption under it.
+    Small images are first enlarged to `long_side` px (None: drawn at their own size), boxes and masks with them."""
+    picture, factor = enlarge(image, long_side)
+    if factor != 1.0:
+        found = dict(found)
+        for key in ("semantic", "masks"):
+            if found.get(key) is not None and np.asarray(found[key]).size:
+                found[key] = _enlarge_map(found[key], picture.size)
+        if found.get("boxes") is not None:
+            found["boxes"] = np.asarray(found["boxes"], dtype=np.float64).reshape(-1, 4) * factor
     if found.get("semantic") is not None:
         picture = draw_semantic(picture, np.asarray(found["semantic"]), names, legend=False)
     scores = np.asarray(found.get("scores", np.zeros(0)), dtype=np.float64).reshape(-1)
@@ -248,25 +281,52 @@ def read_training_log(csv_path) -> list[dict]:
     return parsed
 
 
-def plot_training_curves(csv_path, path, title: str = ""):
-    """Two panels from metrics.csv against the epoch: the training losses (train_*) and the validation
-    metrics (every other numeric column but step, lr and seconds). Phase boundaries are dotted lines."""
-    from pathlib import Path
+NOT_PLOTTED = ("phase", "epoch", "step", "lr", "seconds")
 
+
+def _pyplot():
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         raise ImportError("plotting needs matplotlib: pip install 'scenekit[plots]'") from None
+    return plt
+
+
+def _columns(rows: list[dict]) -> tuple[list[str], list[str]]:
+    """(training loss columns, validation metric columns) of a parsed metrics.csv, in first-seen order."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns and k not in NOT_PLOTTED and k is not None]
+    return [c for c in columns if c.startswith("train_")], [c for c in columns if not c.startswith("train_")]
+
+
+def best_epoch(rows: list[dict], metric: str | None, mode: str = "max") -> int | None:
+    """The epoch whose `metric` is best (`mode` "max" or "min"; the first of equals, as the engine keeps the
+    first best checkpoint), or None when the log has no such values."""
+    values = [(row["epoch"], row.get(metric)) for row in rows if metric and row.get(metric) is not None]
+    if not values:
+        return None
+    pick = max if mode == "max" else min
+    best = pick(v for _, v in values)
+    return int(next(e for e, v in values if v == best))
+
+
+def plot_training_curves(csv_path, path, title: str = "", *, best_metric: str | None = None,
+                         best_mode: str = "max"):
+    """Two panels from metrics.csv against the epoch: every training loss term (train_*) and every validation
+    metric (every other numeric column but step, lr and seconds). Phase boundaries are dotted lines; the epoch
+    with the best `best_metric` (the one best.pt holds) is marked by a dashed line. Legends sit outside the
+    axes, so no curve is hidden under them; 1300 x 480 px."""
+    from pathlib import Path
+
+    plt = _pyplot()
     rows = read_training_log(csv_path)
     epochs = [row["epoch"] for row in rows]
-    columns = [k for k in rows[0] if k not in ("phase", "epoch", "step", "lr", "seconds")]
-    for row in rows[1:]:
-        columns += [k for k in row if k not in columns and k not in ("phase", "epoch", "step", "lr", "seconds")]
-    losses = [c for c in columns if c.startswith("train_")]
-    metrics = [c for c in columns if not c.startswith("train_")]
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    losses, metrics = _columns(rows)
+    best = best_epoch(rows, best_metric, best_mode)
+    figure, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     for axis, group, label in ((axes[0], losses, "training loss"), (axes[1], metrics, "validation")):
         for column in group:
             points = [(e, row.get(column)) for e, row in zip(epochs, rows) if row.get(column) is not None]
@@ -275,13 +335,53 @@ def plot_training_curves(csv_path, path, title: str = ""):
         for k in range(1, len(rows)):
             if rows[k].get("phase") != rows[k - 1].get("phase"):
                 axis.axvline(epochs[k] - 0.5, color="grey", linestyle=":")
+        if best is not None:
+            axis.axvline(best, color="black", linestyle="--", linewidth=1, label=f"best {best_metric} (epoch {best})")
         axis.set(xlabel="epoch", title=label)
+        axis.xaxis.get_major_locator().set_params(integer=True)
         axis.grid(alpha=0.3)
         if axis.lines:
-            axis.legend(fontsize="small")
+            axis.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     if title:
         figure.suptitle(title)
     figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_runs(csv_paths, path, names: list[str] | None = None):
+    """Overlay several runs (their metrics.csv) column by column: one panel per loss term or validation metric
+    that any run logged, one line per run (`scenekit plot RUN...`). Legend outside, under the panels."""
+    from pathlib import Path
+
+    plt = _pyplot()
+    logs = [read_training_log(p) for p in csv_paths]
+    names = names or [Path(p).parent.name or str(p) for p in csv_paths]
+    columns: list[str] = []
+    for rows in logs:
+        losses, metrics = _columns(rows)
+        columns += [c for c in losses + metrics if c not in columns]
+    if not columns:
+        raise ValueError("the runs logged no loss or metric columns to plot")
+    per_row = min(3, len(columns))
+    grid_rows = -(-len(columns) // per_row)
+    figure, axes = plt.subplots(grid_rows, per_row, figsize=(4.6 * per_row, 3.4 * grid_rows + 0.8), squeeze=False)
+    for axis, column in zip(axes.flat, columns):
+        for run, rows in zip(names, logs):
+            points = [(row["epoch"], row.get(column)) for row in rows if row.get(column) is not None]
+            if points:
+                axis.plot(*zip(*points), marker="o", markersize=3, label=run)
+        axis.set(xlabel="epoch", title=column)
+        axis.xaxis.get_major_locator().set_params(integer=True)
+        axis.grid(alpha=0.3)
+    for axis in list(axes.flat)[len(columns):]:
+        axis.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=min(len(names), 4), fontsize="small")
+    figure.tight_layout(rect=(0, 0.5 / (3.4 * grid_rows + 0.8), 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)

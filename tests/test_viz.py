@@ -82,12 +82,45 @@ def test_draw_prediction_combines_what_a_recipe_returns():
     mask[0, 20:30, 20:30] = 1
     found = {"boxes": np.array([[18.0, 18.0, 40.0, 40.0], [0, 0, 5, 5]]), "scores": np.array([0.9, 0.1]),
              "labels": np.array([5, 6]), "masks": np.concatenate([mask, mask]), "caption": "a ring"}
-    picture = viz.draw_prediction(grey(), found, {5: "ring", 6: "cross"}, score_threshold=0.5)
+    picture = viz.draw_prediction(grey(), found, {5: "ring", 6: "cross"}, score_threshold=0.5, long_side=None)
     array = np.asarray(picture)
     assert picture.height > 60                                    # the caption band
     assert tuple(array[30, 18]) == viz.colour_for(5)              # the shown box
     assert tuple(array[3, 0]) == (100, 100, 100)                  # the weak one (0.1 < 0.5) is not drawn
     assert tuple(array[25, 25]) != (100, 100, 100)                # its mask is
+
+
+def test_prediction_of_a_small_image_is_drawn_enlarged_with_its_boxes_and_masks():
+    mask = np.zeros((1, 60, 80), np.uint8)
+    mask[0, 20:30, 20:30] = 1
+    found = {"boxes": np.array([[18.0, 18.0, 40.0, 40.0]]), "scores": np.array([0.9]), "labels": np.array([5]),
+             "masks": mask}
+    array = np.asarray(viz.draw_prediction(grey(), found))
+    assert array.shape == (384, 512, 3)                          # 80 x 60 -> long side 512, factor 6.4
+    assert tuple(array[192, 115]) == viz.colour_for(5)           # the box's left edge, x = 18 * 6.4
+    assert tuple(array[160, 160]) not in ((100, 100, 100), viz.colour_for(5))   # the mask, (25, 25) * 6.4
+    assert tuple(array[160, 260]) == (100, 100, 100)             # outside the box and the mask
+    large = np.full((600, 700, 3), 100, np.uint8)
+    assert viz.draw_prediction(large, {"boxes": np.zeros((0, 4)), "scores": np.zeros(0)}).size == (700, 600)
+
+
+def test_training_curves_mark_the_best_epoch_and_overlay_runs(tmp_path):
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    for name, values in (("a", (0.2, 0.6, 0.5)), ("b", (0.3, 0.4, 0.7))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.csv").write_text(
+            "phase,epoch,step,lr,seconds,train_loss,train_box,AP50\n" +
+            "".join(f"main,{e + 1},{10 * (e + 1)},0.01,1.0,{1 / (e + 1)},{0.5 / (e + 1)},{v}\n"
+                    for e, v in enumerate(values)))
+    rows = viz.read_training_log(tmp_path / "a" / "metrics.csv")
+    assert viz.best_epoch(rows, "AP50", "max") == 2 and viz.best_epoch(rows, "train_loss", "min") == 3
+    assert viz.best_epoch(rows, "missing") is None
+    path = viz.plot_training_curves(tmp_path / "a" / "metrics.csv", tmp_path / "curves.png", best_metric="AP50")
+    assert max(Image.open(path).size) >= 512
+    path = viz.plot_runs([tmp_path / "a" / "metrics.csv", tmp_path / "b" / "metrics.csv"], tmp_path / "runs.png")
+    assert max(Image.open(path).size) >= 512
 
 
 def test_pr_curve_plot_uses_the_metrics_curves(tmp_path):
@@ -116,7 +149,7 @@ def test_training_curves_plot_from_the_engines_metrics_csv(tmp_path):
     assert rows[2]["train_classification"] is None and rows[1]["top1_loc_error"] == 0.7
     path = viz.plot_training_curves(log, tmp_path / "curves.png")
     from PIL import Image
-    assert Image.open(path).size == (1000, 400)
+    assert Image.open(path).size == (1300, 480)
     log.write_text("phase,epoch\nclassify,one\n")
     with pytest.raises(DataError, match="row 1: field epoch"):
         viz.read_training_log(log)
