@@ -991,8 +991,49 @@ def run_serve(args):
     return 0
 
 
+# ---------------------------------------------------------------------------------------------------- plot
+def add_plot_parser(sub):
+    p = sub.add_parser("plot", help="training curves of runs: one run's curves.png, or several runs overlaid",
+                       formatter_class=_formatter,
+                       description="RUN is a run folder of `scenekit train` (with its metrics.csv) or a metrics.csv. "
+                                   "One RUN: its loss terms and validation metrics per epoch; several: one panel "
+                                   "per column, one line per run.")
+    p.add_argument("runs", metavar="RUN", nargs="+", help="run folders or metrics.csv files")
+    p.add_argument("--out", default="curves.png", help="PNG file to write")
+    p.add_argument("--best-metric", default=None,
+                   help="with one RUN: the validation metric whose best epoch is marked (default: none marked)")
+    p.add_argument("--best-mode", default="max", choices=["max", "min"], help="whether larger --best-metric is better")
+    p.set_defaults(func=run_plot)
+
+
+def run_plot(args):
+    from pathlib import Path
+
+    from scenekit.errors import DataError
+    from scenekit.viz import plot_runs, plot_training_curves
+
+    logs = []
+    for run in args.runs:
+        path = Path(run)
+        log = path / "metrics.csv" if path.is_dir() else path
+        if not log.is_file():
+            raise DataError("no metrics.csv here (give a run folder of `scenekit train` or its metrics.csv)",
+                            file=str(run))
+        logs.append(log)
+    try:
+        if len(logs) == 1:
+            written = plot_training_curves(logs[0], args.out, title=str(args.runs[0]), best_metric=args.best_metric,
+                                           best_mode=args.best_mode)
+        else:
+            written = plot_runs(logs, args.out, names=[str(run) for run in args.runs])
+    except (ImportError, ValueError) as error:
+        raise ScenekitError(str(error)) from None
+    print(f"plotted {len(logs)} run{'s' if len(logs) > 1 else ''} -> {written}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------- main
-PARSERS = [add_demo_parser, add_data_parser, add_train_parser, add_predict_parser, add_propose_parser, add_segment_parser, add_evaluate_parser, add_caption_parser, add_ask_parser, add_sample_parser, add_export_parser, add_serve_parser]
+PARSERS = [add_demo_parser, add_data_parser, add_train_parser, add_predict_parser, add_propose_parser, add_segment_parser, add_evaluate_parser, add_caption_parser, add_ask_parser, add_sample_parser, add_export_parser, add_serve_parser, add_plot_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
