@@ -3,15 +3,22 @@
 The problem has COCO val's shape: 5,000 images, 80 categories, ~7 gts per image (areas spread over small, medium
 and large, 1% crowd, gt `area` smaller than the box as a mask area is) and 100 detections per image (boxes
 jittered around gts, sometimes with the wrong class, plus random boxes; float32 scores, so some ties).
-Each evaluator runs in its own subprocess on the same JSON files and is timed from the loaded JSON objects to
-the 12 stats (pycocotools: COCO index + loadRes + evaluate + accumulate + summarize; faster-coco-eval the
-same with COCOeval_faster; scenekit: coco_evaluate). Memory: the subprocess's peak RSS during the evaluation
-(the peak mark is reset after loading the JSON, Linux /proc/self/clear_refs) and its increase over the RSS
-with the JSON loaded. Numba's compile cache is warmed first, and each
-subprocess makes one tiny warm-up call before timing (its cost is printed separately).
+
+In process (the default): each evaluator runs in its own subprocess on the same JSON files and is timed from the
+loaded JSON objects to the 12 stats (pycocotools: COCO index + loadRes + evaluate + accumulate + summarize;
+faster-coco-eval the same with COCOeval_faster; scenekit: coco_evaluate). Memory: the subprocess's peak RSS
+during the evaluation (the peak mark is reset after loading the JSON, Linux /proc/self/clear_refs) and its
+increase over the RSS with the JSON loaded. Each subprocess makes one tiny warm-up call before timing (its cost
+is printed separately).
+
+As whole commands (`--process`): what a user waits for, start to end, files to printed stats:
+`scenekit evaluate --gt G --pred P --json` against a script doing pycocotools' documented use (COCO(G),
+loadRes(P), evaluate, accumulate, summarize) and the same with faster-coco-eval, each run `--repeats` times
+in turn; the median wall time, the CPU time (user + sys) and the peak RSS of each process.
 
     .venv/bin/python benchmarks/metrics.py              # full size (pycocotools takes minutes)
     .venv/bin/python benchmarks/metrics.py --images 500 # quicker
+    .venv/bin/python benchmarks/metrics.py --process --dets-per-image 33   # commands, 165,000 detections
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ import contextlib
 import gc
 import io
 import json
+import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -148,35 +157,101 @@ def run_one(which: str, gt_path: str, pred_path: str) -> dict:
             "loaded_mib": loaded, "exact_peak": exact_peak}
 
 
+# ---------------------------------------------------------------------------------------- whole commands
+REFERENCE_SCRIPT = """
+import contextlib, io, json, sys
+{imports}
+with contextlib.redirect_stdout(io.StringIO()):
+    coco_gt = COCO(sys.argv[1])
+    evaluator = COCOeval(coco_gt, coco_gt.loadRes(sys.argv[2]), "bbox")
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+print(json.dumps([float(v) for v in evaluator.stats]))
+"""
+
+
+def command_for(which: str, gt_path: Path, pred_path: Path) -> list[str]:
+    """The command line of one evaluator: the `scenekit` command, or a script of the reference's usual use."""
+    if which == "scenekit":
+        script = Path(sys.executable).with_name("scenekit")
+        start = [str(script)] if script.is_file() else [sys.executable, "-m", "scenekit.cli"]
+        return start + ["evaluate", "--gt", str(gt_path), "--pred", str(pred_path), "--json"]
+    imports = {"pycocotools": "from pycocotools.coco import COCO\nfrom pycocotools.cocoeval import COCOeval",
+               "faster-coco-eval": "from faster_coco_eval import COCO, COCOeval_faster as COCOeval"}[which]
+    return [sys.executable, "-c", REFERENCE_SCRIPT.format(imports=imports), str(gt_path), str(pred_path)]
+
+
+def time_command(command: list[str]) -> dict:
+    """Run a command to its end: its printed stats, wall seconds, CPU seconds (user + sys) and peak RSS (MiB)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=out, stderr=err)
+        _, status, usage = os.wait4(process.pid, 0)              # this process's own usage, not all children's
+        wall = time.perf_counter() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if process.returncode != 0:
+            raise RuntimeError(f"{command[0]} failed ({process.returncode}): {err.read().decode()[-2000:]}")
+        printed = json.loads(out.read().decode().strip().splitlines()[-1])
+    stats = [printed[name] for name in STAT_NAMES] if isinstance(printed, dict) else printed
+    return {"stats": stats, "wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "peak_mib": usage.ru_maxrss / 1024}
+
+
+def compare_commands(gt_path: Path, pred_path: Path, evaluators: list[str], repeats: int) -> None:
+    """Each evaluator's command `repeats` times, taking turns (so a change in the machine's load hits all
+    alike); the median of each measure, and the ratios to scenekit's."""
+    runs = {which: [] for which in evaluators}
+    for _ in range(repeats):
+        for which in evaluators:
+            runs[which].append(time_command(command_for(which, gt_path, pred_path)))
+    summary = {which: {key: statistics.median(run[key] for run in done) for key in ("wall", "cpu", "peak_mib")}
+               for which, done in runs.items()}
+    print(f"whole commands, median of {repeats} runs each (CPU = user + sys of the process):")
+    print(f"{'evaluator':>17}  {'wall s':>8}  {'CPU s':>8}  {'peak RSS':>9}")
+    for which, run in summary.items():
+        print(f"{which:>17}  {run['wall']:8.2f}  {run['cpu']:8.2f}  {run['peak_mib']:5.0f} MiB")
+    ours = summary.get("scenekit")
+    for which, run in summary.items():
+        if which == "scenekit" or ours is None:
+            continue
+        difference = max(np.max(np.abs(np.array(a["stats"]) - np.array(b["stats"])))
+                         for a in runs[which] for b in runs["scenekit"])
+        print(f"scenekit vs {which}: {run['wall'] / ours['wall']:.1f}x faster (wall), "
+              f"{run['cpu'] / ours['cpu']:.1f}x less CPU, max |stat difference| = {difference:.3g}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=5000, help="number of images")
+    parser.add_argument("--dets-per-image", type=int, default=100, help="detections per image")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the generated problem")
     parser.add_argument("--skip", nargs="*", default=[], help="evaluators to leave out")
+    parser.add_argument("--process", action="store_true",
+                        help="time whole commands (files to printed stats) instead of the evaluation in process")
+    parser.add_argument("--repeats", type=int, default=3, help="--process: runs of each command")
     parser.add_argument("--child", nargs=3, metavar=("WHICH", "GT", "PRED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_one(*args.child)))
         return
 
-    gt, results = make_problem(args.images, seed=args.seed)
-    from scenekit.metrics.detection import coco_evaluate       # compile numba kernels into the cache once
-
-    coco_evaluate({"images": gt["images"][:3], "categories": gt["categories"],
-                   "annotations": [a for a in gt["annotations"] if a["image_id"] <= 3]},
-                  [r for r in results if r["image_id"] <= 3])
+    gt, results = make_problem(args.images, dets_per_image=args.dets_per_image, seed=args.seed)
     print(f"problem: {len(gt['images'])} images, {len(gt['categories'])} categories, "
           f"{len(gt['annotations'])} gts ({sum(a['iscrowd'] for a in gt['annotations'])} crowd), "
           f"{len(results)} detections")
+    evaluators = [w for w in ("scenekit", "faster-coco-eval", "pycocotools") if w not in args.skip]
     runs = {}
     with tempfile.TemporaryDirectory() as folder:
         gt_path, pred_path = Path(folder, "gt.json"), Path(folder, "results.json")
         gt_path.write_text(json.dumps(gt))
         pred_path.write_text(json.dumps(results))
         del gt, results
-        for which in ("scenekit", "faster-coco-eval", "pycocotools"):
-            if which in args.skip:
-                continue
+        if args.process:
+            compare_commands(gt_path, pred_path, evaluators, args.repeats)
+            return
+        for which in evaluators:
             out = subprocess.run([sys.executable, __file__, "--child", which, str(gt_path), str(pred_path)],
                                  check=True, capture_output=True, text=True)
             runs[which] = json.loads(out.stdout.strip().splitlines()[-1])

@@ -83,6 +83,9 @@ def add_data_parser(sub):
     q.add_argument("--seed", type=int, default=0, help="random seed")
     q.add_argument("--split", default="train", choices=["train", "val", "test"], help="split (disjoint seed streams)")
     q.add_argument("--image-size", type=int, default=None, help="fixed square image size (default: varied sizes)")
+    q.add_argument("--exist-ok", action="store_true",
+                   help="write into a folder that already holds files: this split's world files (JSON, images) are "
+                        "replaced, others kept (default: refuse it, unless it holds only other splits of a world)")
     p.set_defaults(func=run_data)
 
 
@@ -100,30 +103,78 @@ def run_data(args):
     import json
 
     if args.data_command == "world":
-        from scenekit.data.world import write_world
+        import re
+        from pathlib import Path
 
+        from scenekit.data.world import write_world
+        from scenekit.errors import DataError
+
+        # The world's own files of this split; another split's world files may share the folder (coco:FOLDER
+        # reads instances_<split>.json), anything else there would be mixed with the new world.
+        out, split = Path(args.out), args.split
+        if out.exists() and not out.is_dir():
+            raise DataError("is a file; --out names the folder to write the world to", file=str(out))
+        own = [out / f"{kind}_{split}.json" for kind in ("instances", "captions", "questions")]
+        own = [path for path in own if path.exists()] + sorted((out / "images").glob(f"{split}_*.png"))
+        world_file = re.compile(r"(instances|captions|questions)_(train|val|test)\.json|images")
+        others = [path for path in (sorted(out.iterdir()) if out.is_dir() else [])
+                  if path not in own and not world_file.fullmatch(path.name)]
+        others += [path for path in (sorted((out / "images").iterdir()) if (out / "images").is_dir() else [])
+                   if path not in own and not re.fullmatch(r"(train|val|test)_\d+\.png", path.name)]
+        if (own or others) and not args.exist_ok:
+            found = [str(p.relative_to(out)) for p in own + others]
+            raise DataError(f"already holds {len(found)} file(s) the new world would mix with ({', '.join(found[:3])}"
+                            f"{', ...' if len(found) > 3 else ''}): choose an empty --out, or add --exist-ok to "
+                            f"replace this split's world files", file=str(out))
+        for path in own:                                 # --exist-ok: no orphan images of a larger earlier world
+            path.unlink()
         path = write_world(args.out, args.images, seed=args.seed, split=args.split, image_size=args.image_size)
         print(f"wrote {args.images} images and their annotations: {path}")
         return 0
     if args.data_command == "convert":
-        from scenekit.data.sources import save_data
+        import warnings
 
+        from scenekit.data.sources import check_target, parse_spec, save_data
+
+        kind, path = parse_spec(args.target)             # a target that cannot be written stops before reading
+        if kind != "world":
+            from pathlib import Path
+
+            check_target(kind, Path(path))
         dataset = _load_for_cli(args.source, args)
-        written = save_data(dataset, args.target, args.split)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            try:
+                written = save_data(dataset, args.target, args.split)
+            except OSError as error:                     # e.g. a folder where a file goes, a full disk
+                raise ScenekitError(f"cannot write {args.target}: {error}") from None
+        for warning in caught:                           # what the writer could not keep, one line each
+            if issubclass(warning.category, UserWarning):
+                print(f"scenekit data convert: note: {warning.message}", file=sys.stderr)
+            else:
+                warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
         summary = {"images": len(dataset), "objects": int(sum(r.num_objects for r in dataset.records)),
                    "written": str(written)}
         print(json.dumps(summary) if args.json else
               f"converted {summary['images']} images, {summary['objects']} objects to {written}")
         return 0
     if args.data_command == "check":
+        from dataclasses import asdict
+
+        from scenekit.data.recommend import format_recommendation, recommend
         from scenekit.data.sources import format_statistics, statistics
 
-        stats = statistics(_load_for_cli(args.spec, args))
-        print(json.dumps(stats) if args.json else format_statistics(stats))
+        dataset = _load_for_cli(args.spec, args)
+        stats = statistics(dataset)
+        # what the boxes decide for the detectors (scenekit.data.recommend); data without boxes has no such thing
+        found = recommend(dataset) if any((~(r.iscrowd | r.difficult)).any() for r in dataset.records) else None
+        stats["recommendation"] = asdict(found) if found is not None else None
+        text = format_statistics(stats) + (f"\n\n{format_recommendation(found)}" if found is not None else "")
+        print(json.dumps(stats) if args.json else text)
         return 0
     from scenekit.data.transforms import load_image, record_masks
     from scenekit.errors import DataError
-    from scenekit.viz import draw_boxes, draw_masks
+    from scenekit.viz import enlarge_map, draw_boxes, draw_masks, enlarge
 
     dataset = _load_for_cli(args.spec, args)
     record = next((r for r in dataset.records if r.image_id == args.image_id), None)
@@ -133,10 +184,11 @@ def run_data(args):
                         file=args.spec, field="image_id")
     picture = load_image(dataset, record)
     with_mask = [k for k in range(record.num_objects) if record.segmentations and record.segmentations[k] is not None]
+    picture, factor = enlarge(picture)                       # small images drawn at >= 512 px
     if with_mask and not args.no_masks:
         masks = record_masks(record, box_fallback=True)[with_mask]
-        picture = draw_masks(picture, masks, record.labels[with_mask])
-    picture = draw_boxes(picture, record.boxes, record.labels, names=dataset.categories)
+        picture = draw_masks(picture, enlarge_map(masks, picture.size), record.labels[with_mask])
+    picture = draw_boxes(picture, record.boxes * factor, record.labels, names=dataset.categories)
     picture.save(args.out)
     print(f"drew image {record.image_id} ({record.num_objects} objects) to {args.out}")
     return 0
@@ -169,35 +221,80 @@ MODELS = {
 }
 
 
-def make_recipe(name: str, categories: dict, options: dict | None = None):
-    """The recipe of model `name` for `categories`, with `options` over the table's presets."""
+def make_recipe(name: str, categories: dict, options: dict | None = None, *, stored: dict | None = None,
+                source: str | None = None):
+    """The recipe of model `name` for `categories`, with `options` over the table's presets.
+
+    Options are checked against the recipe function's signature (`scenekit.recipes.check_options`): an unknown
+    key (with its close matches) or a value of the wrong kind is a DataError naming the option. `stored` are
+    options read from a checkpoint (the file `source`), under `options`: checked the same way, except that keys
+    this version no longer has are dropped with a note on stderr, so checkpoints of older versions still load.
+    """
+    import importlib
+
+    from scenekit.recipes import check_options
+
+    specs = model_options(name)
+    module, function, preset = MODELS[name]
+    factory = getattr(importlib.import_module(module), function)
+    kept = check_options(stored or {}, specs, name, file=source, drop_unknown=True)
+    dropped = sorted(set(stored or {}) - set(kept))
+    if dropped:
+        print(f"scenekit: note: {source or 'the checkpoint'} stores options this version no longer has, ignored: "
+              f"{', '.join(dropped)}", file=sys.stderr)
+    options = check_options(options or {}, specs, name)
+    return factory(categories, name=name, **{**preset, **kept, **options})
+
+
+def model_options(name: str) -> dict:
+    """`scenekit.recipes.OptionSpec`s of model `name`'s recipe options, defaults as its table entry presets them."""
     import importlib
 
     from scenekit.errors import DataError
+    from scenekit.recipes import recipe_options
 
     if name not in MODELS:
         raise DataError(f"unknown model {name!r}; known: {', '.join(MODELS)}", field="model")
     module, function, preset = MODELS[name]
-    factory = getattr(importlib.import_module(module), function)
-    return factory(categories, name=name, **{**preset, **(options or {})})
+    return recipe_options(getattr(importlib.import_module(module), function), preset)
 
 
-def _parse_options(pairs) -> dict:
-    """--option KEY=VALUE pairs; VALUE is read as JSON when it parses (numbers, true, [1, 2]), else a string."""
+def _parse_options(pairs, model: str | None = None) -> dict:
+    """--option KEY=VALUE pairs; VALUE is read as JSON when it parses (numbers, true, [1, 2]), else a string.
+
+    With `model`, each VALUE is read as the kind its option takes (`model_options`): a string option keeps the
+    text as typed (`null` is None where allowed), other kinds must be JSON of that kind; an unknown KEY or a
+    VALUE of another kind is a DataError naming the option."""
     import json
 
     from scenekit.errors import DataError
+    from scenekit.recipes import check_options, option_text
 
+    specs = model_options(model) if model else {}
     options = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise DataError(f"--option needs KEY=VALUE, got {pair!r}", field="option")
+        key = key.replace("-", "_")
+        spec = specs.get(key)
+        if spec is not None and spec.kind == "str":            # "123" stays text; a JSON "text" or null is read
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError:
+                parsed = value
+            options[key] = parsed if isinstance(parsed, str) or (parsed is None and spec.nullable) else value
+            continue
+        if spec is not None and spec.kind == "bool" and value.lower() in ("true", "false"):
+            value = value.lower()
         try:
-            options[key.replace("-", "_")] = json.loads(value)
+            options[key] = json.loads(value)
         except json.JSONDecodeError:
-            options[key.replace("-", "_")] = value
-    return options
+            if spec is not None and spec.kind is not None:
+                raise DataError(f"expected {spec.describe()} (default {option_text(spec.default)}), got {value!r}, "
+                                "which is not JSON", field=f"option {key}") from None
+            options[key] = value
+    return check_options(options, specs, model) if model else options
 
 
 def _load_model_data(spec: str, split: str, recipe, num_images: int, seed: int, skip_report=None):
@@ -229,14 +326,16 @@ def _load_model_data(spec: str, split: str, recipe, num_images: int, seed: int, 
     return dataset
 
 
-def _restore(checkpoint_path: str, device_name: str = "auto"):
-    """(recipe, model on its device, device, checkpoint) rebuilt from a checkpoint's name and configuration."""
+def _restore(checkpoint_path: str, device_name: str = "auto", options: dict | None = None):
+    """(recipe, model on its device, device, checkpoint) rebuilt from a checkpoint's name and configuration;
+    `options` override stored ones for this use (e.g. `max_detections`), checked like `--option`s."""
     from scenekit.engine.checkpoint import load_checkpoint
     from scenekit.engine.evaluate import restore_model
     from scenekit.engine.train import resolve_device
 
     checkpoint = load_checkpoint(checkpoint_path)
-    recipe = make_recipe(checkpoint["model_name"], checkpoint["categories"], checkpoint["options"])
+    recipe = make_recipe(checkpoint["model_name"], checkpoint["categories"], options,
+                         stored=checkpoint.get("options"), source=str(checkpoint_path))
     device = resolve_device(device_name)
     return recipe, restore_model(recipe, checkpoint, device), device, checkpoint
 
@@ -246,19 +345,39 @@ def add_train_parser(sub):
     p = sub.add_parser("train", help="train a model (checkpoints, resume, multi-process under torchrun)",
                        formatter_class=_formatter,
                        description="Train MODEL on --data. Under `torchrun --nproc_per_node N scenekit train ...` "
-                                   "the same command trains with DistributedDataParallel.")
+                                   "the same command trains with DistributedDataParallel. `scenekit train MODEL "
+                                   "--list-options` lists MODEL's recipe options (--option KEY=VALUE) with their "
+                                   "defaults. Extending a run (--resume with more --epochs than it had): training "
+                                   "continues in that phase as if it had been planned that long, its schedule "
+                                   "recomputed for the new length (a cosine stretched over the new epochs, so the "
+                                   "extra epochs train at a rate above 0); if that phase is not the last, the later "
+                                   "phases run again.")
     p.add_argument("model", metavar="MODEL", choices=sorted(MODELS), help=f"one of: {', '.join(MODELS)}")
+    p.add_argument("--list-options", action="store_true",
+                   help="print MODEL's recipe options (for --option) with the values they take and their defaults, "
+                        "then exit")
     p.add_argument("--data", default="world", help="world | coco:PATH | voc:PATH | yolo:PATH")
     p.add_argument("--val-data", default=None,
-                   help="validation data spec (default: the world's val split for world, none otherwise)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs of the main phase (default: the recipe's)")
+                   help="validation data spec (default: the world's val split for world, the last tenth of the text "
+                        "for text:, else --val-fraction of the training images, listed in OUT/split.json)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="without --val-data on data other than the world: the share of the training images held "
+                        "out (seeded by --seed, at least 1) to validate on and choose best.pt; 0: no validation")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs of the main phase (default: the recipe's); with --resume, more than the run had "
+                        "extends it (see above)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="global batch size, over all processes (default: the recipe's: 32; 4 for the two-stage "
                         "detectors and FCN, 8 for the captioners)")
     p.add_argument("--lr", type=float, default=None, help="learning rate of the main phase (default: the recipe's)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
-    p.add_argument("--out", default=None, help="folder for checkpoints and metrics.csv (default: runs/MODEL)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
+    p.add_argument("--out", default=None,
+                   help="folder for checkpoints and metrics.csv; one holding a previous run is refused unless "
+                        "--resume or --exist-ok (default: runs/MODEL, or the first free runs/MODEL-2, -3, ...)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in OUT from OUT/last.pt if it exists (its options, split and schedule)")
+    p.add_argument("--exist-ok", action="store_true",
+                   help="replace the previous run in OUT: remove its checkpoints, logs and split (other files stay)")
     p.add_argument("--seed", type=int, default=0, help="random seed (weights, data order, the world)")
     p.add_argument("--image-size", type=int, default=None, help="training input size (default: the recipe's)")
     p.add_argument("--backbone", default=None, choices=["small", "vgg16", "resnet18", "resnet50"],
@@ -271,7 +390,8 @@ def add_train_parser(sub):
                    help="also write OUT/last.pt every N steps (0: at the end of each epoch only)")
     p.add_argument("--log-every", type=int, default=50, help="log line every N steps when not on a terminal")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
-                   help="other recipe option (repeatable), e.g. --option hidden=128 --option flip=false")
+                   help="other recipe option (repeatable), e.g. --option hidden=128 --option flip=false; VALUE is "
+                        "JSON, or plain text for a string option; --list-options shows MODEL's")
     p.add_argument("--skip-invalid", action="store_true",
                    help="skip invalid annotations and corrupt or missing images instead of stopping; they are "
                         "counted on stderr and listed in OUT/skipped_<split>.json")
@@ -281,29 +401,68 @@ def add_train_parser(sub):
 
 def run_train(args):
     import json
-    from pathlib import Path
+    import os
 
     from scenekit.engine.checkpoint import load_checkpoint
-    from scenekit.engine.train import TrainConfig, train
+    from scenekit.engine.runs import choose_run_folder
+    from scenekit.engine.train import TrainConfig, on_main_process, train
+    from scenekit.errors import DataError
+    from scenekit.recipes import option_text
 
-    out = Path(args.out or f"runs/{args.model}")
-    options = _parse_options(args.option)
+    if args.list_options:                           # every --option KEY of MODEL: what it takes, its default
+        specs = model_options(args.model).values()
+        if args.json:
+            print(json.dumps({s.name: {"takes": s.describe(), "default": s.default} for s in specs}, default=str))
+        else:
+            print("\n".join(f"{s.name:<24} {s.describe():<24} default {option_text(s.default)}" for s in specs))
+        return 0
+    options = _parse_options(args.option, args.model)
     for key, value in (("epochs", args.epochs), ("lr", args.lr), ("image_size", args.image_size),
                        ("backbone", args.backbone), ("backbone_weights", args.backbone_weights)):
         if value is not None:
             options[key] = value
-    categories = None
+    if not 0 <= args.val_fraction < 1:
+        raise DataError(f"must be at least 0 and below 1, got {args.val_fraction}", field="val_fraction")
+
+    def decide():                                   # rank 0 alone looks at OUT (and clears it with --exist-ok)
+        folder, note = choose_run_folder(args.out, f"runs/{args.model}", resume=args.resume, exist_ok=args.exist_ok)
+        if note:
+            print(f"scenekit train: {note}", file=sys.stderr)
+        return folder
+
+    out = on_main_process(decide, args.device)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    categories, stored = None, None
     if args.resume and (out / "last.pt").is_file():
-        checkpoint = load_checkpoint(out / "last.pt")   # the run's own options win, so --resume needs no repeats
-        options, categories = {**checkpoint["options"], **options}, checkpoint["categories"]
+        checkpoint = load_checkpoint(out / "last.pt")   # the run's own options, under the command line's
+        stored, categories = checkpoint["options"], checkpoint["categories"]
     from scenekit.data.world import CATEGORIES
-    probe = make_recipe(args.model, categories or dict(CATEGORIES), options)
+    source = str(out / "last.pt")
+    probe = make_recipe(args.model, categories or dict(CATEGORIES), options, stored=stored, source=source)
     skip = (lambda split: out / f"skipped_{split}.json") if args.skip_invalid else (lambda split: None)
     train_data = _load_model_data(args.data, "train", probe, args.train_images, args.seed, skip("train"))
-    recipe = make_recipe(args.model, categories or train_data.categories, options)
-    val_spec = args.val_data or (args.data if args.data.split(":")[0] == "world" else None)
+    recipe = make_recipe(args.model, categories or train_data.categories, options, stored=stored, source=source)
+    kind = args.data.split(":")[0]
+    val_spec = args.val_data or (args.data if kind in ("world", "text") else None)    # their own held-out part
     val_data = (_load_model_data(val_spec, "val", recipe, args.val_images, args.seed, skip("val"))
                 if val_spec else None)
+    if val_spec is None and args.val_fraction > 0 and hasattr(train_data, "records"):
+        from scenekit.data.splits import hold_out, read_split, write_split
+
+        split_path = out / "split.json"
+        if args.resume and split_path.is_file():
+            train_data, val_data = read_split(split_path, train_data)
+            how = f"the {len(val_data)} images held out in {split_path}"
+        else:
+            train_data, val_data = hold_out(train_data, args.val_fraction, args.seed)
+            how = (f"{len(val_data)} of the {len(train_data) + len(val_data)} images of {args.data}, held out at "
+                   f"random (--val-fraction {args.val_fraction:g}, --seed {args.seed}; listed in {split_path})")
+            if is_main:
+                write_split(split_path, train_data, val_data, seed=args.seed, fraction=args.val_fraction,
+                            data=args.data)
+        if is_main:
+            print(f"scenekit train: no --val-data: validating on {how}; training on the other {len(train_data)}",
+                  file=sys.stderr)
     config = TrainConfig(out=str(out), batch_size=args.batch_size or recipe.batch_size, device=args.device,
                          seed=args.seed,
                          workers=args.workers, checkpoint_every=args.checkpoint_every, log_every=args.log_every)
@@ -316,6 +475,8 @@ def run_train(args):
                "final": final}
     if args.json:
         print(json.dumps(summary, default=str))
+    elif result.best is None:
+        print(f"trained {args.model} without validation data: {out / 'best.pt'} holds the last epoch's weights")
     else:
         print(f"trained {args.model}: best {recipe.best_metric} {result.best} -> {out / 'best.pt'}")
     return 0
@@ -325,15 +486,25 @@ def run_train(args):
 def add_predict_parser(sub):
     p = sub.add_parser("predict", help="run a trained checkpoint on images: pictures + COCO result JSON",
                        formatter_class=_formatter)
-    p.add_argument("images", metavar="IMAGES", nargs="*", help="image files (PNG, JPEG, ...)")
+    p.add_argument("images", metavar="IMAGES", nargs="*",
+                   help="image files (PNG, JPEG, ...), folders (their image files, sorted by name) or glob patterns "
+                        "such as 'photos/*.jpg' (expanded by scenekit where the shell does not)")
     p.add_argument("--stream", metavar="FOLDER", default=None,
                    help="real-time mode: run over a folder of images frame by frame (sorted by name), printing "
                         "each frame's detections and the frames per second; no pictures, OUT/predictions.json")
+    p.add_argument("--data", metavar="SPEC", default=None,
+                   help="the dataset the images belong to (coco:PATH | voc:PATH | yolo:PATH): each result then "
+                        "carries the dataset's image_id (matched by path, else by file name), a standard COCO "
+                        "result file for it. Results always carry the image's file_name, which `scenekit evaluate` "
+                        "matches to the ground truth's images")
+    p.add_argument("--split", default="val", help="--data: the split whose images are matched")
     p.add_argument("--checkpoint", default=None, help="a checkpoint written by `scenekit train` (best.pt)")
     p.add_argument("--onnx", default=None, help="instead of --checkpoint: a file from `scenekit export`, run with "
                                                 "onnxruntime (CPU)")
     p.add_argument("--out", default="predictions", help="folder for pictures and predictions.json")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
+    p.add_argument("--max-detections", type=int, default=None,
+                   help="most detections per image (default: the model's max_detections option, 100 for most)")
     p.add_argument("--score-threshold", type=float, default=0.3,
                    help="draw detections scoring at least this (the best one is always drawn)")
     p.add_argument("--seed", type=int, default=0, help="random seed (for models that sample)")
@@ -349,9 +520,16 @@ def run_predict(args):
     import torch
     from PIL import Image
 
+    from scenekit.data.image_files import image_files
     from scenekit.errors import DataError
+    from scenekit.metrics.result_images import data_image_ids
     from scenekit.viz import draw_boxes
 
+    if args.stream is None and not args.images:
+        raise DataError("give image files, folders or patterns, or --stream FOLDER", field="images")
+    paths = image_files([args.stream] if args.stream is not None else args.images)   # checked before the model
+    # (image_id, file_name) of each image: the dataset's with --data, else no id and the path as given
+    named = data_image_ids(paths, args.data, args.split) if args.data else [(None, str(p)) for p in paths]
     torch.manual_seed(args.seed)
     if args.onnx:                               # the exported graph in onnxruntime (see the export section)
         recipe, predict = _restore_onnx(args)
@@ -359,16 +537,18 @@ def run_predict(args):
     else:
         if args.checkpoint is None:
             raise DataError("needs --checkpoint FILE (or --onnx FILE)", field="checkpoint")
-        recipe, model, device, _ = _restore(args.checkpoint, args.device)
+        recipe, model, device, _ = _restore(args.checkpoint, args.device, _max_detections(args))
         predict = lambda images: recipe.predict(model, images, device)   # noqa: E731
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(f"cannot create the output folder ({error.strerror})", file=str(out)) from None
     if args.stream is not None:
-        return _predict_stream(args, recipe, model, device, out)
-    if not args.images:
-        raise DataError("give image files, or --stream FOLDER", field="images")
-    results, index = [], []
-    for image_id, name in enumerate(args.images, start=1):
+        return _predict_stream(args, recipe, model, device, out, dict(zip(paths, named)))
+    results, index, pictures = [], [], set()
+    for path, (image_id, file_name) in zip(paths, named):
+        name = str(path)
         try:
             with Image.open(name) as picture:
                 image = np.asarray(picture.convert("RGB"))
@@ -382,32 +562,50 @@ def run_predict(args):
             from scenekit.viz import draw_masks
 
             picture = draw_masks(image, np.asarray(found["masks"])[shown], labels[shown].astype(int))
+        stem, n = path.stem, 1
+        while stem in pictures:                 # a.png from two folders: a.png, a-2.png
+            n += 1
+            stem = f"{path.stem}-{n}"
+        pictures.add(stem)
         draw_boxes(picture, boxes[shown], labels[shown].astype(int), scores[shown],
-                   names=recipe.categories).save(out / f"{Path(name).stem}.png")
-        index.append({"id": image_id, "file_name": str(name), "width": image.shape[1], "height": image.shape[0]})
+                   names=recipe.categories).save(out / f"{stem}.png")
+        image_key = {} if image_id is None else {"image_id": image_id}
+        index.append({**({} if image_id is None else {"id": image_id}), "file_name": file_name,
+                      "width": image.shape[1], "height": image.shape[0]})
         for box, score, label in zip(boxes, scores, labels):
-            results.append({"image_id": image_id, "category_id": int(label), "score": round(float(score), 6),
+            results.append({**image_key, "file_name": file_name, "category_id": int(label),
+                            "score": round(float(score), 6),
                             "bbox": [round(float(v), 3) for v in (box[0], box[1], box[2] - box[0], box[3] - box[1])]})
     (out / "predictions.json").write_text(json.dumps(results))
     (out / "images.json").write_text(json.dumps(index, indent=1))
     if args.json:
         print(json.dumps(results))
     else:
-        print(f"{len(results)} detections on {len(args.images)} images -> {out / 'predictions.json'}, pictures in {out}")
+        ids = f"image ids of {args.data}" if args.data else "file names only (give --data SPEC for image ids)"
+        print(f"{len(results)} detections on {len(paths)} images ({ids}) -> {out / 'predictions.json'}, "
+              f"pictures in {out}")
     return 0
 
 
-def _predict_stream(args, recipe, model, device, out):
-    """`predict --stream FOLDER`: frames per second of the model (and of the whole loop, reading included)."""
+def _predict_stream(args, recipe, model, device, out, named: dict):
+    """`predict --stream FOLDER`: frames per second of the model (and of the whole loop, reading included).
+
+    named: {path: (image_id or None, file_name)} of the folder's images; results carry them as `run_predict`'s."""
     import json
     import time
 
+    from scenekit.errors import DataError
     from scenekit.models.yolo import detections_to_coco, stream_predict
 
     results, frames, model_seconds, started = [], 0, 0.0, time.perf_counter()
     for frames, (path, found, seconds) in enumerate(stream_predict(recipe, model, args.stream, device), start=1):
         model_seconds += seconds
-        detections = detections_to_coco(frames, found)
+        if path not in named:
+            raise DataError("an image the folder listing did not have (added meanwhile?)", file=str(path))
+        image_id, file_name = named[path]
+        image_key = {} if image_id is None else {"image_id": image_id}
+        detections = [{**image_key, "file_name": file_name, **{k: v for k, v in d.items() if k != "image_id"}}
+                      for d in detections_to_coco(frames, found)]
         results += detections
         if not args.json:
             shown = sum(d["score"] >= args.score_threshold for d in detections)
@@ -481,19 +679,12 @@ def run_propose(args):
     seconds = time.perf_counter() - start
     top = boxes[:args.top].tolist()
     if args.out:
-        try:
-            from scenekit.viz import draw_boxes
-        except ImportError:
-            draw_boxes = None
-        if draw_boxes is not None:
-            picture = draw_boxes(image, top, width=1)
-        else:
-            from PIL import Image, ImageDraw
+        import numpy as np
 
-            picture = Image.fromarray(image)
-            for x1, y1, x2, y2 in top:
-                ImageDraw.Draw(picture).rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=(255, 0, 0))
-        picture.save(args.out)
+        from scenekit.viz import draw_boxes, enlarge
+
+        picture, factor = enlarge(image)                    # small images drawn at >= 512 px, boxes scaled
+        draw_boxes(picture, np.asarray(top, dtype=np.float64).reshape(-1, 4) * factor, width=1).save(args.out)
     if args.json:
         print(json.dumps({"image": args.image, "mode": args.mode, "num_proposals": len(boxes),
                           "seconds": round(seconds, 4), "boxes_xyxy": top}))
@@ -554,7 +745,9 @@ def run_segment(args):
     boundary[:, 1:] |= labels[:, 1:] != labels[:, :-1]
     boundary[1:, :] |= labels[1:, :] != labels[:-1, :]
     picture[boundary] = 255
-    Image.fromarray(picture).save(args.out)
+    from scenekit.viz import enlarge
+
+    enlarge(picture)[0].save(args.out)                       # >= 512 px, segments kept as blocks of pixels
     summary = {"image": args.image, "segments": int(labels.max()) + 1, "out": args.out}
     print(json.dumps(summary) if args.json else f"{summary['segments']} super-pixels -> {args.out}")
     return 0
@@ -580,7 +773,10 @@ def _run_semantic_segment(args):
                         "or sliding-window", file=args.checkpoint)
     class_map = np.asarray(found["semantic"])
     out = Path(args.out or "segmentation.png")
-    draw_semantic(image, class_map, recipe.categories).save(out)
+    from scenekit.viz import enlarge_map, enlarge
+
+    shown, _ = enlarge(image)                                # drawn at >= 512 px; the class map file keeps its size
+    draw_semantic(np.asarray(shown), enlarge_map(class_map, shown.size), recipe.categories).save(out)
     classes = Image.fromarray(class_map.astype(np.uint8), mode="P")     # pixel value = category id
     classes.putpalette([v for c in range(256) for v in ((0, 0, 0) if c == 0 else colour_for(c))])
     classes_path = out.with_name(f"{out.stem}_classes.png")
@@ -611,10 +807,17 @@ def add_evaluate_parser(sub):
     p.add_argument("--split", default="val", help="MODEL: split of --data to evaluate on")
     p.add_argument("--images", type=int, default=300, help="MODEL: world images to generate")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="MODEL: where to run")
+    p.add_argument("--max-detections", type=int, default=None,
+                   help="MODEL: most detections per image (default: the model's max_detections option); VOC mAP "
+                        "takes them all, COCO AP each image's best 100 per category (its maxDets)")
     p.add_argument("--seed", type=int, default=0, help="MODEL: random seed (the world)")
     p.add_argument("--gt", help="ground truth: a COCO instances JSON file")
     p.add_argument("--pred", help="detections: a COCO results JSON file "
-                                  "([{image_id, category_id, bbox [x, y, w, h], score[, segmentation]}])")
+                                  "([{image_id, category_id, bbox [x, y, w, h], score[, segmentation]}]); a record "
+                                  "with a file_name (as `scenekit predict` writes) is scored on the --gt image of "
+                                  "that file name (the one sharing the most trailing path components; its base "
+                                  "name alone when unique); names matching no image or several, or an image_id "
+                                  "that disagrees with the file_name, are refused")
     p.add_argument("--metric", default="coco", choices=["coco", "voc"],
                    help="coco: AP@[.5:.95], AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l; voc: per-class AP, mAP")
     p.add_argument("--iou-type", default="bbox", choices=["bbox", "segm"],
@@ -629,8 +832,30 @@ def add_evaluate_parser(sub):
     p.add_argument("--out", default=None,
                    help="folder to also write stats.json and pr_curves.png (per-class PR curves at IoU 0.5; "
                         "needs matplotlib)")
+    p.add_argument("--explain", default=None, metavar="DIR",
+                   help="also write why: DIR/decisions.csv (every detection at IoU 0.5 and 0.75: tp, fp or ignored "
+                        "as COCOeval decides, the matched gt id, the cause), confusion_matrix.csv/.png, "
+                        "per_class_ap.csv, pr_curves.png, galleries of the worst false positives and missed objects")
+    p.add_argument("--diff", default=None, metavar="OTHER.json",
+                   help="with --explain: DIR/diff.csv lists per image what this other result file does differently")
+    p.add_argument("--explain-score", type=float, default=0.5,
+                   help="with --explain: detections scoring at least this enter the confusion matrix and galleries")
+    p.add_argument("--images-root", default=None,
+                   help="with --explain --gt: the folder the ground truth's file_names are relative to, for the "
+                        "galleries (default: the --gt file's folder)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p.set_defaults(func=run_evaluate)
+
+
+def _max_detections(args) -> dict | None:
+    """`--max-detections N` as a recipe option over the checkpoint's (None: the model's own)."""
+    from scenekit.errors import DataError
+
+    if getattr(args, "max_detections", None) is None:
+        return None
+    if args.max_detections < 1:
+        raise DataError(f"must be >= 1, got {args.max_detections}", field="max_detections")
+    return {"max_detections": args.max_detections}
 
 
 def _id_list(text: str | None, option: str):
@@ -654,12 +879,26 @@ def _run_evaluate_checkpoint(args):
     if args.checkpoint is None:
         raise DataError(f"evaluating model {args.model!r} needs --checkpoint FILE (from `scenekit train`)",
                         field="checkpoint")
-    recipe, model, device, checkpoint = _restore(args.checkpoint, args.device)
+    recipe, model, device, checkpoint = _restore(args.checkpoint, args.device, _max_detections(args))
     if args.model is not None and args.model != checkpoint["model_name"]:
         raise DataError(f"the checkpoint holds model {checkpoint['model_name']!r}, not {args.model!r}",
                         file=args.checkpoint, field="model_name")
     dataset = _load_model_data(args.data, args.split, recipe, args.images, args.seed)
     metrics = recipe.evaluate(model, dataset, device)
+    if args.explain:
+        import numpy as np
+        import torch
+
+        with torch.no_grad():
+            found = recipe.predict(model, [_dataset_image(dataset, r) for r in dataset.records], device)
+        if not all("boxes" in f and "scores" in f for f in found):
+            raise DataError(f"--explain explains detections; {recipe.model_name} does not detect", field="explain")
+        results = [{"image_id": int(r.image_id), "category_id": int(label), "score": float(score),
+                    "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]}
+                   for r, f in zip(dataset.records, found)
+                   for (x1, y1, x2, y2), score, label in zip(np.asarray(f["boxes"], np.float64).reshape(-1, 4),
+                                                             np.asarray(f["scores"]), np.asarray(f["labels"]))]
+        metrics = {**metrics, "explain": _explain(args, dataset, results)}
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -702,7 +941,13 @@ def run_evaluate(args):
         stats = detection.coco_evaluate(args.gt, args.pred, args.iou_type,
                                         img_ids=_id_list(args.img_ids, "img-ids"),
                                         cat_ids=_id_list(args.cat_ids, "cat-ids"))
-        print(json.dumps(stats) if args.json else detection.format_coco_stats(stats))
+        if args.explain:
+            if args.img_ids or args.cat_ids:
+                raise DataError("--explain explains every image and category: drop --img-ids / --cat-ids",
+                                field="explain")
+            stats = {**stats, "explain": _explain(args, args.gt, args.pred)}
+        print(json.dumps(stats) if args.json else detection.format_coco_stats(
+            {k: v for k, v in stats.items() if k != "explain"}))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -714,6 +959,34 @@ def run_evaluate(args):
         if not args.json:
             print(f"wrote {out / 'stats.json'} and {out / 'pr_curves.png'}")
     return 0
+
+
+def _explain(args, gt, results) -> dict:
+    """`evaluate --explain DIR`: the decisions behind the numbers (scenekit.metrics.explain); a short summary."""
+    from pathlib import Path
+
+    from scenekit.metrics.explain import explain_detections
+
+    root = args.images_root or (str(Path(gt).parent) if isinstance(gt, (str, Path)) else None)
+    try:
+        summary = explain_detections(gt, results, args.explain, images_root=root, diff=args.diff,
+                                     iou_type=args.iou_type, score_threshold=args.explain_score)
+    except ImportError as error:
+        raise ScenekitError(str(error)) from None
+    if not args.json:
+        counts = summary["decisions"]["0.5"]
+        print(f"explained at IoU 0.5: {counts.get('tp', 0)} tp, {counts.get('fp', 0)} fp, "
+              f"{counts.get('ignored', 0)} ignored, {counts.get('missed', 0)} missed objects -> {args.explain}",
+              file=sys.stderr)
+        for note in summary.get("notes", []):
+            print(f"note: {note}", file=sys.stderr)
+    return {"dir": str(args.explain), "decisions": summary["decisions"], "files": summary["files"]}
+
+
+def _dataset_image(dataset, record):
+    from scenekit.data.transforms import load_image
+
+    return load_image(dataset, record)
 
 
 def _category_names(gt_path) -> dict:
@@ -930,7 +1203,8 @@ def _restore_onnx(args):
 
     if args.stream is not None:
         raise DataError("--stream runs a checkpoint; give --checkpoint instead of --onnx", field="stream")
-    predictor = load_onnx(args.onnx, make_recipe)
+    overrides = _max_detections(args)
+    predictor = load_onnx(args.onnx, lambda name, categories, **kw: make_recipe(name, categories, overrides, **kw))
     return predictor.recipe, predictor.predict
 
 
@@ -968,7 +1242,7 @@ def run_serve(args):
         raise DataError("--workers, --max-pending, --max-upload-mb, --max-pixels and --timeout must be positive",
                         field="workers")
     try:
-        from scenekit.serve.app import ServeConfig, create_app, serve
+        from scenekit.serve.app import ServeConfig, check_servable, create_app, serve
     except ImportError as error:
         raise ScenekitError(str(error)) from None
     torch.manual_seed(args.seed)
@@ -983,11 +1257,73 @@ def run_serve(args):
         def predict(images):
             with torch.no_grad():
                 return recipe.predict(model, images, device)
+    check_servable(predict, recipe.model_name, args.checkpoint or args.onnx)   # refuse now, not 500 per request
     config = ServeConfig(max_upload_bytes=int(args.max_upload_mb * 2 ** 20), max_pixels=args.max_pixels,
                          timeout_s=args.timeout, workers=args.workers, max_pending=args.max_pending)
     app = create_app(predict, model_name=recipe.model_name, categories=recipe.categories, config=config)
     print(f"serving {recipe.model_name} on http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
     serve(app, args.host, args.port)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- trace
+def add_trace_parser(sub):
+    p = sub.add_parser("trace", help="pictures of every step of a method on one image, labelled with the paper",
+                       formatter_class=_formatter,
+                       description="Writes OUT/NN-step.png, one picture per step of the method (each titled with the "
+                                   "paper and section it implements), and OUT/index.html listing them in order. "
+                                   "Give a trained --checkpoint, or a MODEL name for an untrained model of that "
+                                   "family (selective-search: the proposals alone).")
+    p.add_argument("model", metavar="MODEL", nargs="?", default=None,
+                   help=f"without --checkpoint: selective-search or one of {', '.join(MODELS)}")
+    p.add_argument("image", metavar="IMAGE", nargs="?", default=None,
+                   help="image file (PNG, JPEG, ...); charlm traces --text instead")
+    p.add_argument("--checkpoint", default=None, help="a checkpoint written by `scenekit train` (best.pt)")
+    p.add_argument("--out", default="trace", help="folder for the pictures and index.html")
+    p.add_argument("--question", default=None, help="vqa: the question about the image")
+    p.add_argument("--choices", nargs="+", default=None, help="vqa: the candidate answers")
+    p.add_argument("--text", default=None, help="charlm: the text whose gate activations are drawn")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="recipe option of the untrained MODEL (repeatable), as for `scenekit train`")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
+    p.add_argument("--seed", type=int, default=0, help="random seed (the untrained model's weights)")
+    p.set_defaults(func=run_trace)
+
+
+def run_trace(args):
+    from pathlib import Path
+
+    import torch
+
+    from scenekit.errors import DataError
+    from scenekit.trace import trace
+
+    torch.manual_seed(args.seed)
+    if args.checkpoint:                          # `trace --checkpoint C IMAGE`: the one positional is the image
+        if args.image is None:
+            args.model, args.image = None, args.model
+        recipe, model, device, _ = _restore(args.checkpoint, args.device)
+    elif args.model is None:
+        raise DataError("give --checkpoint FILE or a MODEL name", field="model")
+    elif args.model == "selective-search":
+        recipe, model, device = None, None, torch.device("cpu")
+    elif args.model not in MODELS:
+        raise DataError(f"unknown model {args.model!r}; known: selective-search, {', '.join(MODELS)}", field="model")
+    else:
+        from scenekit.data.world import CATEGORIES
+        from scenekit.engine.train import resolve_device
+
+        recipe = make_recipe(args.model, dict(CATEGORIES), _parse_options(args.option, args.model))
+        device = resolve_device(args.device)
+        model = recipe.build_model(recipe.model_config).to(device).eval()
+    name = recipe.model_name if recipe is not None else "selective-search"
+    if args.image is None and name != "charlm":
+        raise DataError(f"{name} traces an image: give IMAGE", field="image")
+    if args.image is not None and not Path(args.image).is_file():
+        raise DataError("no such image file", file=args.image)
+    files = trace(recipe, model, args.image, args.out, question=args.question, choices=args.choices,
+                  text=args.text, device=device)
+    print(f"traced {name}: {len(files)} pictures -> {Path(args.out) / 'index.html'}")
     return 0
 
 
@@ -1033,7 +1369,7 @@ def run_plot(args):
 
 
 # ---------------------------------------------------------------------------------------------------- main
-PARSERS = [add_demo_parser, add_data_parser, add_train_parser, add_predict_parser, add_propose_parser, add_segment_parser, add_evaluate_parser, add_caption_parser, add_ask_parser, add_sample_parser, add_export_parser, add_serve_parser, add_plot_parser]
+PARSERS = [add_demo_parser, add_data_parser, add_train_parser, add_predict_parser, add_propose_parser, add_segment_parser, add_evaluate_parser, add_caption_parser, add_ask_parser, add_sample_parser, add_export_parser, add_serve_parser, add_trace_parser, add_plot_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

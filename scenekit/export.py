@@ -388,13 +388,14 @@ def export_onnx(recipe, model: nn.Module, path, *, opset: int = OPSET) -> Path:
 
 
 def export_checkpoint(checkpoint_path, path, make_recipe, *, opset: int = OPSET) -> Path:
-    """Export the model saved at `checkpoint_path`. `make_recipe(name, categories, options)` rebuilds its recipe
-    (the CLI passes its table's function)."""
+    """Export the model saved at `checkpoint_path`. `make_recipe(name, categories, stored=options, source=file)`
+    rebuilds its recipe (the CLI passes its table's function)."""
     from scenekit.engine.checkpoint import load_checkpoint
     from scenekit.engine.evaluate import restore_model
 
     checkpoint = load_checkpoint(checkpoint_path)
-    recipe = make_recipe(checkpoint["model_name"], checkpoint["categories"], checkpoint["options"])
+    recipe = make_recipe(checkpoint["model_name"], checkpoint["categories"], stored=checkpoint["options"],
+                         source=str(checkpoint_path))
     model = restore_model(recipe, checkpoint, torch.device("cpu"))
     return export_onnx(recipe, model, path, opset=opset)
 
@@ -595,7 +596,7 @@ def load_onnx(path, make_recipe, threads: int | None = None) -> OnnxPredictor:
         raise DataError(f"this file holds only the network part of {metadata['model_name']!r}, exported by an "
                         "older scenekit: export the checkpoint again", file=str(path))
     parts = _load_parts(path, metadata, threads)
-    recipe = make_recipe(metadata["model_name"], metadata["categories"], metadata["options"])
+    recipe = make_recipe(metadata["model_name"], metadata["categories"], stored=metadata["options"], source=str(path))
     skeleton = recipe.build_model(metadata["model_config"]).eval()
     with torch.no_grad():
         # The skeleton's weights must never be used: NaN makes any slip show instead of a plausible answer.

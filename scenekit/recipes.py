@@ -78,3 +78,113 @@ class Recipe:
     def describe(self) -> dict:
         return {"model_name": self.model_name, "options": self.options, "model_config": self.model_config,
                 "phases": [asdict(p) for p in self.phases], "best_metric": self.best_metric}
+
+
+# ------------------------------------------------------------------------------------------------ options
+@dataclass(frozen=True)
+class OptionSpec:
+    """One option of a recipe function, read off its signature: its default and the kind of value it takes.
+
+    `kind` comes from the parameter's annotation, or else from its default's type: "bool", "int", "float", "str"
+    or "list" (a tuple default takes a list); None takes anything (no annotation, and a default that tells
+    nothing: None, or a string standing for a mode beside other values, like YOLO's `anchors="kmeans"` or a
+    list of priors). `nullable`: null (None) is accepted too.
+    """
+
+    name: str
+    default: Any
+    kind: str | None
+    nullable: bool = False
+
+    def describe(self) -> str:
+        words = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string",
+                 "list": "a JSON list", None: "any value"}[self.kind]
+        return f"{words} or null" if self.nullable and self.kind is not None else words
+
+    def accepts(self, value) -> bool:
+        import numbers
+
+        if self.kind is None or (value is None and self.nullable):
+            return True
+        if self.kind == "bool":
+            return isinstance(value, bool)
+        if self.kind in ("int", "float"):
+            number = numbers.Integral if self.kind == "int" else numbers.Real
+            return isinstance(value, number) and not isinstance(value, bool)
+        if self.kind == "str":
+            return isinstance(value, str)
+        return isinstance(value, (list, tuple))
+
+
+_KINDS = {bool: "bool", int: "int", float: "float", str: "str", list: "list", tuple: "list"}
+
+
+def _kind_of(annotation) -> tuple[str | None, bool]:
+    """(kind, nullable) of an evaluated annotation: `int`, `float | None`, `tuple[int, ...]`, ..."""
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        others = [a for a in typing.get_args(annotation) if a is not type(None)]
+        kind = _kind_of(others[0])[0] if len(others) == 1 else None
+        return kind, len(others) < len(typing.get_args(annotation))
+    return _KINDS.get(origin or annotation), False
+
+
+def recipe_options(factory: Callable, preset: dict | None = None) -> dict[str, OptionSpec]:
+    """The options of recipe function `factory`: its keyword parameters but `name`, defaults as `preset` sets them."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(factory, eval_str=True).parameters
+    except Exception:           # an annotation that cannot be evaluated here: read the kinds off the defaults
+        parameters = inspect.signature(factory).parameters
+    specs = {}
+    for parameter in parameters.values():
+        if parameter.kind != parameter.KEYWORD_ONLY or parameter.name == "name":
+            continue
+        default = (preset or {}).get(parameter.name, parameter.default)
+        if parameter.annotation is not parameter.empty and not isinstance(parameter.annotation, str):
+            kind, nullable = _kind_of(parameter.annotation)
+        else:
+            default_kind = _KINDS.get(type(parameter.default))
+            kind, nullable = (None if default_kind == "str" else default_kind), False
+        specs[parameter.name] = OptionSpec(parameter.name, default, kind, nullable or parameter.default is None)
+    return specs
+
+
+def check_options(options: dict, specs: dict[str, OptionSpec], model: str, *, file: str | None = None,
+                  drop_unknown: bool = False) -> dict:
+    """`options` after checking them against `specs`: DataError naming the option for an unknown key (with close
+    matches) or a value of the wrong kind. `drop_unknown` drops unknown keys instead (returning the rest), for
+    options stored by older versions, which may have had options this one no longer has."""
+    import difflib
+
+    from scenekit.errors import DataError
+
+    checked = {}
+    for key, value in options.items():
+        spec = specs.get(key)
+        if spec is None:
+            if drop_unknown:
+                continue
+            close = difflib.get_close_matches(key, list(specs), n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise DataError(f"{model} has no such option{hint} (its options and their defaults: "
+                            f"`scenekit train {model} --list-options`)", file=file, field=f"option {key}")
+        if not spec.accepts(value):
+            raise DataError(f"expected {spec.describe()} (default {option_text(spec.default)}), got "
+                            f"{option_text(value)}", file=file, field=f"option {key}")
+        checked[key] = value
+    return checked
+
+
+def option_text(value) -> str:
+    """A value as the user would type it: JSON where it is JSON (null, true, [1, 2]), else its repr."""
+    import json
+
+    try:
+        return json.dumps(list(value) if isinstance(value, tuple) else value)
+    except (TypeError, ValueError):
+        return repr(value)

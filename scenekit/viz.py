@@ -197,7 +197,7 @@ def enlarge(image, long_side: int | None = READABLE_SIDE) -> tuple[Image.Image, 
     return picture.resize(size, Image.NEAREST), size[0] / picture.width
 
 
-def _enlarge_map(array, size: tuple[int, int]) -> np.ndarray:
+def enlarge_map(array, size: tuple[int, int]) -> np.ndarray:
     """A [..., H, W] label map or mask stack resized to (width, height) `size` by nearest neighbours."""
     array = np.asarray(array)
     flat = array.reshape(-1, *array.shape[-2:])
@@ -217,7 +217,7 @@ def draw_prediction(image, found: dict, names: dict | None = None, score_thresho
         found = dict(found)
         for key in ("semantic", "masks"):
             if found.get(key) is not None and np.asarray(found[key]).size:
-                found[key] = _enlarge_map(found[key], picture.size)
+                found[key] = enlarge_map(found[key], picture.size)
         if found.get("boxes") is not None:
             found["boxes"] = np.asarray(found["boxes"], dtype=np.float64).reshape(-1, 4) * factor
     if found.get("semantic") is not None:

@@ -118,35 +118,101 @@ def _metric_rows(out) -> list[dict]:
                 for row in csv.DictReader(file)]
 
 
-@pytest.mark.timeout(240)
-def test_run_killed_at_random_moments_several_times_ends_like_an_uninterrupted_run(tmp_path):
-    """Issue 'hardening': SIGKILL at random moments (maybe mid-write of a checkpoint, maybe before the first one),
-    three times in a row, each time resumed with --resume; the final weights and metrics equal a clean run's."""
-    import random
-    import time
+# The child of the test below: `python -c KILLER EVENT ARGS...` runs `scenekit ARGS...` and SIGKILLs itself at the
+# moment EVENT names, so the moment is a point in the run's progress, never a time (the same on any machine):
+#   line:REGEX        right after a printed log line matching REGEX
+#   torn:FILE@N       in the N-th write of checkpoint FILE: half its bytes are in the temporary file, FILE untouched
+#   written:FILE@N    right after the N-th write of checkpoint FILE is complete (renamed into place)
+# A run in which the event never comes finishes normally, which the test reports.
+KILLER = r"""
+import os, re, signal, sys
 
+event, args = sys.argv[1], sys.argv[2:]
+kind, _, detail = event.partition(":")
+
+
+def die():
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+if kind == "line":
+    pattern = re.compile(detail)
+
+    class Watched:
+        def __init__(self, stream):
+            self.stream = stream
+
+        def write(self, text):
+            written = self.stream.write(text)
+            if pattern.search(text):
+                die()
+            return written
+
+        def __getattr__(self, name):
+            return getattr(self.stream, name)
+
+    sys.stdout = Watched(sys.stdout)
+else:
+    name, _, nth = detail.partition("@")
+    real_replace, count = os.replace, [0]
+
+    def replace(source, target, *rest, **options):
+        if os.path.basename(os.fspath(target)) != name:
+            return real_replace(source, target, *rest, **options)
+        count[0] += 1
+        if kind == "torn" and count[0] == int(nth):
+            with open(source, "r+b") as file:
+                file.truncate(os.path.getsize(source) // 2)
+            die()
+        real_replace(source, target, *rest, **options)
+        if kind == "written" and count[0] == int(nth):
+            die()
+
+    os.replace = replace
+
+from scenekit.cli import main
+
+sys.exit(main(args))
+"""
+
+
+@pytest.mark.timeout(240)
+def test_run_killed_before_during_and_between_checkpoint_writes_ends_like_an_uninterrupted_run(tmp_path):
+    """Issue 'hardening': SIGKILL before the first checkpoint, in the middle of writing one, between writing best.pt
+    and last.pt, and in the second phase, each time resumed with --resume; the final weights and metrics equal a
+    clean run's. The run kills itself at each moment (see KILLER), so every kill lands exactly where it is meant to,
+    however fast or slow the machine."""
     reference_out, killed_out = tmp_path / "reference", tmp_path / "killed"
-    reference = subprocess.run(_scenekit(*TINY, "--out", str(reference_out)), env=_env(), capture_output=True,
-                               text=True, timeout=120)
-    assert reference.returncode == 0, reference.stderr
-    moments = random.Random(7).sample([k / 10 for k in range(5, 40)], 3)        # seconds after start
-    kills = 0
-    for moment in moments:
-        victim = subprocess.Popen(_scenekit(*TINY, "--out", str(killed_out), "--resume"), env=_env(),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        time.sleep(moment)
-        if victim.poll() is None:
-            victim.send_signal(signal.SIGKILL)
-            kills += 1
-        victim.wait(timeout=60)
-        if (killed_out / "last.pt").exists():
-            ckpt.load_checkpoint(killed_out / "last.pt")                # never a corrupt checkpoint
-    assert kills >= 1, "the run finished before any kill: make the moments earlier"
+    reference = subprocess.Popen(_scenekit(*TINY, "--out", str(reference_out)), env=_env(),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    last, best = killed_out / "last.pt", killed_out / "best.pt"
+    # (event, the step then held by last.pt (None: no file yet), by best.pt (None: not checked)). 8 steps an epoch;
+    # last.pt is written every 3 steps within an epoch and at its end, after best.pt; the classify phase is steps
+    # 1-16, the regress phase 17-24.
+    moments = [
+        (r"line:\] epoch 1/2 step 2 ", None, None),   # before the first checkpoint (step 3)
+        ("written:best.pt@1", 6, 8),                   # end of epoch 1: best.pt written, last.pt not yet
+        ("torn:last.pt@2", 8, 8),                      # resumed at 6: step 8's write is whole, step 9's torn
+        (r"line:\] epoch 1/1 step 20 ", 18, None),    # resumed at 8: mid regress phase, 2 steps after a checkpoint
+    ]
+    for event, last_step, best_step in moments:
+        victim = subprocess.run([sys.executable, "-c", KILLER, event, *TINY, "--out", str(killed_out), "--resume"],
+                                env=_env(), capture_output=True, text=True, timeout=120)
+        assert victim.returncode == -signal.SIGKILL, f"{event}: the run ended without the event\n{victim.stdout}" \
+                                                     f"{victim.stderr}"
+        # Each file is a complete checkpoint of the last write that finished: never torn, never half-updated.
+        assert (ckpt.load_checkpoint(last)["step"] if last.exists() else None) == last_step, event
+        if best_step is not None:
+            assert ckpt.load_checkpoint(best)["step"] == best_step, event
+
     final = subprocess.run(_scenekit(*TINY, "--out", str(killed_out), "--resume"), env=_env(), capture_output=True,
                            text=True, timeout=120)
     assert final.returncode == 0, final.stderr
+    assert f"resuming from {last}" in final.stdout
+    assert reference.wait(timeout=120) == 0, reference.stderr.read()
 
-    expected, got = ckpt.load_checkpoint(reference_out / "last.pt"), ckpt.load_checkpoint(killed_out / "last.pt")
+    expected, got = ckpt.load_checkpoint(reference_out / "last.pt"), ckpt.load_checkpoint(last)
     assert got["step"] == expected["step"] == 24
     for name, tensor in expected["model"].items():
         torch.testing.assert_close(got["model"][name], tensor, rtol=0, atol=1e-7, msg=name)

@@ -51,7 +51,11 @@ def test_convert_coco_to_voc_to_yolo_keeps_boxes_and_show_draws_them(world, tmp_
     assert main(["data", "show", f"coco:{world}", "--split", "val", "--image-id", "2", "--out", str(picture)]) == 0
     drawn = np.asarray(Image.open(picture))
     plain = np.asarray(Image.open(world / "images" / "val_000002.png"))
-    assert drawn.shape == plain.shape and (drawn != plain).any()
+    enlarged = np.asarray(Image.fromarray(plain).resize((512, 512), Image.NEAREST))   # drawn at >= 512 px
+    assert drawn.shape == enlarged.shape and (drawn != enlarged).any()
+    record = next(r for r in original.records if r.image_id == 2)
+    x1, y1 = (record.boxes[0, :2] * 8).astype(int)                                      # a box's corner, scaled
+    assert (drawn[y1 + 2, x1] != enlarged[y1 + 2, x1]).any()
 
 
 def test_bad_input_is_a_one_line_error_with_exit_code_2(world, tmp_path, capsys):

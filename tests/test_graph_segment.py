@@ -175,7 +175,11 @@ def test_cli_segment_writes_a_superpixel_picture(tmp_path, capsys):
                  "--min-size", "0", "--out", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["segments"] == 4
     picture = np.asarray(Image.open(out))
-    assert picture.shape == (40, 48, 3)
-    assert (picture[5, 6] == 255).all()          # the yellow square's corner is on a boundary: white
-    assert (picture[10, 10] == picture[12, 15]).all() and not (picture[10, 10] == 255).all()  # one flat colour
+    assert picture.shape == (427, 512, 3)        # 48 x 40 drawn at 512 px on its long side, pixels as blocks
+
+    def at(y, x):                                # the centre of source pixel (y, x) in the enlarged picture
+        return picture[int((y + 0.5) * 427 / 40), int((x + 0.5) * 512 / 48)]
+
+    assert (at(5, 6) == 255).all()               # the yellow square's corner is on a boundary: white
+    assert (at(10, 10) == at(12, 15)).all() and not (at(10, 10) == 255).all()   # one flat colour
     assert main(["segment", str(tmp_path / "squares.png"), "--out", str(out)]) == 2    # --superpixels missing

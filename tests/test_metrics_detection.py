@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
+from scenekit import masks
 from scenekit.data.records import Dataset, Record
 from scenekit.errors import DataError
 from scenekit.metrics import detection
@@ -88,7 +89,7 @@ def make_problem(seed, num_images=30, num_categories=5, segm=False):
                 if crowd or rng.random() < 0.2:          # crowd regions as uncompressed RLE, some as strings
                     rle = mask_utils.merge(mask_utils.frPyObjects(polygon, H, W))
                     mask = mask_utils.decode(rle)
-                    runs = detection.masks.rle_encode(mask)
+                    runs = masks.rle_encode(mask)
                     ann["segmentation"] = runs if crowd else {"size": [H, W], "counts": rle["counts"].decode()}
                 else:
                     ann["segmentation"] = polygon
@@ -152,7 +153,7 @@ def test_coco_uncompressed_rle_results_are_read_like_compressed_ones():
     gt, results = make_problem(15, segm=True)
     compressed = coco_evaluate(gt, results, "segm")
     for r in results:
-        r["segmentation"] = detection.masks.decompress(r["segmentation"])
+        r["segmentation"] = masks.decompress(r["segmentation"])
     assert coco_evaluate(gt, results, "segm") == compressed
 
 
@@ -542,3 +543,141 @@ def test_warnings_free_on_normal_input():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         coco_evaluate(gt, results)
+
+
+# ----------------------------------------------------------------------------------- results named by file
+def with_file_names(gt):
+    """The problem's gt with a file_name per image, in a folder, as COCO files have them."""
+    gt = copy.deepcopy(gt)
+    for image in gt["images"]:
+        image["file_name"] = f"val2017/{image['id']:012d}.jpg"
+    return gt
+
+
+def test_results_named_by_file_name_score_as_their_image_ids_whatever_the_order():
+    gt, results = make_problem(70)
+    gt = with_file_names(gt)
+    names = {image["id"]: image["file_name"] for image in gt["images"]}
+    named = []
+    for k, result in enumerate(results):          # the file name as written, elsewhere, or as its base name
+        name = names[result["image_id"]]
+        record = {key: value for key, value in result.items() if key != "image_id"}
+        record["file_name"] = [name, f"/data/coco/{name}", name.split("/")[-1]][k % 3]
+        named.append(record)
+    for by_id, by_name in ((results, named), (results[::-1], named[::-1])):   # (equal scores keep file order)
+        reference = assert_same_as_pycocotools(gt, by_id)
+        ours = coco_evaluation(gt, by_name)
+        assert ours.stats == reference.stats
+        np.testing.assert_array_equal(ours.precision, reference.precision)
+        np.testing.assert_equal(voc_evaluate(gt, by_name), voc_evaluate(gt, by_id))      # (NaN: no gt)
+
+
+def test_results_whose_file_name_agrees_with_their_image_id_are_accepted():
+    gt, results = make_problem(71)
+    gt = with_file_names(gt)
+    names = {image["id"]: image["file_name"] for image in gt["images"]}
+    both = [{**r, "file_name": names[r["image_id"]]} for r in results]
+    assert coco_evaluate(gt, both) == coco_evaluate(gt, results)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r[0].update(file_name="val2017/missing.jpg"), "'val2017/missing.jpg'"),
+    (lambda r: r[0].update(image_id=-5), "record 0: field image_id: image_id -5 disagrees"),
+    (lambda r: r[0].update(file_name=""), "record 0: field file_name"),
+])
+def test_result_file_names_that_match_no_image_or_disagree_are_refused(change, message):
+    gt, results = make_problem(72)
+    gt = with_file_names(gt)
+    results = [{**r, "file_name": f"val2017/{r['image_id']:012d}.jpg"} for r in results]
+    change(results)
+    with pytest.raises(DataError, match=message.replace("(", r"\(")):
+        coco_evaluate(gt, results)
+
+
+def test_file_names_match_the_longest_trailing_path_and_refuse_ties():
+    from scenekit.metrics.result_images import FileNames
+
+    index = FileNames([1, 2, 3, 4], ["a/x.jpg", "b/x.jpg", "b/c/y.jpg", "z.jpg"])
+    assert index.lookup("/data/a/x.jpg") == [(1, "a/x.jpg")]
+    assert index.lookup("b\\x.jpg") == [(2, "b/x.jpg")]
+    assert index.lookup("y.jpg") == [(3, "b/c/y.jpg")]                 # the base name, being unique
+    assert index.lookup("/copy/z.jpg") == [(4, "z.jpg")]
+    assert sorted(index.lookup("x.jpg")) == [(1, "a/x.jpg"), (2, "b/x.jpg")]     # ambiguous
+    assert index.lookup("q.jpg") == []
+
+
+# ------------------------------------------------------------------------------- matching edge cases, speed
+def test_coco_dense_groups_and_equal_ious_match_like_pycocotools():
+    """Many gts per (image, category), duplicated gt boxes (equal IoUs: pycocotools keeps the later gt),
+    crowd regions and more than 100 detections in a group."""
+    rng = np.random.default_rng(80)
+    images = [{"id": i, "width": 200, "height": 200} for i in (1, 2, 3)]
+    annotations, results = [], []
+    for image in images:
+        for category in (1, 2):
+            count = int(rng.integers(2, 40))
+            boxes = [list(rng.uniform(0, 150, 2)) + list(rng.uniform(5, 50, 2)) for _ in range(count)]
+            boxes += boxes[: len(boxes) // 3]                             # exact duplicates
+            for box in boxes:
+                annotations.append({"id": len(annotations) + 1, "image_id": image["id"], "category_id": category,
+                                    "bbox": [float(v) for v in box], "area": float(box[2] * box[3]),
+                                    "iscrowd": int(rng.random() < 0.05)})
+            for _ in range(130):
+                box = boxes[int(rng.integers(0, len(boxes)))]
+                jitter = rng.normal(0, 0.1, 4) * [box[2], box[3], box[2], box[3]] * (rng.random() < 0.7)
+                results.append({"image_id": image["id"], "category_id": category,
+                                "score": float(rng.integers(1, 9)) / 9,
+                                "bbox": [float(box[0] + jitter[0]), float(box[1] + jitter[1]),
+                                         float(max(box[2] + jitter[2], 1)), float(max(box[3] + jitter[3], 1))]})
+    gt = {"images": images, "annotations": annotations, "categories": [{"id": 1}, {"id": 2}]}
+    assert_same_as_pycocotools(gt, results)
+
+
+def test_bbox_evaluation_does_not_load_numba():
+    """The bbox path is plain numpy: a command does not pay numba's import and cache loading."""
+    import subprocess
+    import sys
+
+    script = ("import sys, json; from scenekit.metrics.detection import coco_evaluate, voc_evaluate; "
+              "gt = {'images': [{'id': 1, 'width': 10, 'height': 10}], 'categories': [{'id': 1}], "
+              "'annotations': [{'id': 1, 'image_id': 1, 'category_id': 1, 'bbox': [0, 0, 5, 5], 'area': 25}]}; "
+              "r = [{'image_id': 1, 'category_id': 1, 'bbox': [0, 0, 5, 5], 'score': 1.0}]; "
+              "assert coco_evaluate(gt, r)['AP'] > 0.999 and voc_evaluate(gt, r)['mAP'] == 1.0; "
+              "print(json.dumps('numba' in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) is False
+
+
+# ---------------------------------------------------------------------------------------------- JSON reading
+def test_json_reads_alike_with_orjson_and_the_standard_library(tmp_path, monkeypatch):
+    gt, results = make_problem(73)
+    (tmp_path / "r.json").write_text(json.dumps(results))
+    (tmp_path / "nan.json").write_text('[{"score": NaN, "big": 123456789012345678901234567890}]')
+    (tmp_path / "bad.json").write_text('[{"score": 1,}]')
+    fast = detection.read_json(tmp_path / "r.json")
+    odd = detection.read_json(tmp_path / "nan.json")
+    with pytest.raises(DataError) as fast_error:
+        detection.read_json(tmp_path / "bad.json")
+    monkeypatch.setattr(detection, "orjson", None)
+    assert detection.read_json(tmp_path / "r.json") == fast == results
+    slow_odd = detection.read_json(tmp_path / "nan.json")
+    assert np.isnan(odd[0]["score"]) and np.isnan(slow_odd[0]["score"]) and odd[0]["big"] == slow_odd[0]["big"]
+    with pytest.raises(DataError) as slow_error:
+        detection.read_json(tmp_path / "bad.json")
+    assert str(fast_error.value) == str(slow_error.value) and "line 1 column" in str(slow_error.value)
+
+
+def test_garbage_collector_is_left_as_it_was(tmp_path):
+    import gc
+
+    gt, results = make_problem(74)
+    (tmp_path / "r.json").write_text(json.dumps(results))
+    assert gc.isenabled()
+    coco_evaluate(gt, str(tmp_path / "r.json"))
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        detection.read_json(tmp_path / "r.json")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -242,7 +242,8 @@ def test_training_writes_stage_timings_and_a_checkpoint_predict_can_draw(trained
     assert code == 0
     assert (tmp_path / "pred" / "scene.png").is_file()
     results = json.loads((tmp_path / "pred" / "predictions.json").read_text())
-    assert results and {"image_id", "category_id", "bbox", "score"} <= set(results[0])
+    assert results and {"file_name", "category_id", "bbox", "score"} <= set(results[0])
+    assert all(r["file_name"] == str(picture) for r in results)          # matched by name by `evaluate`
 
 
 def test_image_without_objects_gives_empty_results_of_the_right_shapes(trained):

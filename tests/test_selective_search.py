@@ -365,7 +365,7 @@ def test_cli_propose_prints_json_and_draws(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     expected = selective_search(image, mode="fast", seed=0)[:4].tolist()
     assert result["boxes_xyxy"] == expected and result["num_proposals"] > 4
-    assert Image.open(tmp_path / "p.png").size == (96, 72)
+    assert Image.open(tmp_path / "p.png").size == (512, 384)      # 96 x 72 drawn at 512 px, boxes scaled
 
 
 def test_cli_propose_passes_ranking_and_min_size_through(tmp_path, capsys):

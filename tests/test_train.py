@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 
 import pytest
@@ -181,9 +182,49 @@ def test_plain_log_lines_off_a_terminal_and_a_bar_when_asked(tmp_path, capsys):
     assert "it/s eta" not in captured.out and "it/s" in captured.err
 
 
-def test_batch_size_must_split_evenly_and_device_names_are_checked(tmp_path):
-    with pytest.raises(ValueError, match="device"):
-        engine.resolve_device("tpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(Exception, match="CUDA"):
-            engine.resolve_device("cuda")
+def test_batch_size_must_split_evenly_and_device_names_are_checked(tmp_path, monkeypatch):
+    from scenekit.errors import DataError
+
+    # Device names: auto, cpu or cuda; cuda only where torch sees a device, then the process's LOCAL_RANK one.
+    for bad in ("tpu", "gpu"):
+        with pytest.raises(ValueError, match=f"device.*{bad}"):
+            engine.resolve_device(bad)
+    assert engine.resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert engine.resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(DataError, match="CUDA"):
+        engine.resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)          # (building a device needs none)
+    assert engine.resolve_device("auto") == engine.resolve_device("cuda") == torch.device("cuda", 0)
+    monkeypatch.setenv("LOCAL_RANK", "2")                                   # torchrun's third process
+    assert engine.resolve_device("cuda") == torch.device("cuda", 2)
+    monkeypatch.undo()
+
+    # The global batch over 3 processes, faked in this one (rank 0 of an initialised group of 3; the collectives
+    # are identities): 8 does not split and is refused before anything trains; 9 gives this process 3 samples a
+    # step, its own third of each epoch's permutation (DistributedSampler's shard), in order.
+    monkeypatch.setattr(engine.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(engine.dist, "get_world_size", lambda *args, **kwargs: 3)
+    monkeypatch.setattr(engine.dist, "get_rank", lambda *args, **kwargs: 0)
+    monkeypatch.setattr(engine.dist, "barrier", lambda *args, **kwargs: None)
+    monkeypatch.setattr(engine.dist, "all_gather_object", lambda out, obj, *args, **kwargs: out.__setitem__(
+        slice(None), [obj] * len(out)))
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", lambda model, *args, **kwargs: model)
+    data = _data(27, 0)
+    recipe = tiny_recipe([Phase("p", epochs=2, lr=0.01)])
+    with pytest.raises(ValueError, match="batch_size 8 must be divisible by the 3 processes"):
+        engine.train(recipe, data, None, _config(tmp_path / "uneven"))            # _config: batch_size 8
+    assert not (tmp_path / "uneven" / "last.pt").exists()
+
+    batches = []
+    collate = recipe.collate
+    recipe.collate = lambda batch: batches.append([next(i for i, d in enumerate(data) if d is b) for b in batch]) \
+        or collate(batch)
+    engine.train(recipe, data, None, dataclasses.replace(_config(tmp_path / "even", seed=4), batch_size=9))
+    assert [len(b) for b in batches] == [3] * 6                                  # 27 / 3 processes / 3 = 3 steps x 2
+    for epoch in range(2):
+        shard = engine.epoch_indices(27, 4, epoch, rank=0, world_size=3)
+        assert len(set(shard)) == 9
+        assert [i for b in batches[3 * epoch:3 * epoch + 3] for i in b] == shard
+    assert load_checkpoint(tmp_path / "even" / "last.pt")["step"] == 6

@@ -9,6 +9,7 @@ from PIL import Image
 from scenekit.data.records import Dataset, Record
 from scenekit.data.voc import VOC_CLASSES, read_voc, write_voc
 from scenekit.errors import DataError
+from scenekit.masks import rle_decode
 
 XML_FULL = """<annotation>
   <folder>VOC2007</folder><filename>000005.jpg</filename>
@@ -133,3 +134,144 @@ def test_writing_two_images_with_the_same_file_stem_is_refused(tmp_path):
     with pytest.raises(DataError, match="share the file stem 'a'") as caught:
         write_voc(Dataset(records, {1: "a"}), tmp_path / "out")
     assert caught.value.record == "image id 2" and caught.value.field == "file_name"
+
+
+# ------------------------------------------------------------------------------------------------ masks
+SQUARE = [[2, 2, 12, 2, 12, 12, 2, 12]]                   # pixels 2..11 x 2..11
+
+
+def _rle(mask):
+    from scenekit.masks import compress, rle_encode
+
+    return compress(rle_encode(mask))
+
+
+def _png(path):
+    with Image.open(path) as picture:
+        return picture.mode, picture.getpalette(), np.array(picture)
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")     # pycocotools
+def test_coco_to_voc_to_records_keeps_every_mask_pixel_for_pixel(tmp_path, capsys):
+    from pathlib import Path
+
+    from pycocotools.coco import COCO
+
+    from scenekit.cli import main
+    from scenekit.data.world import write_world
+
+    instances = write_world(tmp_path / "w", 30, seed=4)
+    assert main(["data", "convert", "--from", f"coco:{instances}", "--to", f"voc:{tmp_path / 'voc'}"]) == 0
+    assert "note:" not in capsys.readouterr().err                       # the world's masks never overlap
+    dataset = read_voc(tmp_path / "voc", "train")
+    coco = COCO(str(instances))
+    annotations = coco.loadAnns(coco.getAnnIds())
+    masks = [s for r in dataset.records for s in (r.segmentations or [])]        # None: an image without objects
+    assert len(masks) == len(annotations) > 100 and all(s is not None for s in masks)
+    for record in dataset.records:                       # objects keep COCO's order (annotation ids) in the XML
+        originals = sorted(coco.loadAnns(coco.getAnnIds(imgIds=[record.image_id])), key=lambda a: a["id"])
+        assert len(originals) == record.num_objects
+        for ann, segmentation in zip(originals, record.segmentations or []):
+            np.testing.assert_array_equal(rle_decode(segmentation), coco.annToMask(ann))
+    segmented = (tmp_path / "voc" / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+    assert segmented == [Path(r.file_name).stem for r in dataset.records if r.num_objects]
+
+
+def test_segmentation_pngs_are_voc_palette_images_indexed_in_xml_object_order(tmp_path):
+    crowd = np.zeros((20, 24), bool)
+    crowd[14:18, 16:22] = True
+    records = [Record(1, "a.png", 24, 20, boxes=[[2, 2, 12, 12], [0, 0, 5, 5], [16, 14, 22, 18]], labels=[1, 2, 3],
+                      iscrowd=[False, False, True], segmentations=[SQUARE, None, _rle(crowd)],
+                      image=np.zeros((20, 24, 3), np.uint8)),
+               Record(2, "b.png", 24, 20, boxes=[[1, 1, 4, 4]], labels=[1], image=np.zeros((20, 24, 3), np.uint8))]
+    root = write_voc(Dataset(records, {1: "cat", 2: "dog", 3: "person"}), tmp_path / "voc", split="train")
+    mode, palette, objects = _png(root / "SegmentationObject" / "a.png")
+    assert mode == "P"
+    # the devkit's colour map (VOClabelcolormap.m): 1 dark red, 2 dark green, 8 cat, 15 person, 255 void
+    colours = np.asarray(palette).reshape(-1, 3)
+    assert colours[[0, 1, 2, 8, 15, 255]].tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [64, 0, 0],
+                                                       [192, 128, 128], [224, 224, 192]]
+    expected = np.zeros((20, 24), np.uint8)
+    expected[2:12, 2:12] = 1                            # object 0; object 1 has no mask, object 2 is the crowd
+    expected[crowd] = 3
+    np.testing.assert_array_equal(objects, expected)
+    mode, _, classes = _png(root / "SegmentationClass" / "a.png")
+    expected = np.zeros((20, 24), np.uint8)
+    expected[2:12, 2:12] = VOC_CLASSES.index("cat") + 1
+    expected[crowd] = 255                               # crowd regions are void in the class map
+    assert mode == "P"
+    np.testing.assert_array_equal(classes, expected)
+    assert not (root / "SegmentationObject" / "b.png").exists()
+    assert (root / "ImageSets" / "Segmentation" / "train.txt").read_text() == "a\n"
+    assert "<segmented>1</segmented>" in (root / "Annotations" / "a.xml").read_text()
+    assert "<segmented>0</segmented>" in (root / "Annotations" / "b.xml").read_text()
+    a, b = read_voc(root, "train").records
+    square = np.zeros((20, 24), np.uint8)
+    square[2:12, 2:12] = 1
+    np.testing.assert_array_equal(rle_decode(a.segmentations[0]), square)
+    assert a.segmentations[1] is None
+    np.testing.assert_array_equal(rle_decode(a.segmentations[2]), crowd)
+    assert b.segmentations is None                       # no PNG: boxes only, as before
+
+
+def test_instance_pngs_read_as_voc_does_and_bad_ones_name_the_file(tmp_path):
+    root = make_voc(tmp_path)                            # 000005: 2 objects, 50 x 40
+    indices = np.zeros((40, 50), np.uint8)
+    indices[0:40, 0:3] = 1
+    indices[11:30, 9:50] = 2
+    indices[10, 9:50] = 255                              # a void boundary belongs to no object
+    png = root / "SegmentationObject" / "000005.png"
+    png.parent.mkdir()
+    Image.fromarray(indices).save(png)                   # grey indices are read as they are, like a palette PNG
+    first, second = read_voc(root).records
+    np.testing.assert_array_equal(rle_decode(first.segmentations[0]), indices == 1)
+    np.testing.assert_array_equal(rle_decode(first.segmentations[1]), indices == 2)
+    assert second.segmentations is None
+    indices[0, 0] = 3
+    Image.fromarray(indices).save(png)
+    with pytest.raises(DataError, match=r"SegmentationObject/000005.png: image 000005: instance index 3 but the XML "
+                                        r"has 2 objects$"):
+        read_voc(root)
+    with pytest.warns(UserWarning, match="skipped 1 images"):
+        assert [r.image_id for r in read_voc(root, skip_invalid=True).records] == [7]
+    Image.fromarray(indices[:10, :10]).save(png)
+    with pytest.raises(DataError, match="000005.png: image 000005: PNG is 10x10, the image 50x40"):
+        read_voc(root)
+    Image.new("RGB", (50, 40)).save(png)
+    with pytest.raises(DataError, match="000005.png: .*got mode RGB"):
+        read_voc(root)
+
+
+def test_overlapping_masks_warn_and_the_smaller_keeps_the_shared_pixels(tmp_path):
+    small = [[8, 8, 14, 8, 14, 14, 8, 14]]
+    record = Record(3, "c.png", 20, 20, boxes=[[8, 8, 14, 14], [2, 2, 12, 12]], labels=[1, 1],
+                    segmentations=[small, SQUARE], image=np.zeros((20, 20, 3), np.uint8))
+    with pytest.warns(UserWarning, match=r"the masks of 1 objects in 1 images overlap .* first: image id 3 object 1"):
+        root = write_voc(Dataset([record], {1: "box"}), tmp_path / "voc")
+    _, _, objects = _png(root / "SegmentationObject" / "c.png")
+    assert (objects[8:14, 8:14] == 1).all() and objects[2, 2] == 2      # the smaller object 0 is on top
+
+
+def test_rewriting_without_masks_removes_the_old_pngs(tmp_path):
+    record = Record(4, "d.png", 20, 20, boxes=[[2, 2, 12, 12]], labels=[1], segmentations=[SQUARE],
+                    image=np.zeros((20, 20, 3), np.uint8))
+    root = write_voc(Dataset([record], {1: "box"}), tmp_path / "voc")
+    assert read_voc(root).records[0].segmentations[0] is not None
+    record.segmentations = None
+    write_voc(Dataset([record], {1: "box"}), root)
+    assert read_voc(root).records[0].segmentations is None               # not the old file's mask
+    assert not (root / "SegmentationClass" / "d.png").exists()
+    assert not (root / "ImageSets" / "Segmentation" / "trainval.txt").exists()
+
+
+def test_fcn_reads_the_written_class_pngs_as_the_world_semantic_maps(tmp_path):
+    from scenekit.data.world import make_world
+    from scenekit.models.fcn import record_class_map
+
+    world = make_world(6, seed=5, image_size=64)
+    again = read_voc(write_voc(world, tmp_path / "voc"))
+    index = {c: i + 1 for i, c in enumerate(sorted(world.categories))}
+    for original, record in zip(world.records, again.records):
+        assert record.semantic is None                   # so the class map comes from SegmentationClass/
+        np.testing.assert_array_equal(record_class_map(again, record, index),
+                                      record_class_map(world, original, index))

@@ -446,3 +446,21 @@ def test_write_world_writes_coco_instances_captions_questions_and_pngs(tmp_path,
     first = memory.records[0].questions[0]
     assert questions[0] == {"image_id": 1, "question": first.question, "choices": first.choices,
                             "answer": first.answer, "kind": first.kind}
+
+
+@pytest.mark.parametrize("without_coco_module", [False, True])
+def test_written_captions_read_back_through_coco_captions_with_every_image(tmp_path, monkeypatch,
+                                                                          without_coco_module):
+    from scenekit.data.captions import load_language_data
+    from scenekit.data.transforms import load_image
+
+    with monkeypatch.context() as patch:
+        if without_coco_module:
+            patch.setitem(__import__("sys").modules, "scenekit.data.coco", None)
+        write_world(tmp_path, 4, seed=3, image_size=64)
+    memory = make_world(4, seed=3, image_size=64)
+    for spec in (f"coco-captions:{tmp_path / 'captions_train.json'}", f"coco-captions:{tmp_path}"):
+        data = load_language_data(spec, "train")
+        assert [r.captions for r in data.records] == [r.captions for r in memory.records]
+        for record, original in zip(data.records, memory.records):
+            assert np.array_equal(load_image(data, record), original.image)

@@ -4,6 +4,13 @@ A spec names a format and a path: `world` (the generated scene world, in memory;
 `coco:PATH` (an instances JSON, or a folder holding `instances_<split>.json`), `voc:PATH` (a VOC root) or
 `yolo:PATH` (a dataset YAML, or a folder holding `data.yaml`). Next to a COCO `instances_<tag>.json`, the
 files `captions_<tag>.json` and `questions_<tag>.json` are attached when present (COCO's own naming).
+Annotation tools' folders read too: `voc:FOLDER` of images with their XMLs side by side (LabelImg) and
+`yolo:FOLDER` of images, same-stem .txt labels and a classes.txt (see the readers).
+
+A split in the spec. `voc:ROOT:val`, `coco:FOLDER:val` (its instances_val.json), `yolo:data.yaml:val` read
+that split whatever split the caller asks for, so `--data` and `--val-data` can name theirs. The rule
+(`split_spec`): the last `:NAME` is a split when NAME holds no '/' or '\\', the whole path does not exist and
+the path without `:NAME` does; otherwise the colon belongs to the path (`coco:a:b.json`, `coco:C:\\x.json`).
 """
 
 from __future__ import annotations
@@ -22,12 +29,24 @@ COCO_SMALL, COCO_MEDIUM = 32 ** 2, 96 ** 2     # COCO's area ranges: small < 32^
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
-    """'coco:path/x.json' -> ('coco', 'path/x.json'); 'world' -> ('world', None)."""
+    """'coco:path/x.json' -> ('coco', 'path/x.json'); 'world' -> ('world', None). A split in the spec stays
+    in the path here; `split_spec` separates it."""
     kind, sep, path = str(spec).partition(":")
     if kind not in FORMATS or (kind != "world" and not path):
-        raise DataError(f"bad data spec {spec!r}: expected world, world:N, coco:PATH, voc:PATH or yolo:PATH",
-                        field="spec")
+        raise DataError(f"bad data spec {spec!r}: expected world, world:N, coco:PATH, voc:PATH or yolo:PATH "
+                        f"(optionally :SPLIT)", field="spec")
     return kind, (path or None)
+
+
+def split_spec(spec: str) -> tuple[str, str | None, str | None]:
+    """'voc:ROOT:val' -> ('voc', 'ROOT', 'val') when ROOT exists (module docstring); else (kind, path, None)."""
+    kind, path = parse_spec(spec)
+    if kind == "world" or Path(path).exists():
+        return kind, path, None
+    head, sep, name = path.rpartition(":")
+    if sep and head and name and "/" not in name and "\\" not in name and Path(head).exists():
+        return kind, head, name
+    return kind, path, None
 
 
 def _coco_file(path: Path, split: str) -> Path:
@@ -46,8 +65,10 @@ def _coco_file(path: Path, split: str) -> Path:
 def load_data(spec: str, split: str = "train", *, skip_invalid: bool = False, report_path=None,
               check_images: bool | str = True, **world_kwargs) -> Dataset:
     """Load a dataset from a spec. `world_kwargs` go to `scenekit.data.world.make_world` (e.g. `num_images`,
-    `seed`, `image_size`); the reader options go to the file readers."""
-    kind, path = parse_spec(spec)
+    `seed`, `image_size`); the reader options go to the file readers. A split named in the spec wins over
+    `split`."""
+    kind, path, named = split_spec(spec)
+    split = named or split
     if kind == "world":
         from scenekit.data.world import make_world
 
@@ -63,6 +84,9 @@ def load_data(spec: str, split: str = "train", *, skip_invalid: bool = False, re
     if kind == "coco":
         from scenekit.data.coco import attach_captions, attach_questions, read_coco
 
+        if named and not Path(path).is_dir():
+            raise DataError(f"a COCO JSON file holds one split; {named!r} names a split of a folder "
+                            f"(coco:FOLDER:{named} reads FOLDER/instances_{named}.json)", file=path, field="spec")
         json_path = _coco_file(Path(path), split)
         dataset = read_coco(json_path, **options)
         if json_path.name.startswith("instances"):
@@ -75,16 +99,24 @@ def load_data(spec: str, split: str = "train", *, skip_invalid: bool = False, re
     if kind == "voc":
         from scenekit.data.voc import read_voc
 
-        return read_voc(path, split, **options)
-    from scenekit.data.yolo import read_yolo
+        return read_voc(path, split, split_required=named is not None, **options)
+    from scenekit.data.yolo import read_yolo, read_yolo_folder
 
     yaml_path = Path(path)
     if yaml_path.is_dir():
         found = [yaml_path / "data.yaml"] if (yaml_path / "data.yaml").is_file() else sorted(yaml_path.glob("*.yaml"))
+        if not found and (yaml_path / "classes.txt").is_file():         # an annotation tool's flat folder
+            if named:
+                raise DataError(f"a folder of images, labels and classes.txt holds no splits, so not {named!r}",
+                                file=path, field="spec")
+            return read_yolo_folder(yaml_path, **options)
         if len(found) != 1:
-            raise DataError(f"expected one data.yaml in the folder, found {[f.name for f in found]}",
-                            file=str(yaml_path))
+            raise DataError(f"expected one data.yaml in the folder (or classes.txt beside images and their .txt "
+                            f"labels), found {[f.name for f in found]}", file=str(yaml_path))
         yaml_path = found[0]
+    elif yaml_path.suffix.lower() not in (".yaml", ".yml") and yaml_path.is_file():
+        raise DataError(f"yolo: reads a dataset YAML (data.yaml) or a folder holding one, not a "
+                        f"{yaml_path.suffix or 'suffix-less'} file", file=str(yaml_path), field="spec")
     return read_yolo(yaml_path, split, **options)
 
 
@@ -93,11 +125,14 @@ def save_data(dataset: Dataset, spec: str, split: str = "train") -> Path:
 
     coco:PATH writes PATH (or PATH/instances_<split>.json for a folder), in-memory images to `images/` beside
     it, and the captions and questions as `captions_<tag>.json` / `questions_<tag>.json` when there are any.
+    voc:DIR and yolo:DIR write folders (yolo:DIR/data.yaml names the same folder). A path that does not fit its
+    format is an error before anything is written.
     """
     kind, path = parse_spec(spec)
     if kind == "world":
         raise DataError("the world is generated, not written to; use `scenekit data world --out DIR`", field="spec")
     target = Path(path)
+    check_target(kind, target)
     if kind == "voc":
         from scenekit.data.voc import write_voc
 
@@ -106,7 +141,9 @@ def save_data(dataset: Dataset, spec: str, split: str = "train") -> Path:
         from scenekit.data.yolo import write_yolo
 
         return write_yolo(dataset, target.parent if target.suffix in (".yaml", ".yml") else target, split)
-    from scenekit.data.coco import write_coco, write_coco_captions
+    import json
+
+    from scenekit.data.coco import write_coco
 
     json_path = target if target.suffix == ".json" else target / f"instances_{split}.json"
     in_memory = any(record.image is not None for record in dataset.records)
@@ -114,14 +151,48 @@ def save_data(dataset: Dataset, spec: str, split: str = "train") -> Path:
     stem = json_path.stem
     tag = stem[len("instances"):] if stem.startswith("instances") else f"_{stem}"
     if any(record.captions for record in dataset.records):
-        write_coco_captions(dataset, json_path.parent / f"captions{tag}.json")
+        # the images as the instances file names them (relative to the same folder), so `coco-captions:` finds them
+        images = json.loads(json_path.read_text())["images"]
+        pairs = [(int(r.image_id), c) for r in dataset.records for c in r.captions]
+        annotations = [{"id": number, "image_id": image_id, "caption": caption}
+                       for number, (image_id, caption) in enumerate(pairs, start=1)]
+        (json_path.parent / f"captions{tag}.json").write_text(json.dumps({"images": images,
+                                                                          "annotations": annotations}))
     if any(record.questions for record in dataset.records):
-        import json
-
         questions = [{"image_id": int(r.image_id), "question": q.question, "choices": list(q.choices),
                       "answer": int(q.answer), "kind": q.kind} for r in dataset.records for q in r.questions]
         (json_path.parent / f"questions{tag}.json").write_text(json.dumps(questions))
     return json_path
+
+
+FILE_SUFFIXES = (".json", ".yaml", ".yml", ".xml", ".txt", ".csv", ".zip", ".png", ".jpg", ".jpeg")
+
+
+def check_target(kind: str, target: Path) -> None:
+    """One line (a DataError) for a write target that does not fit its format: a file where VOC and YOLO write
+    folders, a COCO target that is neither a .json file nor a folder, or a path under an existing file."""
+    suffix = target.suffix.lower()
+    given = f"a {suffix} file" if suffix in FILE_SUFFIXES else "an existing file"
+    for folder in reversed(target.parents):
+        if folder.exists() and not folder.is_dir():
+            raise DataError(f"is a file, so {target} cannot be written under it", file=str(folder), field="spec")
+    if kind in ("voc", "yolo"):
+        writes = {"voc": "a VOC root (Annotations/, JPEGImages/, ImageSets/)",
+                  "yolo": "images/, labels/ and data.yaml"}[kind]
+        if kind == "yolo" and suffix in (".yaml", ".yml"):
+            if target.name != "data.yaml":
+                raise DataError(f"yolo: writes {writes} in a folder, so the YAML is always data.yaml: give "
+                                f"yolo:DIR or yolo:DIR/data.yaml", file=str(target), field="spec")
+        elif target.is_file() or suffix in FILE_SUFFIXES:
+            raise DataError(f"{kind}: writes {writes} in a folder, not {given}: give {kind}:DIR",
+                            file=str(target), field="spec")
+    if kind == "coco":
+        if suffix == ".json" and target.is_dir():
+            raise DataError("is a folder: coco: writes a .json file (coco:FILE.json) or instances_<split>.json in a "
+                            "folder (coco:DIR)", file=str(target), field="spec")
+        if suffix != ".json" and (target.is_file() or suffix in FILE_SUFFIXES):
+            raise DataError(f"coco: writes a .json file (coco:FILE.json) or instances_<split>.json in a folder "
+                            f"(coco:DIR), not {given}", file=str(target), field="spec")
 
 
 # ------------------------------------------------------------------------------------------------- statistics

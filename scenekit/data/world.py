@@ -681,25 +681,25 @@ def write_world(out_dir, num_images: int, *, seed: int = 0, split: str = "train"
 
     Layout under `out_dir`: `images/<split>_<id>.png`, `instances_<split>.json` (COCO instances with RLE
     segmentations, areas and iscrowd; `file_name`s relative to the JSON's folder), `captions_<split>.json`
-    (COCO captions format) and `questions_<split>.json` (a list of `{image_id, question, choices, answer,
-    kind}`). `world_kwargs` go to `make_world`.
+    (COCO captions format, naming the images as the instances file does, so `coco-captions:` reads them back)
+    and `questions_<split>.json` (a list of `{image_id, question, choices, answer, kind}`). `world_kwargs` go to
+    `make_world`.
     """
     dataset = make_world(num_images, seed=seed, split=split, image_size=image_size, **world_kwargs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     instances_path = out_dir / f"instances_{split}.json"
-    captions_path = out_dir / f"captions_{split}.json"
+    image_dir = out_dir / "images"
     try:
-        from scenekit.data.coco import write_coco, write_coco_captions
+        from scenekit.data.coco import write_coco
     except ImportError:                       # the COCO module is optional here: fall back to a minimal writer
-        _write_coco_minimal(dataset, instances_path, out_dir / "images")
-        _write_json({"images": [_image_entry(r, r.file_name) for r in dataset.records],
-                     "annotations": [{"id": k, "image_id": r.image_id, "caption": c} for k, (r, c) in
-                                     enumerate(((r, c) for r in dataset.records for c in r.captions), 1)]},
-                    captions_path)
+        _write_coco_minimal(dataset, instances_path, image_dir)
     else:
-        write_coco(dataset, instances_path, out_dir / "images")
-        write_coco_captions(dataset, captions_path)
+        write_coco(dataset, instances_path, image_dir)
+    _write_json({"images": [_image_entry(r, f"{image_dir.name}/{r.file_name}") for r in dataset.records],
+                 "annotations": [{"id": k, "image_id": r.image_id, "caption": c} for k, (r, c) in
+                                 enumerate(((r, c) for r in dataset.records for c in r.captions), 1)]},
+                out_dir / f"captions_{split}.json")
     questions = [{"image_id": r.image_id, "question": q.question, "choices": list(q.choices), "answer": q.answer,
                   "kind": q.kind} for r in dataset.records for q in r.questions]
     _write_json(questions, out_dir / f"questions_{split}.json")

@@ -9,6 +9,11 @@ when the path has no `images` folder). A missing or empty label file means an im
 with more than 5 fields are Ultralytics segment labels "<class> x1 y1 x2 y2 ..." (a normalised polygon),
 whose box is the polygon's bounds. A split entry may be a folder, a .txt list of image paths, or a list.
 
+Annotation-tool folders (what LabelImg writes in YOLO mode): images and their same-stem .txt label files side
+by side in one folder, with `classes.txt` (one class name per line, the line order giving the indices) and no
+YAML; `read_yolo_folder` reads every image there. An image without a .txt has no objects; a .txt without an
+image is an error naming it. Such a folder holds one set of images, no splits.
+
 Class indices are 0..K-1; scenekit's category ids are `category_ids[index]` when the YAML has that list (written
 by `write_yolo`, ignored by other tools), else `index + 1` (as COCO and the world number them from 1).
 Normalised coordinates are written with 10 significant digits, so boxes round-trip to ~1e-9 relative.
@@ -255,17 +260,64 @@ def read_yolo(yaml_path, split: str = "train", *, skip_invalid: bool = False, re
         available = [k for k in ("train", "val", "test") if config.get(k) is not None]
         raise DataError(f"no split {split!r} (available: {available})", file=str(yaml_path), field=split)
     images = _split_images(base, config[split], yaml_path, split)
-
     problems = Problems(yaml_path, skip_invalid, report_path)
-    parsed = []
+    pairs = [(image, label_path(image)) for image in images]
+    return _read_images(pairs, base, names, ids, problems, check_images, yaml_path, f"{yaml_path.stem}-{split}")
+
+
+def read_yolo_folder(folder, *, skip_invalid: bool = False, report_path=None,
+                     check_images: bool | str = True) -> Dataset:
+    """Read an annotation tool's folder: images, same-stem .txt labels and classes.txt (module docstring)."""
+    folder = Path(folder)
+    classes = folder / "classes.txt"
+    if not classes.is_file():
+        raise DataError("no classes.txt (one class name per line) beside the images and their .txt labels",
+                        file=str(folder))
+    names, seen = [], {}
+    lines = classes.read_text().splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()                                       # trailing blank lines are not classes
+    for number, line in enumerate(lines, start=1):
+        name = line.strip()
+        if not name:
+            raise DataError("blank line: every line up to the last names a class (its index is the line's)",
+                            file=str(classes), record=f"line {number}")
+        if name in seen:
+            raise DataError(f"class {name!r} is already on line {seen[name]}", file=str(classes),
+                            record=f"line {number}")
+        seen[name] = number
+        names.append(name)
+    if not names:
+        raise DataError("names no class", file=str(classes))
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    stems: dict[str, Path] = {}
     for image in images:
+        if image.stem in stems:
+            raise DataError(f"{stems[image.stem].name} and {image.name} would share the label file "
+                            f"{image.stem}.txt", file=str(folder / image.name))
+        stems[image.stem] = image
+    for labels in sorted(folder.glob("*.txt")):
+        if labels != classes and labels.stem not in stems:
+            raise DataError(f"label file without an image (no {labels.stem}.* image in the folder)",
+                            file=str(labels))
+    problems = Problems(folder, skip_invalid, report_path)
+    pairs = [(image, image.with_suffix(".txt")) for image in images]
+    return _read_images(pairs, folder, names, list(range(1, len(names) + 1)), problems, check_images, folder,
+                        folder.name)
+
+
+def _read_images(pairs, base: Path, names: list[str], ids: list[int], problems: Problems, check_images,
+                 source: Path, name: str) -> Dataset:
+    """Records of (image, label file) pairs: image sizes from the headers, boxes from the labels."""
+    parsed = []
+    for image, labels in pairs:
         try:
             width, height = image_size(image, problems, record=f"image {image.name}",
-                                       decode=check_images == "full", file=yaml_path)
+                                       decode=check_images == "full", file=source)
         except DataError as error:
             problems.handle(error, kind="image", ident=str(image))
             continue
-        objects = _read_labels(label_path(image), width, height, len(names), problems)
+        objects = _read_labels(labels, width, height, len(names), problems)
         parsed.append((image, width, height, objects))
 
     stems = [image.stem for image, *_ in parsed]
@@ -283,7 +335,7 @@ def read_yolo(yaml_path, split: str = "train", *, skip_invalid: bool = False, re
             labels=[ids[o["class"]] for o in objects], ann_ids=np.arange(1, len(objects) + 1),
             segmentations=segmentations if any(s is not None for s in segmentations) else None))
     problems.finish(len(records), sum(r.num_objects for r in records))
-    return Dataset(records, dict(zip(ids, names)), base, name=f"{yaml_path.stem}-{split}", skipped=problems.skipped)
+    return Dataset(records, dict(zip(ids, names)), base, name=name, skipped=problems.skipped)
 
 
 def _read_labels(path: Path, width: int, height: int, num_classes: int, problems: Problems) -> list[dict]:

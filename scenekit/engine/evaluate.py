@@ -23,10 +23,12 @@ def restore_model(recipe, checkpoint: dict, device: torch.device) -> torch.nn.Mo
 def evaluate_checkpoint(path, make_recipe, dataset, device: str = "auto") -> dict:
     """Metrics of the model saved at `path` on `dataset`.
 
-    `make_recipe(model_name, categories, options)` rebuilds the recipe (the CLI passes its table's function).
+    `make_recipe(model_name, categories, stored=options, source=file)` rebuilds the recipe (the CLI passes its
+    table's function).
     """
     checkpoint = load_checkpoint(path)
-    recipe = make_recipe(checkpoint["model_name"], checkpoint["categories"], checkpoint["options"])
+    recipe = make_recipe(checkpoint["model_name"], checkpoint["categories"], stored=checkpoint["options"],
+                         source=str(path))
     target = resolve_device(device)
     with torch.no_grad():
         return recipe.evaluate(restore_model(recipe, checkpoint, target), dataset, target)

@@ -10,6 +10,17 @@ Killed at any moment, a run restarted with `resume=True` continues from `OUT/las
 written atomically, hold every RNG state, and the data order of an epoch is a pure function of (seed, epoch),
 so the resumed run reproduces the uninterrupted one bit for bit on a CPU.
 
+Extending a run: resumed with a phase longer than it was when the checkpoint was written (`scenekit train
+--resume --epochs N`, finished or not), training continues in that phase as if it had been planned with its
+new length from the start: its schedule is recomputed for the new length and picks up where the run stopped.
+A cosine phase extended from E to N epochs is stretched over N epochs, so its rate at the start of epoch E + 1
+is `0.5 (1 + cos(pi E / N))` x lr, above 0 in every extra epoch, falling to 0 at the end of epoch N (a finished
+cosine run had reached 0; extending it raises the rate back to the stretched curve); a step decay keeps its
+period and a constant rate stays. When the grown phase is an earlier one (the localizer's classification, say,
+after its regression phase has run), training goes back to it with a fresh optimiser, and every later phase
+runs again from its start on the weights the extension produced. A phase made shorter than what was trained
+is finished: nothing is trained again.
+
 Multi-process: started by `torchrun --nproc_per_node N` (or with a process group already initialised), the model
 is wrapped in DistributedDataParallel and each process takes every N-th sample of the epoch's permutation
 (torch's DistributedSampler); `config.batch_size` is the global batch, split evenly between processes, so the
@@ -24,6 +35,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -51,6 +63,7 @@ class TrainConfig:
     amp: bool = True               # mixed precision (float16 autocast + grad scaling) when on CUDA
     progress: bool | None = None   # tqdm bars; None: when stderr is a terminal
     tensorboard: bool = True       # also write TensorBoard events if the package is installed
+    curves: bool = True            # draw OUT/curves.png (losses and validation metrics per epoch) as it goes
 
 
 @dataclass
@@ -75,6 +88,44 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def join_processes(device: torch.device) -> tuple[bool, int, int]:
+    """(distributed, rank, world size), initialising the process group first when started by torchrun."""
+    distributed = dist.is_available() and (dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) > 1)
+    if distributed and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if not distributed:
+        return False, 0, 1
+    return True, dist.get_rank(), dist.get_world_size()
+
+
+def on_main_process(decide, device: str = "auto"):
+    """`decide()` run by rank 0 alone (it may look at and change the files), its result handed to every process.
+
+    Without torchrun this is just `decide()`. When `decide()` fails on rank 0, every other process raises a
+    ScenekitError with the same message, so none is left waiting for the others."""
+    from scenekit.errors import ScenekitError
+
+    distributed, rank, _ = join_processes(resolve_device(device))
+    if not distributed:
+        return decide()
+    if rank == 0:
+        try:
+            value = decide()
+        except Exception as error:
+            dist.broadcast_object_list([(False, str(error))], src=0)
+            raise
+        dist.broadcast_object_list([(True, value)], src=0)
+        return value
+    outcome = [None]
+    dist.broadcast_object_list(outcome, src=0)
+    succeeded, value = outcome[0]
+    if not succeeded:
+        raise ScenekitError(value)
+    return value
+
+
 def learning_rate_factor(phase: Phase, step: int, steps_per_epoch: int) -> float:
     """Multiplier of `phase.lr` at iteration `step` (0-based, counted within the phase).
 
@@ -91,6 +142,31 @@ def learning_rate_factor(phase: Phase, step: int, steps_per_epoch: int) -> float
         total = max(1, phase.epochs * steps_per_epoch)
         factor *= 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
     return factor
+
+
+def place_schedule(scheduler, phase: Phase, step: int) -> None:
+    """Put `scheduler` (a LambdaLR over `learning_rate_factor`) at iteration `step` of `phase` as planned now.
+
+    After a resume this recomputes the rate from the phase's current length and lr, instead of keeping the one
+    the checkpoint's optimiser ended with (0 at the end of a cosine phase that is now longer); for a run resumed
+    unchanged it gives the very rate it had."""
+    scheduler.base_lrs = [phase.lr for _ in scheduler.optimizer.param_groups]
+    for group in scheduler.optimizer.param_groups:
+        group["initial_lr"] = phase.lr
+    scheduler.last_epoch = step - 1
+    with warnings.catch_warnings():     # "step() before optimizer.step()": here it only sets the rate
+        warnings.simplefilter("ignore", UserWarning)
+        scheduler.step()
+
+
+def extended_phase(checkpoint: dict, phases: list[Phase]) -> int | None:
+    """The earliest phase, up to the checkpoint's current one, that now has more epochs than it had when the
+    checkpoint was written, or None. Checkpoints written before `phase_epochs` was stored tell nothing: None."""
+    before = checkpoint.get("phase_epochs") or []
+    for index in range(min(checkpoint["phase_index"] + 1, len(phases), len(before))):
+        if phases[index].epochs > before[index]:
+            return index
+    return None
 
 
 def make_optimizer(phase: Phase, parameters) -> torch.optim.Optimizer:
@@ -206,13 +282,7 @@ def train(recipe: Recipe, train_data, val_data=None, config: TrainConfig | None 
     config = config or TrainConfig()
     out = Path(config.out)
     device = resolve_device(config.device)
-    distributed = dist.is_available() and (dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) > 1)
-    if distributed and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    rank = dist.get_rank() if distributed else 0
-    world_size = dist.get_world_size() if distributed else 1
+    distributed, rank, world_size = join_processes(device)
     is_main = rank == 0
     if config.batch_size % world_size:
         raise ValueError(f"batch_size {config.batch_size} must be divisible by the {world_size} processes")
@@ -233,6 +303,7 @@ def train(recipe: Recipe, train_data, val_data=None, config: TrainConfig | None 
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
     log = _MetricsLog(out, config.tensorboard) if is_main else None
+    curves_drawn = [-CURVES_EVERY_S]                 # when OUT/curves.png was last drawn (perf_counter seconds)
     if resume and last_path.is_file():
         checkpoint = load_checkpoint(last_path)
         if checkpoint["model_name"] != recipe.model_name or checkpoint["model_config"] != recipe.model_config:
@@ -248,6 +319,16 @@ def train(recipe: Recipe, train_data, val_data=None, config: TrainConfig | None 
             log.truncate_after(step)
             print(f"resuming from {last_path}: phase {phase_index}, epoch {epoch_in_phase}, "
                   f"batch {batch_in_epoch}, step {step}", flush=True)
+        grown = extended_phase(checkpoint, recipe.phases)
+        if grown is not None and grown < phase_index:    # back to an earlier phase made longer (module docstring)
+            phase_index, epoch_in_phase, batch_in_epoch = grown, checkpoint["phase_epochs"][grown], 0
+            resumed_totals, resumed_seen = {}, 0
+        if grown is not None and is_main:
+            phase = recipe.phases[grown]
+            print(f"extending phase {phase.name} from {checkpoint['phase_epochs'][grown]} to {phase.epochs} epochs: "
+                  f"its {phase.schedule} schedule is recomputed for {phase.epochs} epochs and goes on from epoch "
+                  f"{epoch_in_phase + 1}" + ("; the phases after it run again" if grown < len(recipe.phases) - 1
+                                             else ""), flush=True)
     elif is_main:
         (out / "config.json").write_text(json.dumps({"recipe": recipe.describe(), "train": asdict(config)},
                                                     indent=2, default=str))
@@ -272,6 +353,8 @@ def train(recipe: Recipe, train_data, val_data=None, config: TrainConfig | None 
             scheduler.load_state_dict(checkpoint["scheduler"])
             scaler.load_state_dict(checkpoint["scaler"])
         if checkpoint is not None:
+            # The rate of the phase as planned now (see "Extending a run" in the module docstring).
+            place_schedule(scheduler, phase, epoch_in_phase * steps_per_epoch + batch_in_epoch)
             set_rng_states(checkpoint["rng"][rank] if isinstance(checkpoint["rng"], list) else checkpoint["rng"])
             checkpoint = None
         epochs_before = sum(p.epochs for p in recipe.phases[:phase_index])
@@ -285,6 +368,7 @@ def train(recipe: Recipe, train_data, val_data=None, config: TrainConfig | None 
                 "epoch_in_phase": epoch_position, "batch_in_epoch": batch_position, "step": step, "best": best,
                 "rng": _gather_rng_states(distributed, world_size), "train_config": asdict(config),
                 "epoch_totals": dict(totals or {}), "epoch_seen": seen,
+                "phase_epochs": [p.epochs for p in recipe.phases],
             }
 
         for epoch in range(epoch_in_phase, phase.epochs):
@@ -369,8 +453,12 @@ def train(recipe: Recipe, train_data, val_data=None, config: TrainConfig | None 
                 if improved:
                     save_checkpoint(best_path, state)
                 save_checkpoint(last_path, state)
+                if config.curves and time.perf_counter() - curves_drawn[0] >= CURVES_EVERY_S:
+                    curves_drawn[0] = _draw_curves(log.path, out, recipe)
         epoch_in_phase = 0
 
+    if is_main and config.curves and log.path.is_file():
+        _draw_curves(log.path, out, recipe)              # the whole run, whatever the last epoch's timing
     if is_main and not best_path.is_file() and last_path.is_file():
         # No validation data: the last weights are the best we know.
         save_checkpoint(best_path, load_checkpoint(last_path))
@@ -379,6 +467,24 @@ def train(recipe: Recipe, train_data, val_data=None, config: TrainConfig | None 
     return TrainResult(model=model, history=history, best=best,
                        last_checkpoint=last_path if is_main else None,
                        best_checkpoint=best_path if is_main else None)
+
+
+CURVES_EVERY_S = 5.0          # redraw OUT/curves.png after an epoch at most this often (and at the end of a run)
+
+
+def _draw_curves(csv_path: Path, out: Path, recipe: Recipe) -> float:
+    """OUT/curves.png from metrics.csv: every loss term and validation metric per epoch, the best epoch marked
+    (`viz.plot_training_curves`). Without matplotlib the run goes on, with one note. Returns when it drew."""
+    from scenekit.viz import plot_training_curves
+
+    try:
+        plot_training_curves(csv_path, out / "curves.png", title=f"{recipe.model_name}: {out}",
+                             best_metric=recipe.best_metric, best_mode=recipe.best_mode)
+    except ImportError as error:
+        if not getattr(_draw_curves, "noted", False):
+            print(f"note: no curves.png ({error})", file=sys.stderr)
+            _draw_curves.noted = True
+    return time.perf_counter()
 
 
 def _gather_rng_states(distributed: bool, world_size: int):

@@ -22,10 +22,14 @@ has none, areas and boxes come from the masks. A gt whose annotation `id` is 0 c
 (pycocotools stores matches as gt ids, 0 meaning "unmatched"), so a detection on it is a false positive; this
 quirk is kept for fidelity, with a warning.
 
-How it is fast: detections and gts are grouped by (image, category) with numpy sorts; one numba kernel computes
-the IoUs of all groups, a second runs the greedy matching of every (group, area range, IoU threshold), a third
-accumulates every (category, area range, maxDets, IoU threshold) curve. `benchmarks/metrics.py` measures it
-against pycocotools and faster-coco-eval.
+How it is fast: JSON is parsed by orjson when installed (else the standard library) with the cyclic garbage
+collector paused; detections and gts are grouped by (image, category) with numpy sorts; the IoUs of all
+(detection, gt) pairs are one vectorised expression; the greedy matching steps through the detections by rank,
+the k-th detection of every group (and every area range and IoU threshold) at once; the curves of a category
+come from cumulative sums, one per (area range, maxDets, IoU threshold) column. Plain numpy throughout, so the
+command does not pay numba's import and cache loading (only segm's mask IoUs use the numba kernels of
+`scenekit.masks`). `benchmarks/metrics.py` measures it against pycocotools and faster-coco-eval, in process and
+as whole commands.
 
 **Pascal VOC** (Everingham et al. 2010, "The PASCAL Visual Object Classes (VOC) Challenge", sec. 4.2; the devkit's
 `VOCevaldet.m`): detections of a class sorted by confidence; each is matched to the gt of largest overlap in its
@@ -37,6 +41,8 @@ devkit's inclusive pixel convention (`x2 - x1 + 1`).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import itertools
 import json
 import math
@@ -45,11 +51,15 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
 
-import numba
 import numpy as np
 
-from scenekit import masks
 from scenekit.errors import DataError
+from scenekit.metrics.result_images import result_image_ids
+
+try:                                    # a runtime dependency; the standard library's parser when absent
+    import orjson
+except ImportError:                     # pragma: no cover - exercised by tests that hide the module
+    orjson = None
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 # Built exactly as pycocotools' Params does (linspace, not arange: arange drifts past the end points).
@@ -65,21 +75,51 @@ IOU_TYPES = ("bbox", "segm")
 # Each loader has a fast path that reads whole columns with numpy and checks them vectorised, and a slow pass
 # that runs only when a check fails, to name the first bad record and field.
 
+@contextlib.contextmanager
+def _gc_paused():
+    """The cyclic garbage collector off meanwhile (a context manager and a decorator): parsing a large file
+    creates millions of containers, and the collector's passes over them (none of them in a cycle) cost more
+    than the parse itself."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def parse_json(data: bytes, source: str = "JSON"):
+    """JSON bytes -> Python objects: orjson when installed, the standard library otherwise and for what orjson
+    refuses but the standard library reads (NaN, Infinity, integers beyond 64 bits), so both give the same
+    objects and the same errors. A malformed text is a DataError naming `source` (and line, column)."""
+    with _gc_paused():
+        if orjson is not None:
+            try:
+                return orjson.loads(data)
+            except orjson.JSONDecodeError:
+                pass                    # the standard library decides, and words the error
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise DataError(f"not a UTF-8 text file ({error.reason})", file=source) from None
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            raise DataError(f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}",
+                            file=source) from None
+
+
 def read_json(path, what: str = "JSON"):
     """Load a JSON file; a missing or malformed file is a one-line DataError naming it (and line, column)."""
     path = Path(path)
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except FileNotFoundError:
+        data = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
         raise DataError(f"{what} file not found", file=str(path)) from None
     except IsADirectoryError:
         raise DataError(f"{what} path is a directory, not a JSON file", file=str(path)) from None
-    except UnicodeDecodeError as error:
-        raise DataError(f"not a UTF-8 text file ({error.reason})", file=str(path)) from None
-    except json.JSONDecodeError as error:
-        raise DataError(f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}",
-                        file=str(path)) from None
+    return parse_json(data, str(path))
 
 
 def _is_int(value) -> bool:
@@ -143,6 +183,7 @@ class _GroundTruth:
 
     source: str
     image_ids: np.ndarray            # [I] sorted
+    file_names: list                 # [I] each image's file_name (None where not given)
     heights: np.ndarray              # [I] (0 where not given)
     widths: np.ndarray               # [I]
     category_ids: np.ndarray         # [C] sorted
@@ -181,7 +222,7 @@ def _load_ground_truth(gt, iou_type: str) -> _GroundTruth:
     def error_at(kind, index, field_name):
         return lambda message: DataError(message, file=source, record=f"{kind} {index}", field=field_name)
 
-    image_size = {}
+    image_size, file_names = {}, {}
     for index, image in enumerate(gt["images"]):
         if not isinstance(image, dict) or not _is_int(image.get("id")):
             raise error_at("image", index, "id")("must be an integer")
@@ -196,6 +237,7 @@ def _load_ground_truth(gt, iou_type: str) -> _GroundTruth:
                 raise error_at("image", index, key)(f"must be a positive integer, got {value!r}")
             size.append(value)
         image_size[image["id"]] = size
+        file_names[image["id"]] = image.get("file_name")
     category_ids = set()
     for index, category in enumerate(gt["categories"]):
         if not isinstance(category, dict) or not _is_int(category.get("id")):
@@ -219,8 +261,8 @@ def _load_ground_truth(gt, iou_type: str) -> _GroundTruth:
             areas[index] = _segmentation_runs(segmentations[index], height, width, source, record)[1::2].sum()
         else:
             areas[index] = boxes[index, 2] * boxes[index, 3]
-    return _GroundTruth(source, image_ids, sizes[:, 0], sizes[:, 1], categories, ann_image, ann_category, ann_id,
-                        boxes, areas, iscrowd, difficult, segmentations)
+    return _GroundTruth(source, image_ids, [file_names[i] for i in image_ids.tolist()], sizes[:, 0], sizes[:, 1],
+                        categories, ann_image, ann_category, ann_id, boxes, areas, iscrowd, difficult, segmentations)
 
 
 def _annotation_columns(annotations: list, iou_type: str, image_ids: np.ndarray, categories: np.ndarray):
@@ -295,6 +337,8 @@ def _find_bad_annotation(annotations, iou_type, image_size, category_ids, error_
 
 
 def _segmentation_runs(segmentation, height, width, source, record) -> np.ndarray:
+    from scenekit import masks
+
     try:
         return masks.annotation_runs(segmentation, height, width)[0]
     except (ValueError, TypeError) as error:
@@ -318,11 +362,13 @@ def _has_box(record: dict) -> bool:
     return "bbox" in record and not (isinstance(record["bbox"], list) and len(record["bbox"]) == 0)
 
 
-def _load_results(results, image_ids: np.ndarray, category_ids: np.ndarray) -> _Results:
+def _load_results(results, image_ids: np.ndarray, category_ids: np.ndarray, file_names=None) -> _Results:
     """Check COCO result records against the gt's image and category ids and read them into arrays.
 
     As pycocotools' loadRes, the first record decides the kind: with a `bbox`, every record needs one (and
     its area is the box's); without, every record needs a `segmentation` (area and box come from the mask).
+    A record with a `file_name` (as `scenekit predict` writes) stands for the gt image of that file name
+    (`file_names`, aligned with `image_ids`), see `scenekit.metrics.result_images`.
     """
     source = "results"
     if isinstance(results, (str, Path)):
@@ -332,10 +378,12 @@ def _load_results(results, image_ids: np.ndarray, category_ids: np.ndarray) -> _
         raise DataError(f"must be a list of result objects, got {type(results).__name__}", file=source)
     n = len(results)
     box_mode = n == 0 or (isinstance(results[0], dict) and _has_box(results[0]))
+    named_ids = result_image_ids(results, image_ids, file_names, source)    # None: no record has a file_name
     columns = None
     if set(map(type, results)) <= {dict}:
         try:
-            image_id = _numeric_column(list(map(itemgetter("image_id"), results)), integer=True)
+            ids = list(map(itemgetter("image_id"), results)) if named_ids is None else named_ids
+            image_id = _numeric_column(ids, integer=True)
             category_id = _numeric_column(list(map(itemgetter("category_id"), results)), integer=True)
             score = _numeric_column(list(map(itemgetter("score"), results)))
             boxes = _box_column(list(map(itemgetter("bbox"), results))) if box_mode else np.full((n, 4), np.nan)
@@ -349,7 +397,7 @@ def _load_results(results, image_ids: np.ndarray, category_ids: np.ndarray) -> _
     if ok and not box_mode:
         ok = all("segmentation" in r for r in results)
     if not ok:
-        _find_bad_result(results, image_ids, category_ids, box_mode, source)
+        _find_bad_result(results, image_ids, category_ids, box_mode, source, named_ids)
         raise DataError("malformed results", file=source)             # not reached: the pass above raises
     if not box_mode:                            # segmentation results may still carry their own boxes
         for index, record in enumerate(results):
@@ -363,12 +411,16 @@ def _result_error(source, index, field_name):
     return lambda message: DataError(message, file=source, record=f"record {index}", field=field_name)
 
 
-def _find_bad_result(results, image_ids, category_ids, box_mode, source) -> None:
+def _find_bad_result(results, image_ids, category_ids, box_mode, source, named_ids=None) -> None:
     images, categories = set(image_ids.tolist()), set(category_ids.tolist())
     for index, r in enumerate(results):
         if not isinstance(r, dict):
             raise _result_error(source, index, None)(f"must be an object, got {type(r).__name__}")
+        if named_ids is not None and "file_name" in r:
+            r = {**r, "image_id": named_ids[index]}             # its file name says which image
         for key, known in (("image_id", images), ("category_id", categories)):
+            if key == "image_id" and key not in r:
+                raise _result_error(source, index, key)("missing: a result needs an image_id or a file_name")
             if not _is_int(r.get(key)):
                 raise _result_error(source, index, key)(f"must be an integer, got {r.get(key)!r}")
             if r[key] not in known:
@@ -389,88 +441,132 @@ def _find_bad_result(results, image_ids, category_ids, box_mode, source) -> None
             _check_segmentation(r["segmentation"], _result_error(source, index, "segmentation"))
 
 
-# =============================================================================================== the kernels
-@numba.njit(cache=True)
+# ========================================================================================= the vectorised steps
 def _pair_indices(d_start, d_count, g_start, g_count):
     """All (detection, gt) index pairs of each group, detection-major: group k's pairs start at offset[k]."""
-    offset = np.zeros(len(d_start) + 1, np.int64)
-    for k in range(len(d_start)):
-        offset[k + 1] = offset[k] + d_count[k] * g_count[k]
-    dt_index = np.empty(offset[-1], np.int64)
-    gt_index = np.empty(offset[-1], np.int64)
-    for k in range(len(d_start)):
-        p = offset[k]
-        for d in range(d_count[k]):
-            for g in range(g_count[k]):
-                dt_index[p] = d_start[k] + d
-                gt_index[p] = g_start[k] + g
-                p += 1
-    return offset, dt_index, gt_index
+    sizes = d_count * g_count
+    offset = np.zeros(len(sizes) + 1, np.int64)
+    np.cumsum(sizes, out=offset[1:])
+    group = np.repeat(np.arange(len(sizes)), sizes)                    # [P] the group of each pair
+    local = np.arange(offset[-1]) - offset[group]
+    per_detection = g_count[group]
+    return offset, d_start[group] + local // per_detection, g_start[group] + local % per_detection
 
 
-@numba.njit(cache=True)
-def _box_iou_pairs(dt_boxes, gt_boxes, dt_index, gt_index, gt_crowd, out):
-    for p in range(len(dt_index)):
-        g = gt_index[p]
-        out[p] = masks._box_iou_xywh(dt_boxes[dt_index[p]], gt_boxes[g], gt_crowd[g])
+def _box_iou_pairs(dt_boxes, gt_boxes, gt_crowd):
+    """maskApi.c `bbIou` for each pair of `[x, y, w, h]` boxes (rows of `dt_boxes` and `gt_boxes`): intersection
+    over union, over the detection's area for a crowd gt, 0 without overlap. The same operations in the same
+    order as the C code, so the same doubles."""
+    dx, dy, dw, dh = dt_boxes.T
+    gx, gy, gw, gh = gt_boxes.T
+    w = np.minimum(dw + dx, gw + gx) - np.maximum(dx, gx)
+    h = np.minimum(dh + dy, gh + gy) - np.maximum(dy, gy)
+    inter = w * h
+    da = dw * dh
+    union = np.where(gt_crowd, da, da + gw * gh - inter)
+    overlapping = (w > 0) & (h > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(overlapping, inter / np.where(overlapping, union, 1.0), 0.0)
 
 
-@numba.njit(cache=True)
 def _match(offset, d_start, d_count, g_start, g_count, ious, dt_area, gt_area, gt_crowd, gt_id,
-           area_lo, area_hi, iou_thresholds, codes):
-    """COCOeval.evaluateImg for every group, area range and IoU threshold.
+           area_lo, area_hi, iou_thresholds):
+    """COCOeval.evaluateImg for every group, area range and IoU threshold: codes[detection, a, t] is 1 for a true
+    positive, 0 for a false positive, 2 for an ignored detection.
 
-    Writes codes[detection, a, t]: 1 true positive, 0 false positive, 2 ignored.
+    Inside a group the detections go in score order, each taking the gt of highest IoU >= the threshold among
+    those not yet taken (crowd gts are never used up), a regular gt before any ignored one, the later of equal
+    IoUs. A detection matched to an ignored gt is ignored, so is an unmatched one outside the area range, and
+    one matched to a gt of id 0 counts as unmatched (pycocotools stores a match as the gt's id, 0 meaning none).
     """
-    max_g = 0
-    for k in range(len(g_count)):
-        max_g = max(max_g, g_count[k])
-    order = np.empty(max_g, np.int64)
-    ignored = np.empty(max_g, np.bool_)
-    taken = np.empty(max_g, np.bool_)
-    for k in range(len(d_start)):
-        ds, nd, gs, ng, po = d_start[k], d_count[k], g_start[k], g_count[k], offset[k]
-        for a in range(len(area_lo)):
-            lo, hi = area_lo[a], area_hi[a]
-            n = 0
-            for j in range(ng):                  # non-ignored gts first, each part in file order
-                ignored[j] = gt_crowd[gs + j] or gt_area[gs + j] < lo or gt_area[gs + j] > hi
-                if not ignored[j]:
-                    order[n] = j
-                    n += 1
-            for j in range(ng):
-                if ignored[j]:
-                    order[n] = j
-                    n += 1
-            for t in range(len(iou_thresholds)):
-                for j in range(ng):
-                    taken[j] = False
-                for d in range(nd):
-                    best = min(iou_thresholds[t], 1 - 1e-10)
-                    m = -1
-                    for jj in range(ng):
-                        j = order[jj]
-                        if taken[j] and not gt_crowd[gs + j]:
-                            continue
-                        if m > -1 and not ignored[m] and ignored[j]:
-                            break                # matched a regular gt; the rest are ignored ones
-                        iou = ious[po + d * ng + j]
-                        if iou < best:
-                            continue
-                        best = iou
-                        m = j
-                    det = ds + d
-                    outside = dt_area[det] < lo or dt_area[det] > hi
-                    if m == -1:
-                        codes[det, a, t] = 2 if outside else 0
-                    else:
-                        taken[m] = True
-                        if ignored[m]:
-                            codes[det, a, t] = 2
-                        elif gt_id[gs + m] != 0:
-                            codes[det, a, t] = 1
-                        else:                    # pycocotools' "matched gt id 0" reads as unmatched
-                            codes[det, a, t] = 2 if outside else 0
+    thresholds = np.minimum(np.asarray(iou_thresholds, np.float64), 1 - 1e-10)             # [T]
+    outside = (dt_area[:, None] < area_lo) | (dt_area[:, None] > area_hi)                  # [D, A]
+    unmatched = np.where(outside, 2, 0).astype(np.int8)                                      # [D, A]
+    codes = np.empty((len(dt_area), len(area_lo), len(thresholds)), np.int8)                  # [D, A, T]
+    codes[...] = unmatched[:, :, None]
+    busy = (d_count > 0) & (g_count > 0)
+    gt_range = (area_lo, area_hi)
+    _match_single_gt(np.flatnonzero(busy & (g_count == 1)), offset, d_start, d_count, g_start, ious, gt_area,
+                     gt_crowd, gt_id, gt_range, thresholds, unmatched, codes)
+    several = np.flatnonzero(busy & (g_count > 1))
+    width = np.ceil(np.log2(g_count[several])).astype(np.int64)                              # 2**width gt slots
+    for bucket in np.unique(width).tolist():
+        _match_stepwise(several[width == bucket], 1 << bucket, offset, d_start, d_count, g_start, g_count, ious,
+                        gt_area, gt_crowd, gt_id, gt_range, thresholds, unmatched, codes)
+    return codes
+
+
+def _match_single_gt(groups, offset, d_start, d_count, g_start, ious, gt_area, gt_crowd, gt_id, gt_range,
+                     thresholds, unmatched, codes) -> None:
+    """`_match` for groups of one gt: at each threshold the first detection reaching it takes the gt (every one
+    reaching it, for a crowd gt)."""
+    if len(groups) == 0:
+        return
+    num_d = d_count[groups]
+    first = np.cumsum(num_d) - num_d                        # where each group starts among the N detections
+    within = np.arange(num_d.sum()) - np.repeat(first, num_d)                              # [N] rank in group
+    detections = np.repeat(d_start[groups], num_d) + within
+    gt = np.repeat(g_start[groups], num_d)                                                # [N] its gt's row
+    crowd = gt_crowd[gt][:, None]
+    reaches = ious[np.repeat(offset[groups], num_d) + within][:, None] >= thresholds       # [N, T]
+    so_far = np.cumsum(reaches, axis=0)                     # running counts over all groups, less each group's
+    takes = reaches & ((so_far - np.repeat((so_far - reaches)[first], num_d, axis=0) == 1) | crowd)   # start
+    area = gt_area[gt][:, None]
+    ignored = crowd | (area < gt_range[0]) | (area > gt_range[1])                        # [N, A]
+    code = np.where(ignored, 2, np.where((gt_id[gt] != 0)[:, None], 1, unmatched[detections]))     # [N, A]
+    some = np.flatnonzero(takes.any(axis=1))                # most detections take no gt at any threshold
+    codes[detections[some]] = np.where(takes[some][:, None, :], code[some][:, :, None], codes[detections[some]])
+
+
+def _last_best(ious, allowed):
+    """Per (group, area range, IoU threshold): the last slot of greatest IoU among the `allowed` ones (the gt a
+    pycocotools scan keeps: an equal IoU later in the order replaces the earlier), and whether there is one.
+
+    ious [G, S]; allowed [G, S, A, T] -> slot [G, A, T], found [G, A, T].
+    """
+    values = np.where(allowed, ious[:, :, None, None], -np.inf)
+    best = values.max(axis=1, keepdims=True)
+    at_best = allowed & (values == best)
+    slots = ious.shape[1]
+    return slots - 1 - np.argmax(at_best[:, ::-1], axis=1), allowed.any(axis=1)
+
+
+def _match_stepwise(groups, slots, offset, d_start, d_count, g_start, g_count, ious, gt_area, gt_crowd, gt_id,
+                    gt_range, thresholds, unmatched, codes) -> None:
+    """`_match` for groups of up to `slots` gts. Sequential within a group but independent across groups: step
+    k handles the k-th detection of every group at once (groups sorted by their number of detections, so those
+    still going are a prefix), the gts of a group padded to `slots`."""
+    groups = groups[np.argsort(-d_count[groups], kind="stable")]
+    num_d, num_g = d_count[groups], g_count[groups]
+    slot = np.arange(slots)
+    real = slot < num_g[:, None]                                                             # [G, S]
+    clamped = np.minimum(slot, num_g[:, None] - 1)
+    rows = g_start[groups][:, None] + clamped                                                # [G, S] gt rows
+    area = gt_area[rows][:, :, None]
+    crowd = gt_crowd[rows] & real
+    ignored = crowd[:, :, None] | (area < gt_range[0]) | (area > gt_range[1])               # [G, S, A]
+    regular_slot = (real[:, :, None] & ~ignored)[..., None]                                  # [G, S, A, 1]
+    ignored_slot = (real[:, :, None] & ignored)[..., None]
+    countable = gt_id[rows] != 0
+    num_areas = ignored.shape[2]
+    taken = np.zeros((len(groups), slots, num_areas, len(thresholds)), bool)
+    area_index = np.arange(num_areas)[None, :, None]
+    for k in range(int(num_d[0]) if len(groups) else 0):
+        going = int(np.count_nonzero(num_d > k))
+        pair_rows = (offset[groups[:going]] + k * num_g[:going])[:, None] + clamped[:going]
+        iou = ious[pair_rows]                                                                # [G', S]
+        free = (iou[:, :, None, None] >= thresholds) & ~taken[:going]                       # [G', S, A, T]
+        regular, found_regular = _last_best(iou, free & regular_slot[:going])
+        other, found_other = _last_best(iou, free & ignored_slot[:going])
+        slot_of = np.where(found_regular, regular, other)                                   # [G', A, T]
+        matched = found_regular | found_other
+        group_index = np.arange(going)[:, None, None]
+        detections = d_start[groups[:going]] + k
+        code = np.where(ignored[group_index, slot_of, area_index], 2,
+                        np.where(countable[group_index, slot_of], 1, unmatched[detections][:, :, None]))
+        codes[detections] = np.where(matched, code, codes[detections])
+        g, a, t = np.nonzero(matched & ~crowd[group_index, slot_of])
+        taken[g, slot_of[g, a, t], a, t] = True
 
 
 # ================================================================================================ COCO
@@ -546,18 +642,24 @@ def _match_all(gt: _GroundTruth, res: _Results, iou_type: str, img_ids, cat_ids,
         warnings.warn("ground truth has an annotation with id 0: as in pycocotools, a detection matched to it "
                       "counts as a false positive; number annotations from 1", stacklevel=3)
 
-    # detections likewise, by score inside each group (stable: ties keep file order), the best max_det kept
+    # detections likewise, by score inside each group (stable: ties keep file order), the best max_det kept.
+    # One float sort serves twice: by score, then group, then file order; re-sorted by group (stable, by radix)
+    # that is the group order, and it is the order COCOeval.accumulate wants (see below).
     keep = np.isin(res.image_id, images) & np.isin(res.category_id, categories)
     d_rows = np.flatnonzero(keep)
     d_key = (np.searchsorted(images, res.image_id[d_rows]) * num_categories
              + np.searchsorted(categories, res.category_id[d_rows]))
-    order = np.argsort(d_key, kind="stable")              # quick: result files are usually grouped by image
+    by_key = np.argsort(d_key, kind="stable")               # quick: result files are usually grouped by image
+    by_score = by_key[np.argsort(-res.score[d_rows][by_key], kind="stable")]
+    order = by_score[_radix_argsort(d_key[by_score])]                # by group, then score, then file order
     d_rows, d_key = d_rows[order], d_key[order]
     group_start = _run_starts(d_key)
     group_end = np.r_[group_start[1:], len(d_key)].astype(np.int64)
-    d_rows = d_rows[_sort_groups_by_score(group_start, group_end, -res.score[d_rows])]
     rank = np.arange(len(d_key)) - np.repeat(group_start, group_end - group_start)
     cut = rank < max_det
+    kept, place = np.empty(len(order), bool), np.empty(len(order), np.int64)
+    kept[order], place[order] = cut, np.cumsum(cut) - 1           # by kept detection: its place after the cut
+    by_score = place[by_score[kept[by_score]]]
     d_rows, d_key, rank = d_rows[cut], d_key[cut], rank[cut]
 
     # groups: every (image, category) with a detection or a gt
@@ -574,15 +676,17 @@ def _match_all(gt: _GroundTruth, res: _Results, iou_type: str, img_ids, cat_ids,
     if iou_type == "segm" or not res.box_mode:
         dt_mask_list = [_result_mask(res, gt, row) for row in d_rows.tolist()]
         dt_masks = _pack(dt_mask_list)
-    ious = np.empty(len(pair_dt), np.float64)                          # [sum over groups of D_k * G_k]
-    if iou_type == "bbox":
+    if iou_type == "bbox":                                              # [sum over groups of D_k * G_k]
         dt_boxes = res.boxes[d_rows]
         missing = np.isnan(dt_boxes[:, 0])     # segmentation-only results: the box of the mask (loadRes)
         if missing.any():
             dt_boxes[missing] = dt_masks.boxes[missing]
-        _box_iou_pairs(dt_boxes, gt.boxes[g_rows], pair_dt, pair_gt, gt_crowd, ious)
+        ious = _box_iou_pairs(dt_boxes[pair_dt], gt.boxes[g_rows][pair_gt], gt_crowd[pair_gt])
     else:
+        from scenekit import masks
+
         packed = _pack(dt_mask_list + [_gt_mask(gt, row) for row in g_rows.tolist()])
+        ious = np.empty(len(pair_dt), np.float64)
         masks._rle_iou_pairs(packed.counts, packed.starts, packed.lengths, packed.heights, packed.widths,
                              packed.boxes, pair_dt, pair_gt + len(d_rows), gt_crowd[pair_gt], ious)
 
@@ -591,9 +695,8 @@ def _match_all(gt: _GroundTruth, res: _Results, iou_type: str, img_ids, cat_ids,
         dt_area = res.boxes[d_rows, 2] * res.boxes[d_rows, 3]
     else:
         dt_area = dt_masks.areas().astype(np.float64)
-    codes = np.empty((len(d_rows), len(area_ranges), len(iou_thresholds)), np.int8)
-    _match(offset, d_start, d_count, g_start, g_count, ious, dt_area, gt.areas[g_rows], gt_crowd,
-           gt.ann_id[g_rows], area_lo, area_hi, np.asarray(iou_thresholds, np.float64), codes)
+    codes = _match(offset, d_start, d_count, g_start, g_count, ious, dt_area, gt.areas[g_rows], gt_crowd,
+                   gt.ann_id[g_rows], area_lo, area_hi, iou_thresholds)
 
     # non-ignored gts per (category, area range)
     g_category = g_key % num_categories if num_categories else g_key
@@ -602,15 +705,26 @@ def _match_all(gt: _GroundTruth, res: _Results, iou_type: str, img_ids, cat_ids,
         regular = ~gt_crowd & (gt.areas[g_rows] >= area_lo[a]) & (gt.areas[g_rows] <= area_hi[a])
         num_gt[:, a] = np.bincount(g_category[regular], minlength=len(categories))
     # COCOeval.accumulate sorts each category's detections, concatenated in image order, by score with a
-    # stable mergesort. One stable sort by (category, score) over the (image, category, rank)-ordered
-    # detections gives that order for every category at once; for maxDets 1 and 10 it is the subsequence.
+    # stable mergesort: by (category, score, image, rank). `by_score` is by (score, image, category, rank)
+    # already (group keys are image-major; in a group, file order is rank order among equal scores), so one
+    # stable sort by category gives every category's order at once; for maxDets 1 and 10 it is the subsequence.
     score = res.score[d_rows]
     d_category = d_key % num_categories if num_categories else d_key
-    by_score = np.argsort(-score, kind="stable")
-    small = np.int16 if num_categories < 2 ** 15 else np.int64         # int16 sorts by radix
-    by_score = by_score[np.argsort(d_category[by_score].astype(small), kind="stable")]
+    by_score = by_score[_radix_argsort(d_category[by_score])]
     category_start = np.searchsorted(d_category[by_score], np.arange(len(categories) + 1))
     return _Matched(categories, images, score, rank, by_score, category_start, codes, num_gt)
+
+
+def _radix_argsort(keys: np.ndarray) -> np.ndarray:
+    """Stable argsort of non-negative integers, 16 bits at a time from the lowest (numpy sorts 16-bit
+    integers by radix: a few linear passes instead of a comparison sort)."""
+    order = np.arange(len(keys))
+    top, shift = int(keys.max()) if len(keys) else 0, 0
+    while True:
+        order = order[np.argsort(((keys[order] >> shift) & 0xFFFF).astype(np.uint16), kind="stable")]
+        shift += 16
+        if top >> shift == 0:
+            return order
 
 
 def _run_starts(sorted_keys: np.ndarray) -> np.ndarray:
@@ -624,27 +738,9 @@ def _sorted_unique(sorted_keys: np.ndarray) -> np.ndarray:
     return sorted_keys[_run_starts(sorted_keys)]
 
 
-@numba.njit(cache=True)
-def _sort_groups_by_score(group_start, group_end, negative_score):
-    """Stable argsort by `negative_score` inside each [start, end) group (the groups stay in place)."""
-    order = np.arange(len(negative_score))
-    for g in range(len(group_start)):
-        lo, hi = group_start[g], group_end[g]
-        if hi - lo <= 32:                                  # small groups: insertion sort (stable)
-            for i in range(lo + 1, hi):
-                current = order[i]
-                j = i - 1
-                while j >= lo and negative_score[order[j]] > negative_score[current]:
-                    order[j + 1] = order[j]
-                    j -= 1
-                order[j + 1] = current
-        else:
-            inside = np.argsort(negative_score[lo:hi], kind="mergesort")
-            order[lo:hi] = lo + inside
-    return order
+def _pack(mask_list):
+    from scenekit import masks
 
-
-def _pack(mask_list) -> masks.PackedRLEs:
     return masks.PackedRLEs([m[0] for m in mask_list], [m[1] for m in mask_list], [m[2] for m in mask_list])
 
 
@@ -658,6 +754,8 @@ def _result_mask(res: _Results, gt: _GroundTruth, row: int):
         x, y, w, h = record["bbox"]
         x2, y2 = x + w, y + h
         segmentation = [[x, y, x, y2, x2, y2, x2, y]]
+    from scenekit import masks
+
     try:
         return masks.annotation_runs(segmentation, height, width)
     except (ValueError, TypeError) as error:
@@ -667,6 +765,8 @@ def _result_mask(res: _Results, gt: _GroundTruth, row: int):
 def _gt_mask(gt: _GroundTruth, row: int):
     image = np.searchsorted(gt.image_ids, gt.ann_image[row])
     height, width = int(gt.heights[image]), int(gt.widths[image])
+    from scenekit import masks
+
     try:
         return masks.annotation_runs(gt.segmentations[row], height, width)
     except (ValueError, TypeError) as error:
@@ -680,67 +780,18 @@ def _ranked(matched: _Matched, k: int, max_det: int) -> np.ndarray:
     return chosen[matched.rank[chosen] < max_det]
 
 
-@numba.njit(cache=True)
-def _accumulate_kernel(positions, starts, score, codes, num_gt, recall_thresholds, precision, recall, scores):
-    """COCOeval.accumulate for every (category, area range, maxDets, IoU threshold).
-
-    positions[starts[m, k]:starts[m, k + 1]]: category k's detections among each image's best maxDets[m], in
-    score order (indices into score [D] and codes [D, A, T]).
-    Walks them counting TPs and FPs (ignored ones count as neither), makes precision monotone from the
-    right, and samples it where recall first reaches each threshold (numpy's searchsorted side='left');
-    thresholds never reached keep precision 0.
-    """
-    num_a, num_t = codes.shape[1], codes.shape[2]
-    num_m, num_k = starts.shape[0], starts.shape[1] - 1
-    longest = 0
-    for m in range(num_m):
-        for k in range(num_k):
-            longest = max(longest, starts[m, k + 1] - starts[m, k])
-    rc = np.empty(longest)
-    pr = np.empty(longest)
-    eps = np.spacing(1.0)
-    for k in range(num_k):
-        for a in range(num_a):
-            positives = num_gt[k, a]
-            if positives == 0:
-                continue                                        # no gt: stays -1, left out of the means
-            for m in range(num_m):
-                lo, nd = starts[m, k], starts[m, k + 1] - starts[m, k]
-                for t in range(num_t):
-                    tp = 0.0
-                    fp = 0.0
-                    for i in range(nd):
-                        # a quotient is recomputed only when its operands change (same value otherwise)
-                        code = codes[positions[lo + i], a, t]
-                        if code == 1:
-                            tp += 1.0
-                            rc[i] = tp / positives
-                            pr[i] = tp / (fp + tp + eps)
-                        elif code == 0:
-                            fp += 1.0
-                            rc[i] = rc[i - 1] if i > 0 else 0.0
-                            pr[i] = tp / (fp + tp + eps)
-                        else:                                   # ignored: the curve does not move
-                            rc[i] = rc[i - 1] if i > 0 else 0.0
-                            pr[i] = pr[i - 1] if i > 0 else 0.0
-                    recall[t, k, a, m] = rc[nd - 1] if nd else 0.0
-                    for i in range(nd - 1, 0, -1):               # the precision envelope
-                        if pr[i] > pr[i - 1]:
-                            pr[i - 1] = pr[i]
-                    i = 0
-                    for r in range(len(recall_thresholds)):
-                        while i < nd and rc[i] < recall_thresholds[r]:
-                            i += 1
-                        if i < nd:
-                            precision[t, r, k, a, m] = pr[i]
-                            scores[t, r, k, a, m] = score[positions[lo + i]]
-                        else:
-                            precision[t, r, k, a, m] = 0.0
-                            scores[t, r, k, a, m] = 0.0
-
-
 def _accumulate(matched: _Matched, iou_thresholds, max_dets):
-    """COCOeval.accumulate: precision [T, R, K, A, M], recall [T, K, A, M], scores [T, R, K, A, M]."""
+    """COCOeval.accumulate: precision [T, R, K, A, M], recall [T, K, A, M], scores [T, R, K, A, M].
+
+    pycocotools walks each (category, area range, maxDets, IoU threshold) curve over the detections in score
+    order: recall TP / #gt, precision TP / (TP + FP + eps) (ignored detections count as neither), made monotone
+    from the right, sampled where recall first reaches each of the 101 thresholds (searchsorted side='left';
+    0 where never reached). Recall only moves at a TP, and precision only rises at one, so all of that is read
+    off the TPs: recall first reaches r at the q-th TP, q the least count whose quotient q / #gt is >= r (the
+    float pycocotools compares), and the envelope there is the largest precision at this or a later TP. Per
+    category and maxDets, every (area range, IoU threshold) column is done at once. A category without gt in
+    an area range stays -1.
+    """
     T, R = len(iou_thresholds), len(RECALL_THRESHOLDS)
     K, A, M = len(matched.category_ids), matched.codes.shape[1], len(max_dets)
     precision = -np.ones((T, R, K, A, M))
@@ -748,15 +799,51 @@ def _accumulate(matched: _Matched, iou_thresholds, max_dets):
     scores = -np.ones((T, R, K, A, M))
     order = matched.by_score
     rank = matched.rank[order]
-    positions, starts = [], np.zeros((M, K + 1), np.int64)
-    total = 0
-    for m, max_det in enumerate(max_dets):                 # each maxDets' detections, still in score order
-        chosen = np.flatnonzero(rank < max_det)
-        starts[m] = total + np.searchsorted(chosen, matched.category_start)
-        positions.append(order[chosen])
-        total += len(chosen)
-    _accumulate_kernel(np.concatenate(positions), starts, matched.score, matched.codes, matched.num_gt,
-                       RECALL_THRESHOLDS, precision, recall, scores)
+    chosen = [np.flatnonzero(rank < max_det) for max_det in max_dets]   # each maxDets' detections, score order
+    positions = [order[c] for c in chosen]
+    starts = [np.searchsorted(c, matched.category_start) for c in chosen]
+    by_detection = matched.codes.reshape(len(matched.codes), A * T)                        # [D, A * T]
+    eps = np.spacing(1)
+    for k in range(K):
+        areas = np.flatnonzero(matched.num_gt[k] > 0)
+        if len(areas) == 0:
+            continue
+        positives = matched.num_gt[k, areas]                                                # [A']
+        columns = (areas[:, None] * T + np.arange(T)).ravel()                             # [C] (a, t) pairs
+        needed = np.stack([np.searchsorted(np.arange(g + 1) / g, RECALL_THRESHOLDS, side="left")
+                           for g in positives.tolist()])                                     # [A', R]
+        needed = np.repeat(needed, T, axis=0)                                               # [C, R]
+        shape = (len(areas), T, R)
+        for m in range(M):
+            rows = positions[m][starts[m][k]:starts[m][k + 1]]                              # [n] in score order
+            if len(rows) == 0:
+                precision[:, :, k, areas, m] = 0.0
+                scores[:, :, k, areas, m] = 0.0
+                recall[:, k, areas, m] = 0.0
+                continue
+            n = len(rows)
+            codes = by_detection[rows].T                                # rows gathered whole: 40 bytes each
+            codes = np.ascontiguousarray(codes if len(columns) == A * T else codes[columns])   # [C, n]
+            counted = np.cumsum(codes != 2, axis=1, dtype=np.int32)                          # TP + FP so far
+            tp_column, tp_row = np.divmod(np.flatnonzero(codes == 1), n)  # every TP, by column then row
+            num_tp = np.bincount(tp_column, minlength=len(columns))                          # [C]
+            first_tp = np.cumsum(num_tp) - num_tp
+            count = np.arange(1, len(tp_column) + 1) - first_tp[tp_column]                 # q of each TP
+            at_tp = np.full((len(columns), max(int(num_tp.max()), 1)), -np.inf)              # [C, Q] precision
+            at_tp[tp_column, count - 1] = count / (counted[tp_column, tp_row] + eps)
+            envelope = np.maximum.accumulate(at_tp[:, ::-1], axis=1)[:, ::-1]
+            recall[:, k, areas, m] = (num_tp.reshape(len(areas), T) / positives[:, None]).T
+            # sample r is the needed[r]-th TP (the first detection for needed 0), if there are that many
+            q = needed
+            reached = q <= num_tp[:, None]
+            which = np.minimum(np.maximum(q, 1), np.maximum(num_tp[:, None], 1)) - 1        # [C, R] TP index
+            column = np.arange(len(columns))[:, None]
+            value = np.where(reached, np.maximum(envelope[column, which], 0.0), 0.0)
+            tp_index = np.minimum(first_tp[:, None] + which, max(len(tp_row) - 1, 0))
+            row = np.where(q == 0, 0, tp_row[tp_index] if len(tp_row) else 0)
+            score = np.where(reached, matched.score[rows][row], 0.0)
+            precision[:, :, k, areas, m] = value.reshape(shape).transpose(1, 2, 0)
+            scores[:, :, k, areas, m] = score.reshape(shape).transpose(1, 2, 0)
     return precision, recall, scores
 
 
@@ -778,6 +865,7 @@ def _summarize(precision, recall) -> dict[str, float]:
     return dict(zip(STAT_NAMES, values))
 
 
+@_gc_paused()
 def coco_evaluation(gt, results, iou_type: str = "bbox", *, img_ids=None, cat_ids=None) -> CocoEvaluation:
     """COCO evaluation with everything accumulated (see `CocoEvaluation`); `coco_evaluate` keeps the 12 stats.
 
@@ -790,7 +878,7 @@ def coco_evaluation(gt, results, iou_type: str = "bbox", *, img_ids=None, cat_id
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
     ground_truth = _load_ground_truth(gt, iou_type)
-    res = _load_results(results, ground_truth.image_ids, ground_truth.category_ids)
+    res = _load_results(results, ground_truth.image_ids, ground_truth.category_ids, ground_truth.file_names)
     matched = _match_all(ground_truth, res, iou_type, img_ids, cat_ids, IOU_THRESHOLDS,
                          list(AREA_RANGES.values()), MAX_DETS[-1])
     precision, recall, scores = _accumulate(matched, IOU_THRESHOLDS, MAX_DETS)
@@ -846,6 +934,7 @@ class PRCurve:
         return float(np.mean(self.interpolated))
 
 
+@_gc_paused()
 def precision_recall_curves(gt, results, iou_type: str = "bbox", *, iou_threshold: float = 0.5,
                             area: str = "all", max_dets: int = 100, img_ids=None, cat_ids=None
                             ) -> dict[int, PRCurve]:
@@ -857,7 +946,7 @@ def precision_recall_curves(gt, results, iou_type: str = "bbox", *, iou_threshol
     if area not in AREA_RANGES:
         raise ValueError(f"area must be one of {tuple(AREA_RANGES)}, got {area!r}")
     ground_truth = _load_ground_truth(gt, iou_type)
-    res = _load_results(results, ground_truth.image_ids, ground_truth.category_ids)
+    res = _load_results(results, ground_truth.image_ids, ground_truth.category_ids, ground_truth.file_names)
     matched = _match_all(ground_truth, res, iou_type, img_ids, cat_ids, [iou_threshold], [AREA_RANGES[area]],
                          max_dets)
     precision, _, _ = _accumulate(matched, [iou_threshold], [max_dets])
@@ -905,35 +994,38 @@ def plot_precision_recall(curves: dict[int, PRCurve], path, names: dict | None =
 
 
 # ================================================================================================ Pascal VOC
-@numba.njit(cache=True)
-def _voc_match(dt_boxes, g_start, g_count, gt_boxes, gt_difficult, iou_threshold, one, codes):
-    """VOCevaldet.m's loop over detections in decreasing confidence: 1 TP, 0 FP, 2 ignored (difficult)."""
-    detected = np.zeros(len(gt_boxes), np.bool_)
-    for d in range(len(dt_boxes)):
-        bb = dt_boxes[d]
-        best = -np.inf
-        jbest = -1
-        for j in range(g_start[d], g_start[d] + g_count[d]):
-            gb = gt_boxes[j]
-            iw = min(bb[2], gb[2]) - max(bb[0], gb[0]) + one
-            ih = min(bb[3], gb[3]) - max(bb[1], gb[1]) + one
-            if iw > 0 and ih > 0:
-                ua = ((bb[2] - bb[0] + one) * (bb[3] - bb[1] + one)
-                      + (gb[2] - gb[0] + one) * (gb[3] - gb[1] + one) - iw * ih)
-                overlap = iw * ih / ua
-                if overlap > best:
-                    best = overlap
-                    jbest = j
-        if jbest >= 0 and best >= iou_threshold:
-            if gt_difficult[jbest]:
-                codes[d] = 2
-            elif not detected[jbest]:
-                codes[d] = 1
-                detected[jbest] = True
-            else:
-                codes[d] = 0                      # a duplicate detection of the same object
-        else:
-            codes[d] = 0
+def _voc_match(dt_boxes, g_start, g_count, gt_boxes, gt_difficult, iou_threshold, one):
+    """VOCevaldet.m's loop over detections in decreasing confidence: 1 TP, 0 FP, 2 ignored (difficult).
+
+    Each detection's best gt (largest overlap among the gts of its image and class, the first of equal ones)
+    does not depend on the other detections; only whether it was already detected does. So the overlaps of
+    all (detection, gt) pairs are computed at once, and of the detections whose best gt is a regular one with
+    overlap >= the threshold, the first (most confident) of each gt is its TP, the later ones duplicates (FP).
+    """
+    num_d = len(dt_boxes)
+    offset, pair_d, pair_g = _pair_indices(np.arange(num_d), np.ones(num_d, np.int64), g_start, g_count)
+    bb, gb = dt_boxes[pair_d].T, gt_boxes[pair_g].T
+    iw = np.minimum(bb[2], gb[2]) - np.maximum(bb[0], gb[0]) + one
+    ih = np.minimum(bb[3], gb[3]) - np.maximum(bb[1], gb[1]) + one
+    ua = (bb[2] - bb[0] + one) * (bb[3] - bb[1] + one) + (gb[2] - gb[0] + one) * (gb[3] - gb[1] + one) - iw * ih
+    overlapping = (iw > 0) & (ih > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        overlap = np.where(overlapping, iw * ih / np.where(overlapping, ua, 1.0), -np.inf)    # [P]
+    codes = np.zeros(num_d, np.int8)
+    with_gt = np.flatnonzero(g_count > 0)
+    if len(with_gt) == 0:
+        return codes
+    first_pair = offset[with_gt]
+    best = np.maximum.reduceat(overlap, first_pair)                                    # [D'] per detection
+    pair_index = np.where(overlap == np.repeat(best, g_count[with_gt]), np.arange(len(overlap)), len(overlap))
+    best_gt = pair_g[np.minimum.reduceat(pair_index, first_pair)]                       # the first of equal ones
+    hit = best >= iou_threshold
+    difficult = hit & gt_difficult[best_gt]
+    codes[with_gt[difficult]] = 2
+    regular = np.flatnonzero(hit & ~difficult)
+    _, first = np.unique(best_gt[regular], return_index=True)           # the most confident detection of each gt
+    codes[with_gt[regular[first]]] = 1
+    return codes
 
 
 def voc_ap(recall, precision, use_07_metric: bool = False) -> float:
@@ -959,6 +1051,7 @@ def voc_ap(recall, precision, use_07_metric: bool = False) -> float:
 @dataclass
 class _VocGroundTruth:
     image_ids: np.ndarray            # [I] sorted
+    file_names: list                 # [I]
     category_ids: np.ndarray         # [C] sorted
     ann_image: np.ndarray            # [N]
     ann_category: np.ndarray         # [N]
@@ -975,8 +1068,10 @@ def _voc_ground_truth(gt) -> _VocGroundTruth:
             return np.concatenate(values) if values else empty
 
         records = gt.records
+        names = {int(r.image_id): r.file_name for r in records}
+        image_ids = np.array(sorted(names), np.int64)
         return _VocGroundTruth(
-            np.array(sorted({int(r.image_id) for r in records}), np.int64),
+            image_ids, [names[i] for i in image_ids.tolist()],
             np.array(sorted(gt.categories), np.int64),
             joined([np.full(r.num_objects, r.image_id, np.int64) for r in records], np.zeros(0, np.int64)),
             joined([r.labels for r in records], np.zeros(0, np.int64)),
@@ -985,10 +1080,11 @@ def _voc_ground_truth(gt) -> _VocGroundTruth:
     ground = _load_ground_truth(gt, "bbox")
     xyxy = ground.boxes.copy()
     xyxy[:, 2:] += xyxy[:, :2]
-    return _VocGroundTruth(ground.image_ids, ground.category_ids, ground.ann_image, ground.ann_category, xyxy,
-                           ground.difficult | ground.iscrowd)
+    return _VocGroundTruth(ground.image_ids, ground.file_names, ground.category_ids, ground.ann_image,
+                           ground.ann_category, xyxy, ground.difficult | ground.iscrowd)
 
 
+@_gc_paused()
 def voc_evaluate(gt, results, iou_threshold: float = 0.5, use_07_metric: bool = False, *,
                  plus_one: bool = False) -> dict:
     """Pascal VOC detection AP per category and their mean: `{"mAP": float, "AP": {category_id: ap}}`.
@@ -1006,7 +1102,7 @@ def voc_evaluate(gt, results, iou_threshold: float = 0.5, use_07_metric: bool = 
     """
     ground = _voc_ground_truth(gt)
     gt_boxes, gt_difficult = ground.boxes, ground.difficult
-    res = _load_results(results, ground.image_ids, ground.category_ids)
+    res = _load_results(results, ground.image_ids, ground.category_ids, ground.file_names)
     if not res.box_mode and len(res.image_id):
         raise DataError("VOC evaluation needs a bbox in every result", file=res.source, record="record 0",
                         field="bbox")
@@ -1025,9 +1121,8 @@ def voc_evaluate(gt, results, iou_threshold: float = 0.5, use_07_metric: bool = 
     dt_boxes[:, 2:] += dt_boxes[:, :2]                                    # xywh -> xyxy
     g_start = np.searchsorted(g_key, d_key, "left")
     g_count = np.searchsorted(g_key, d_key, "right") - g_start
-    codes = np.zeros(len(d_key), np.int8)
-    _voc_match(dt_boxes, g_start, g_count, np.ascontiguousarray(gt_boxes[g_order]), gt_difficult[g_order],
-               float(iou_threshold), 1.0 if plus_one else 0.0, codes)
+    codes = _voc_match(dt_boxes, g_start, g_count, gt_boxes[g_order], gt_difficult[g_order], float(iou_threshold),
+                       1.0 if plus_one else 0.0)
 
     positives = np.bincount(np.searchsorted(categories, ground.ann_category)[~gt_difficult],
                             minlength=len(categories))

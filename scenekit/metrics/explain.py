@@ -286,8 +286,17 @@ def _as_inputs(gt, results):
         gt = dataset_to_coco_dict(gt)
     elif isinstance(gt, (str, Path)):
         gt = read_json(gt, "ground-truth")
+    source = str(results) if isinstance(results, (str, Path)) else "results"
     if isinstance(results, (str, Path)):
         results = read_json(results, "results")
+    if isinstance(results, list) and isinstance(gt, dict) and isinstance(gt.get("images"), list):
+        from scenekit.metrics.result_images import result_image_ids
+
+        images = [i for i in gt["images"] if isinstance(i, dict)]
+        ids = result_image_ids(results, [i.get("id") for i in images], [i.get("file_name") for i in images],
+                               source)
+        if ids is not None:                        # records named by file_name (`scenekit predict`): their gt ids
+            results = [{**r, "image_id": i} if isinstance(r, dict) else r for r, i in zip(results, ids)]
     return gt, results
 
 

@@ -23,11 +23,25 @@ This file also holds what the three two-stage detectors share: the backbone, the
 (images fitted into S x S), the inference loop that maps detections back to the image, and the evaluation
 (Pascal VOC mAP@0.5, COCO AP, time per image split into convolutions, proposals and region-wise work, the
 break-down of Ren et al. 2015, Table 10). `faster_rcnn.py` and `mask_rcnn.py` extend `FastRCNN`.
+
+Photographs larger than the input (`scenekit.data.tiling`). An image whose longer side exceeds `slice_factor`
+x S is not shrunk into S x S: training cuts a random S x S window from it (`RandomWindow`; boxes clipped,
+slivers dropped), and prediction runs the detector on overlapping S x S tiles at the photograph's own
+resolution and merges them (`detect_any_size`: each object from the tile that sees it whole, then class-aware
+NMS; SAHI, Akyon et al. 2022). Selective Search runs once per photograph, and a window or tile takes the
+proposals that lie in it. The recipes' `slice_factor` is 2.5 (`SLICE_FACTOR`), not tiling's 1.5: the world
+draws its images up to 320 px, 2.5 x the smallest input a world recipe uses (128 px) and 2 x the detectors'
+160 px, and its benchmark figures are of those images fitted whole; a factor of 2.5 keeps every world image
+fitted whole as before, while a 2,500 px photograph is sliced at any input up to 1,000 px. Photographs of
+small objects do better with `slice_factor=1.5` (objects shrink by at most a third); 0 never slices.
+`max_detections` (100, COCO's per-image limit) caps the detections per image, after merging for a
+photograph; raise it for photographs of hundreds of objects.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,7 +52,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from scenekit.boxes import clip_boxes_to_image, decode_boxes, encode_boxes
+from scenekit.data.tiling import RandomWindow, crop_target, needs_slicing, sliced_predict, tile_windows
 from scenekit.data.transforms import load_image
+from scenekit.errors import DataError
 from scenekit.models.backbones import SmallCNN, build_backbone, inference_copy
 from scenekit.models.detection_targets import label_regions, sample_labels
 from scenekit.nms import batched_nms
@@ -65,7 +81,7 @@ class FastRCNNConfig:
     box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
     score_threshold: float = 0.05          # test time: drop class scores below this
     nms_threshold: float = 0.3             # test time: per-class NMS (the authors' code uses 0.3)
-    detections_per_image: int = 100
+    detections_per_image: int = 100        # the recipes' `max_detections`, which overrides it at test time
     max_proposals: int = 1000              # proposals per image fed to the head (Selective Search's best)
 
 
@@ -234,16 +250,16 @@ class FastRCNN(nn.Module):
         return {"classification": classification, "box_regression": localisation}, sample
 
     def detect_regions(self, features: torch.Tensor, proposals: list[torch.Tensor],
-                       image_sizes: list[tuple[int, int]]) -> list[dict]:
+                       image_sizes: list[tuple[int, int]], max_detections: int | None = None) -> list[dict]:
         """Score and refine every proposal, then per-class NMS (sec. 3) -> per image {"boxes", "scores",
-        "labels" (class indices 1..K)} in input pixels."""
+        "labels" (class indices 1..K)} in input pixels, at most `max_detections` (default: the config's)."""
         counts = [len(p) for p in proposals]
         rois = torch.cat([torch.cat([torch.full_like(p[:, :1], i), p], dim=1) for i, p in enumerate(proposals)])
         class_logits, box_deltas = self.classify_regions(features, rois.to(features.dtype))
         results = []
         for p, logits, deltas, size in zip(proposals, class_logits.split(counts), box_deltas.split(counts),
                                            image_sizes):
-            results.append(postprocess_detections(logits, deltas, p, size, self.config))
+            results.append(postprocess_detections(logits, deltas, p, size, self.config, max_detections))
         return results
 
     # -- the engine's contract
@@ -256,14 +272,16 @@ class FastRCNN(nn.Module):
 
     @torch.no_grad()
     def detect(self, images: torch.Tensor, image_sizes: list[tuple[int, int]],
-               proposals: list[torch.Tensor] | None = None) -> tuple[list[dict], dict]:
+               proposals: list[torch.Tensor] | None = None,
+               max_detections: int | None = None) -> tuple[list[dict], dict]:
         """Detections per image and the seconds spent in {"conv", "proposals", "region"}."""
         if proposals is None:
             raise ValueError("FastRCNN.detect needs the proposals of every image")
         started = clock(images)
         features = self.features(images)
         convolved = clock(images)
-        detections = self.detect_regions(features, [p.to(features.dtype) for p in proposals], image_sizes)
+        detections = self.detect_regions(features, [p.to(features.dtype) for p in proposals], image_sizes,
+                                         max_detections)
         return detections, {"conv": convolved - started, "proposals": 0.0, "region": clock(images) - convolved}
 
 
@@ -275,13 +293,14 @@ def clock(tensor: torch.Tensor) -> float:
 
 
 def postprocess_detections(class_logits: torch.Tensor, box_deltas: torch.Tensor, proposals: torch.Tensor,
-                           image_size: tuple[int, int], config) -> dict:
+                           image_size: tuple[int, int], config, max_detections: int | None = None) -> dict:
     """One image: [P, K + 1] logits, [P, K, 4] deltas, [P, 4] proposals -> the kept (box, score, class) triples.
 
     Every (proposal, class) pair is a candidate with that class's probability and its own refined box; pairs
     scoring < score_threshold or with a degenerate box are dropped, then NMS runs per class and the
-    `detections_per_image` best survive.
+    `max_detections` best survive (default: the config's `detections_per_image`).
     """
+    limit = config.detections_per_image if max_detections is None else max_detections
     num_classes = box_deltas.shape[1]
     scores = class_logits.float().softmax(dim=1)[:, 1:]                           # [P, K] (no background)
     boxes = decode_boxes(box_deltas.float(), proposals.float()[:, None, :], config.box_weights)   # [P, K, 4]
@@ -291,7 +310,7 @@ def postprocess_detections(class_logits: torch.Tensor, box_deltas: torch.Tensor,
     wide = (boxes[:, 2] - boxes[:, 0] >= 1e-2) & (boxes[:, 3] - boxes[:, 1] >= 1e-2)
     keep = torch.nonzero((scores >= config.score_threshold) & wide).flatten()
     boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
-    keep = batched_nms(boxes, scores, classes, config.nms_threshold, max_output=config.detections_per_image)
+    keep = batched_nms(boxes, scores, classes, config.nms_threshold, max_output=limit)
     return {"boxes": boxes[keep], "scores": scores[keep], "labels": classes[keep]}
 
 
@@ -344,6 +363,32 @@ def select_proposals(boxes: np.ndarray, scale: float, limit: int) -> torch.Tenso
     return boxes[wide][:limit]
 
 
+def window_proposals(boxes: np.ndarray, window) -> np.ndarray:
+    """The proposals of a whole photograph that lie in `window` (x0, y0, x1, y1), in its pixels, best first:
+    `crop_target`'s rule, as for objects (at least half of the box inside, clipped to the window)."""
+    return crop_target({"boxes": boxes}, window)["boxes"].astype(np.float32)
+
+
+class PhotoProposals:
+    """Proposals for the tiles of one photograph from one Selective Search of the whole photograph.
+
+    `sliced_predict` asks for its tiles in `tile_windows` order, so the k-th call gets the proposals lying in
+    window k (`window_proposals`), as a training window does; searching each tile instead would cost one search
+    per tile. The search's seconds are counted once, with the first tile.
+    """
+
+    def __init__(self, search: ProposalCache, photo: np.ndarray, windows: np.ndarray):
+        self.boxes, self.seconds = search(photo)
+        self.windows, self.served = windows, 0
+
+    def __call__(self, tile: np.ndarray) -> tuple[np.ndarray, float]:
+        x0, y0, x1, y1 = (int(v) for v in self.windows[self.served])
+        assert tile.shape[:2] == (y1 - y0, x1 - x0), "tiles must come in tile_windows order"
+        seconds = self.seconds if self.served == 0 else 0.0
+        self.served += 1
+        return window_proposals(self.boxes, (x0, y0, x1, y1)), seconds
+
+
 # ------------------------------------------------------------------------------------------------ data
 def fit_image(image: np.ndarray, size: int) -> tuple[torch.Tensor, float, tuple[int, int]]:
     """[H, W, 3] uint8 -> ([3, S, S] float32 in [0, 1], scale, (h, w)): scaled so the longer side is S, placed at
@@ -366,13 +411,15 @@ class DetectionData(torch.utils.data.Dataset):
     target: {"boxes" [N, 4] float32 in input pixels, "labels" [N] int64 class indices 1..K, "size" [2] (h, w),
     "image_id"} plus "masks" [N, S, S] uint8 (with_masks) and "proposals" [P, 4] (with a ProposalCache).
     `flip` mirrors the image and everything in its target with probability 1/2 (torch's global generator, which
-    the engine seeds and checkpoints).
+    the engine seeds and checkpoints). `window` (a `tiling.RandomWindow`, training only) first cuts a window
+    from each image that needs slicing, before it is fitted into S x S; other images pass untouched.
     """
 
     def __init__(self, dataset, class_ids: list[int], image_size: int, *, flip: bool = False,
-                 with_masks: bool = False, proposals: ProposalCache | None = None, max_proposals: int = 1000):
+                 with_masks: bool = False, proposals: ProposalCache | None = None, max_proposals: int = 1000,
+                 window: RandomWindow | None = None):
         self.dataset, self.size, self.flip, self.with_masks = dataset, image_size, flip, with_masks
-        self.proposals, self.max_proposals = proposals, max_proposals
+        self.proposals, self.max_proposals, self.window = proposals, max_proposals, window
         self.index_of = {cid: i + 1 for i, cid in enumerate(class_ids)}
 
     def __len__(self) -> int:
@@ -380,36 +427,79 @@ class DetectionData(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         record = self.dataset.records[index]
-        image = load_image(self.dataset, record)
-        tensor, scale, (h, w) = fit_image(image, self.size)
-        boxes = torch.as_tensor(np.asarray(record.boxes, dtype=np.float32).reshape(-1, 4)) * scale
-        boxes = clip_boxes_to_image(boxes, (h, w))
+        photo = load_image(self.dataset, record)
         try:
-            labels = torch.tensor([self.index_of[int(c)] for c in record.labels], dtype=torch.int64)
+            labels = np.array([self.index_of[int(c)] for c in record.labels], dtype=np.int64)
         except KeyError as error:
-            from scenekit.errors import DataError
             raise DataError(f"category id {error.args[0]} is not one of the model's {sorted(self.index_of)}",
                             record=f"image id {record.image_id}", field="labels") from None
+        # "ann_ids" is each object's row in the record here, so masks can be decoded for the objects kept.
+        objects = {"boxes": record.boxes, "labels": labels, "iscrowd": record.iscrowd,
+                   "ann_ids": np.arange(record.num_objects)}
+        image, window = photo, None
+        if self.window is not None and needs_slicing(photo.shape, self.window.size, self.window.factor):
+            image, objects, window = cut_window(self.window, photo, objects)
+        tensor, scale, (h, w) = fit_image(image, self.size)
+        boxes = torch.as_tensor(np.asarray(objects["boxes"], dtype=np.float32).reshape(-1, 4)) * scale
+        boxes = clip_boxes_to_image(boxes, (h, w))
         # Degenerate boxes (zero width or height after fitting) cannot be regression targets, and crowd
         # regions are not single objects to learn.
         keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
-        keep &= ~torch.as_tensor(np.asarray(record.iscrowd, dtype=bool).reshape(-1))
-        target = {"boxes": boxes[keep], "labels": labels[keep], "size": torch.tensor([h, w]),
-                  "image_id": int(record.image_id)}
+        keep &= ~torch.as_tensor(np.asarray(objects["iscrowd"], dtype=bool).reshape(-1))
+        target = {"boxes": boxes[keep], "labels": torch.from_numpy(objects["labels"])[keep],
+                  "size": torch.tensor([h, w]), "image_id": int(record.image_id)}
         if self.with_masks:
-            from scenekit.data.transforms import record_masks
-
-            masks = torch.from_numpy(record_masks(record, box_fallback=True)[keep.numpy()]).float()   # [N, H, W]
+            rows = np.asarray(objects["ann_ids"])[keep.numpy()]
+            masks = torch.from_numpy(window_masks(record, rows, window)).float()          # [N, h', w']
             fitted = torch.zeros(masks.shape[0], self.size, self.size, dtype=torch.uint8)
             if masks.shape[0]:
                 fitted[:, :h, :w] = (F.interpolate(masks[None], size=(h, w), mode="bilinear",
                                                    align_corners=False)[0] >= 0.5).to(torch.uint8)
             target["masks"] = fitted
         if self.proposals is not None:
-            target["proposals"] = select_proposals(self.proposals(image)[0], scale, self.max_proposals)
+            found = self.proposals(photo)[0]                   # searched (and cached) once per photograph
+            target["proposals"] = select_proposals(found if window is None else window_proposals(found, window),
+                                                   scale, self.max_proposals)
         if self.flip and bool(torch.rand(()) < 0.5):
             tensor, target = flip_horizontally(tensor, target, w)
         return tensor, target
+
+
+def cut_window(window: RandomWindow, image: np.ndarray, target: dict) -> tuple[np.ndarray, dict, tuple]:
+    """`window(image, target)` and the window (x0, y0, x1, y1) it cut, for what must be cut the same way
+    (proposals, masks) but does not ride in the target.
+
+    `RandomWindow` does not report where it cut. A map of pixel indices rides through it as the target's
+    "semantic" map, which `crop_target` cuts with the image: its first entry is the window's top-left pixel.
+    """
+    height, width = image.shape[:2]
+    dtype = np.int32 if height * width < 2 ** 31 else np.int64
+    crop, cut = window(image, {**target, "semantic": np.arange(height * width, dtype=dtype).reshape(height, width)})
+    y0, x0 = divmod(int(cut.pop("semantic")[0, 0]), width)
+    return crop, cut, (x0, y0, x0 + crop.shape[1], y0 + crop.shape[0])
+
+
+def window_masks(record, rows: np.ndarray, window=None) -> np.ndarray:
+    """Masks [n, h, w] uint8 of the record's objects `rows`, cut to `window` (x0, y0, x1, y1; None: the whole
+    image). An object without an outline gets its filled box (`record_masks(box_fallback=True)`). With a window
+    the masks are decoded one object at a time: a photograph of hundreds of objects never holds all of them at
+    full size ([N, H, W], 5.7 MB each on a 2300 x 2500 photograph)."""
+    from dataclasses import replace
+
+    from scenekit.data.transforms import record_masks
+
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if window is None:
+        return record_masks(record, box_fallback=True)[rows]
+    x0, y0, x1, y1 = window
+    out = np.zeros((len(rows), y1 - y0, x1 - x0), dtype=np.uint8)
+    for n, k in enumerate(rows.tolist()):
+        one = replace(record, boxes=record.boxes[k:k + 1], labels=record.labels[k:k + 1],
+                      ann_ids=record.ann_ids[k:k + 1], iscrowd=record.iscrowd[k:k + 1],
+                      difficult=record.difficult[k:k + 1], truncated=record.truncated[k:k + 1], areas=None,
+                      segmentations=None if record.segmentations is None else [record.segmentations[k]])
+        out[n] = record_masks(one, box_fallback=True)[0, y0:y1, x0:x1]
+    return out
 
 
 def flip_horizontally(image: torch.Tensor, target: dict, width: int) -> tuple[torch.Tensor, dict]:
@@ -435,10 +525,15 @@ def collate(batch):
 # ------------------------------------------------------------------------------------------------ inference
 @torch.no_grad()
 def run_detector(model: FastRCNN, images: list[np.ndarray], device, class_ids: list[int], *,
-                 proposals: ProposalCache | None = None, batch_size: int = 8) -> tuple[list[dict], dict]:
-    """Detect objects in [H, W, 3] uint8 images of any size -> (per image {"boxes" [N, 4] float64 xyxy in image
-    pixels, "scores" [N], "labels" [N] category ids, and "masks" [N, H, W] uint8 for Mask R-CNN}, seconds spent
-    in {"conv", "proposals", "region", "paste"} over all images)."""
+                 proposals=None, batch_size: int = 8, max_detections: int | None = None,
+                 lazy_masks: bool = False) -> tuple[list[dict], dict]:
+    """Detect objects in [H, W, 3] uint8 images, each fitted whole into S x S -> (per image {"boxes" [N, 4]
+    float64 xyxy in image pixels, "scores" [N], "labels" [N] category ids, and "masks" [N, H, W] uint8 for Mask
+    R-CNN}, seconds spent in {"conv", "proposals", "region", "paste"} over all images).
+
+    `proposals`: a `ProposalCache` (Fast R-CNN), or any callable image -> (boxes, seconds) such as
+    `PhotoProposals`. `max_detections` per image (default: the config's). `lazy_masks` gives masks as
+    `TileMasks`, pasted when read (the tiles of a sliced photograph)."""
     if model.training:
         model.eval()
     size = model.config.image_size
@@ -456,7 +551,7 @@ def run_detector(model: FastRCNN, images: list[np.ndarray], device, class_ids: l
                 seconds["proposals"] += spent
                 given.append(select_proposals(boxes, scale, model.config.max_proposals).to(device))
         # Batch norms folded into the convolutions: the same detections, one pass fewer per layer.
-        detections, spent = inference_copy(model).detect(batch, sizes, given)
+        detections, spent = inference_copy(model).detect(batch, sizes, given, max_detections=max_detections)
         for key, value in spent.items():
             seconds[key] += value
         for image, (_, scale, _), found in zip(chunk, fitted, detections):
@@ -465,11 +560,74 @@ def run_detector(model: FastRCNN, images: list[np.ndarray], device, class_ids: l
             labels = torch.as_tensor([class_ids[int(c) - 1] for c in found["labels"]], dtype=torch.int64)
             result = {"boxes": boxes, "scores": found["scores"].double().cpu(), "labels": labels}
             if "mask_probs" in found:
-                began = time.perf_counter()
-                result["masks"] = paste_masks(found["mask_probs"].float().cpu(), boxes, (height, width))
-                seconds["paste"] += time.perf_counter() - began
+                masks = TileMasks(found["mask_probs"].float().cpu(), boxes, (height, width), seconds)
+                result["masks"] = masks if lazy_masks else masks.paste()
             results.append(result)
     return results, seconds
+
+
+class TileMasks:
+    """A tile's instance masks [n, h, w] as `tiling.merge_tiles` reads them, kept as the mask head's [n, m, m]
+    probabilities and pasted one at a time when read (`masks[row]`). A photograph cut into hundreds of tiles
+    would otherwise hold every tile's pasted masks at once before the merge keeps a few of them."""
+
+    def __init__(self, mask_probs: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int], seconds: dict):
+        self.mask_probs, self.boxes, self.size, self.seconds = mask_probs, boxes, size, seconds
+        self.shape = (len(boxes), *size)
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def __getitem__(self, row: int) -> torch.Tensor:
+        return self.paste(slice(int(row), int(row) + 1))[0]                 # [h, w]
+
+    def paste(self, rows=slice(None)) -> torch.Tensor:
+        """The masks of `rows` pasted into the tile, [n, h, w] uint8 (`roi.paste_masks`)."""
+        began = time.perf_counter()
+        masks = paste_masks(self.mask_probs[rows], self.boxes[rows], self.size)
+        self.seconds["paste"] += time.perf_counter() - began
+        return masks
+
+
+def detect_any_size(model: FastRCNN, images: list[np.ndarray], device, class_ids: list[int], *,
+                    proposals: ProposalCache | None = None, max_detections: int | None = None,
+                    factor: float = math.inf, seconds: dict | None = None, batch_size: int = 8) -> list[dict]:
+    """`run_detector` on images of any size: what the recipes' predict and evaluation run.
+
+    Images whose longer side is at most `factor` x S are fitted whole, together, as `run_detector` does. Each
+    larger one is predicted by S x S tiles at its own resolution overlapping by S / 4 (`tiling.sliced_predict`:
+    detections mapped back to the photograph, each object kept from the tile that sees it whole, then
+    class-aware NMS at the head's threshold), the `max_detections` best (default: the config's). This is
+    `tiling.predict_any_size` with two differences: Fast R-CNN searches the whole photograph once and gives each
+    tile the proposals lying in it (`PhotoProposals`), and Mask R-CNN's tiles keep their masks unpasted until
+    the merge (`TileMasks`). `seconds`, when given, accumulates run_detector's timings.
+    """
+    size = model.config.image_size
+    limit = model.config.detections_per_image if max_detections is None else max_detections
+    totals = {} if seconds is None else seconds
+
+    def detect(chunk, source=proposals, lazy_masks=False):
+        found, spent = run_detector(model, chunk, device, class_ids, proposals=source, batch_size=batch_size,
+                                    max_detections=limit, lazy_masks=lazy_masks)
+        for key, value in spent.items():
+            totals[key] = totals.get(key, 0.0) + value
+        return found
+
+    images = list(images)
+    large = [needs_slicing(image.shape, size, factor) for image in images]
+    whole = iter(detect([image for image, big in zip(images, large) if not big]))
+    results = []
+    for image, big in zip(images, large):
+        if not big:
+            results.append(next(whole))
+            continue
+        overlap = size // 4
+        windows = tile_windows(image.shape[0], image.shape[1], size, overlap)
+        source = None if proposals is None else PhotoProposals(proposals, image, windows)
+        results.append(sliced_predict(lambda tiles: detect(tiles, source, lazy_masks=True), image, tile=size,
+                                      overlap=overlap, iou_threshold=model.config.nms_threshold,
+                                      max_detections=limit, batch_size=batch_size))
+    return results
 
 
 def coco_results(image_id: int, found: dict) -> list[dict]:
@@ -491,22 +649,38 @@ def coco_results(image_id: int, found: dict) -> list[dict]:
 
 
 def evaluate_detector(model: FastRCNN, dataset, device, class_ids: list[int], *,
-                      proposals: ProposalCache | None = None, batch_size: int = 8) -> dict:
+                      proposals: ProposalCache | None = None, batch_size: int = 8, max_detections: int | None = None,
+                      factor: float = math.inf) -> dict:
     """Pascal VOC mAP@0.5, the 12 COCO box stats (and mask AP for Mask R-CNN) and milliseconds per image.
+
+    Images are predicted as `detect_any_size` predicts them (large ones by tiles), at most `max_detections`
+    each (default: the config's): VOC's mAP takes them all, COCO's stats each image's best 100 per category (its
+    maxDets). `images_at_max_detections` counts the images whose detections reached that cap, where more objects
+    may have been cut. Each batch's detections become COCO records (masks as RLE) before the next batch runs,
+    so memory holds one batch's full-size masks, not the dataset's.
 
     Times: `conv_ms` (shared convolutions), `proposal_ms` (Selective Search on the CPU, or the RPN and its
     proposal layer), `region_ms` (RoI pooling, head, NMS, mask head) and `total_ms` (the three), per image.
     """
     from scenekit.metrics.detection import coco_evaluate, voc_evaluate
 
-    images = [load_image(dataset, record) for record in dataset.records]
-    found, seconds = run_detector(model, images, device, class_ids, proposals=proposals, batch_size=batch_size)
-    results = [r for record, f in zip(dataset.records, found) for r in coco_results(record.image_id, f)]
-    count = max(1, len(images))
+    limit = model.config.detections_per_image if max_detections is None else max_detections
+    seconds = {"conv": 0.0, "proposals": 0.0, "region": 0.0, "paste": 0.0}
+    results, capped, with_masks = [], 0, False
+    for start in range(0, len(dataset.records), batch_size):
+        chunk = dataset.records[start:start + batch_size]
+        images = [load_image(dataset, record) for record in chunk]
+        for record, found in zip(chunk, detect_any_size(model, images, device, class_ids, proposals=proposals,
+                                                        max_detections=limit, factor=factor, seconds=seconds,
+                                                        batch_size=batch_size)):
+            results += coco_results(record.image_id, found)
+            capped += len(found["scores"]) >= limit
+            with_masks |= "masks" in found
+    count = max(1, len(dataset.records))
     metrics: dict[str, float] = {"mAP50": voc_evaluate(dataset, results)["mAP"] if results else 0.0}
     box_stats = coco_evaluate(dataset, results, "bbox") if results else {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
     metrics.update({name: float(box_stats[name]) for name in ("AP", "AP50", "AP75")})
-    if any("masks" in f for f in found):
+    if with_masks:
         mask_stats = coco_evaluate(dataset, results, "segm") if results else {"AP": 0.0, "AP50": 0.0,
                                                                              "AP75": 0.0}
         metrics.update({f"mask_{name}": float(mask_stats[name]) for name in ("AP", "AP50", "AP75")})
@@ -514,32 +688,66 @@ def evaluate_detector(model: FastRCNN, dataset, device, class_ids: list[int], *,
                     "region_ms": 1000 * (seconds["region"] + seconds["paste"]) / count})
     metrics["total_ms"] = metrics["conv_ms"] + metrics["proposal_ms"] + metrics["region_ms"]
     metrics["detections_per_image"] = len(results) / count
+    metrics["images_at_max_detections"] = int(capped)
     return metrics
 
 
 # ------------------------------------------------------------------------------------------------ recipes
+# Images up to 2.5 x the input side are fitted whole: every world image (<= 320 px) at every world input
+# (>= 128 px), so the world's figures stand; larger photographs are sliced (see the module docstring).
+SLICE_FACTOR = 2.5
+
+
+def slicing_factor(slice_factor) -> float:
+    """The recipes' `slice_factor` as `tiling.needs_slicing`'s factor: 0 never slices (infinity)."""
+    if isinstance(slice_factor, bool) or not isinstance(slice_factor, (int, float)) \
+            or not (slice_factor == 0 or 1 <= slice_factor < math.inf):
+        raise DataError(f"slice_factor must be 0 (never slice) or a number >= 1, got {slice_factor!r}",
+                        field="slice_factor")
+    return math.inf if slice_factor == 0 else float(slice_factor)
+
+
+def check_max_detections(max_detections) -> int:
+    if isinstance(max_detections, bool) or not isinstance(max_detections, int) or max_detections < 1:
+        raise DataError(f"max_detections must be a positive integer, got {max_detections!r}",
+                        field="max_detections")
+    return max_detections
+
+
 def two_stage_recipe(name: str, categories: dict, config, *, epochs: int, lr: float, flip: bool,
                      build, proposals: ProposalCache | None = None, with_masks: bool = False,
-                     options: dict, world: dict) -> Recipe:
-    """The recipe the three detectors share: one end-to-end phase (AdamW, warm-up, cosine decay)."""
+                     options: dict, world: dict, max_detections: int = 100,
+                     slice_factor: float = SLICE_FACTOR) -> Recipe:
+    """The recipe the three detectors share: one end-to-end phase (AdamW, warm-up, cosine decay).
+
+    Images larger than `slice_factor` x S train on random S x S windows and are predicted and evaluated by
+    tiles (`detect_any_size`), at most `max_detections` per image; both are recipe options, stored in every
+    checkpoint, so a restored model slices and caps as it was trained to (a recipe rebuilt with another
+    `max_detections`, as `scenekit predict --max-detections` does, caps at that instead).
+    """
     class_ids = sorted(int(c) for c in categories)
+    factor, max_detections = slicing_factor(slice_factor), check_max_detections(max_detections)
     phases = [Phase("detect", epochs=epochs, lr=lr, optimizer="adamw", weight_decay=1e-4, schedule="cosine",
                     warmup_steps=50, clip_grad_norm=10.0)]
     model_config = asdict(config)
     model_config = {k: list(v) if isinstance(v, tuple) else v for k, v in model_config.items()}
 
     def make_dataset(dataset, train):
+        window = RandomWindow(config.image_size, factor=factor) if train and factor < math.inf else None
         return DetectionData(dataset, class_ids, config.image_size, flip=flip and train, with_masks=with_masks,
-                             proposals=proposals, max_proposals=config.max_proposals)
+                             proposals=proposals, max_proposals=config.max_proposals, window=window)
 
     def predict(model, images, device):
-        return run_detector(model, list(images), device, class_ids, proposals=proposals)[0]
+        return detect_any_size(model, list(images), device, class_ids, proposals=proposals,
+                               max_detections=max_detections, factor=factor)
+
+    def evaluate(model, dataset, device):
+        return evaluate_detector(model, dataset, device, class_ids, proposals=proposals,
+                                 max_detections=max_detections, factor=factor)
 
     return Recipe(model_name=name, categories=dict(categories), options=options, model_config=model_config,
                   build_model=build, phases=phases, make_dataset=make_dataset, collate=collate,
-                  evaluate=lambda model, dataset, device: evaluate_detector(model, dataset, device, class_ids,
-                                                                            proposals=proposals),
-                  predict=predict, best_metric="mAP50", best_mode="max", world=world,
+                  evaluate=evaluate, predict=predict, best_metric="mAP50", best_mode="max", world=world,
                   batch_size=4)        # few images per step, many RoIs each (Girshick 2015 uses N = 2 images)
 
 
@@ -553,22 +761,29 @@ def recipe(categories: dict, *, name: str = "fast-rcnn", image_size: int = 160, 
            backbone_weights: str | None = None, channels=(16, 32, 64), extra_convs: int = 2, norm: str = "batch",
            hidden: int = 256, rois_per_image: int = 64, bg_low: float = 0.1, epochs: int | None = None,
            lr: float | None = None, flip: bool = True, proposal_mode: str = "fast",
-           proposal_cache: str | None = None, max_proposals: int = 1000) -> Recipe:
+           proposal_cache: str | None = None, max_proposals: int = 1000, max_detections: int = 100,
+           slice_factor: float = SLICE_FACTOR) -> Recipe:
     """Fast R-CNN on Selective Search proposals ("fast" mode), trained end to end with the multitask loss.
 
     `proposal_cache`: a folder where each image's proposals are stored (.npz), so later runs skip the search.
+    `max_detections`: detections per image (100). `slice_factor`: images whose longer side is more than this
+    times `image_size` train on windows and are predicted by tiles; 2.5 keeps every world image (<= 320 px)
+    whole as before, 0 never slices (module docstring). Selective Search runs once per photograph.
     """
     config = FastRCNNConfig(num_classes=len(categories), image_size=image_size, backbone=backbone,
                             channels=tuple(channels), extra_convs=extra_convs, norm=norm,
                             backbone_weights=backbone_weights, hidden=hidden, rois_per_image=rois_per_image,
-                            bg_low=bg_low, max_proposals=max_proposals)
+                            bg_low=bg_low, max_proposals=max_proposals,
+                            detections_per_image=check_max_detections(max_detections))
     epochs = 6 if epochs is None else epochs
     lr = 1e-3 if lr is None else lr
     options = {"image_size": image_size, "backbone": backbone, "backbone_weights": backbone_weights,
                "channels": list(channels), "extra_convs": extra_convs, "norm": norm, "hidden": hidden,
                "rois_per_image": rois_per_image, "bg_low": bg_low, "epochs": epochs, "lr": lr, "flip": flip,
-               "proposal_mode": proposal_mode, "proposal_cache": proposal_cache, "max_proposals": max_proposals}
+               "proposal_mode": proposal_mode, "proposal_cache": proposal_cache, "max_proposals": max_proposals,
+               "max_detections": max_detections, "slice_factor": slice_factor}
     return two_stage_recipe(name, categories, config, epochs=epochs, lr=lr, flip=flip,
                             build=lambda values: FastRCNN(config_from_dict(FastRCNNConfig, values)),
                             proposals=ProposalCache(proposal_mode, directory=proposal_cache),
-                            options=options, world={"image_size": image_size})
+                            options=options, world={"image_size": image_size}, max_detections=max_detections,
+                            slice_factor=slice_factor)

@@ -31,8 +31,8 @@ from torch import nn
 from scenekit.anchors import anchors_for_feature_map
 from scenekit.boxes import clip_boxes_to_image, decode_boxes, encode_boxes
 from scenekit.models.detection_targets import label_anchors, sample_labels
-from scenekit.models.fast_rcnn import (FastRCNN, FastRCNNConfig, clock, config_from_dict, smooth_l1_loss,
-                                       two_stage_recipe)
+from scenekit.models.fast_rcnn import (SLICE_FACTOR, FastRCNN, FastRCNNConfig, check_max_detections, clock,
+                                       config_from_dict, smooth_l1_loss, two_stage_recipe)
 from scenekit.nms import nms
 from scenekit.recipes import Recipe
 
@@ -165,15 +165,17 @@ class FasterRCNN(FastRCNN):
         return {"rpn_objectness": rpn_objectness, "rpn_box_regression": rpn_box, **losses}
 
     @torch.no_grad()
-    def detect(self, images: torch.Tensor, image_sizes, proposals=None) -> tuple[list[dict], dict]:
-        """Detections per image and the seconds in {"conv", "proposals" (RPN + proposal layer), "region"}."""
+    def detect(self, images: torch.Tensor, image_sizes, proposals=None,
+               max_detections: int | None = None) -> tuple[list[dict], dict]:
+        """Detections per image (at most `max_detections`, default the config's) and the seconds in {"conv",
+        "proposals" (RPN + proposal layer), "region"}."""
         started = clock(images)
         features = self.features(images)
         convolved = clock(images)
         if proposals is None:
             _, _, proposals = self.region_proposals(features, image_sizes, training=False)
         proposed = clock(images)
-        detections = self.detect_regions(features, proposals, image_sizes)
+        detections = self.detect_regions(features, proposals, image_sizes, max_detections)
         return detections, {"conv": convolved - started, "proposals": proposed - convolved,
                             "region": clock(images) - proposed}
 
@@ -182,8 +184,15 @@ def recipe(categories: dict, *, name: str = "faster-rcnn", image_size: int = 160
            backbone_weights: str | None = None, channels=(16, 32, 64), extra_convs: int = 2, norm: str = "batch",
            hidden: int = 256, rois_per_image: int = 64, bg_low: float = 0.0, anchor_sizes=WORLD_ANCHOR_SIZES,
            anchor_ratios=(0.5, 1.0, 2.0), roi_op: str = "align", epochs: int | None = None, lr: float | None = None,
-           flip: bool = True) -> Recipe:
+           flip: bool = True, max_detections: int = 100, slice_factor: float = SLICE_FACTOR) -> Recipe:
     """Faster R-CNN trained end to end (approximate joint training) with the RPN's and the head's losses.
+
+    `max_detections`: detections per image (100; after merging the tiles of a photograph). `slice_factor`:
+    images whose longer side is more than this times `image_size` train on random windows and are predicted
+    and evaluated by overlapping tiles (`fast_rcnn.detect_any_size`). Its 2.5 keeps every world image (128-320
+    px) fitted whole, as the benchmark figures were measured, and slices a 2,500 px photograph at any input up to
+    1,000 px; 1.5 suits photographs of small objects, 0 never slices (`fast_rcnn`'s module docstring). Note the
+    RPN keeps `post_nms_test` = 100 proposals per image or tile: a busy tile finds at most that many objects.
 
     The region head reads its RoI features with RoIAlign (He et al. 2017, sec. 3), as torchvision's and
     Detectron2's Faster R-CNN do: Ren et al. used Fast R-CNN's RoI max-pooling, whose rounding of RoI edges to the
@@ -195,7 +204,7 @@ def recipe(categories: dict, *, name: str = "faster-rcnn", image_size: int = 160
                               channels=tuple(channels), extra_convs=extra_convs, norm=norm,
                               backbone_weights=backbone_weights, hidden=hidden, rois_per_image=rois_per_image,
                               bg_low=bg_low, anchor_sizes=tuple(anchor_sizes), anchor_ratios=tuple(anchor_ratios),
-                              roi_op=roi_op)
+                              roi_op=roi_op, detections_per_image=check_max_detections(max_detections))
     # 12 epochs: on 800 world images (batch 4, 2,400 iterations, ~5 CPU-minutes) test mAP@0.5 rose from 0.53
     # at 6 epochs to 0.75, and validation mAP was still rising at the end (benchmarks/rcnn_family.py).
     epochs = 12 if epochs is None else epochs
@@ -203,8 +212,10 @@ def recipe(categories: dict, *, name: str = "faster-rcnn", image_size: int = 160
     options = {"image_size": image_size, "backbone": backbone, "backbone_weights": backbone_weights,
                "channels": list(channels), "extra_convs": extra_convs, "norm": norm, "hidden": hidden,
                "rois_per_image": rois_per_image, "bg_low": bg_low, "anchor_sizes": list(anchor_sizes),
-               "anchor_ratios": list(anchor_ratios), "roi_op": roi_op, "epochs": epochs, "lr": lr, "flip": flip}
+               "anchor_ratios": list(anchor_ratios), "roi_op": roi_op, "epochs": epochs, "lr": lr, "flip": flip,
+               "max_detections": max_detections, "slice_factor": slice_factor}
     return two_stage_recipe(name, categories, config, epochs=epochs, lr=lr, flip=flip,
                             build=lambda values: FasterRCNN(config_from_dict(FasterRCNNConfig, values)),
-                            options=options, world={"image_size": image_size})
+                            options=options, world={"image_size": image_size}, max_detections=max_detections,
+                            slice_factor=slice_factor)
 

@@ -38,6 +38,7 @@ which the loss and the metrics skip.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -489,11 +490,12 @@ def voc_class_map_path(dataset, record) -> Path | None:
     return path if path.is_file() else None
 
 
-def class_map_from_instances(record, class_index: dict[int, int]) -> np.ndarray:
+def class_map_from_instances(record, class_index: dict[int, int], box_masks: bool = False) -> np.ndarray:
     """[H, W] int64 class map painted from the record's instance masks (COCO style annotations).
 
     Larger instances are painted first so smaller ones, usually in front, stay visible; crowd regions and the
     boxes of instances without an outline become 255 (ignored), as does a category the model does not know.
+    With `box_masks` the boxes of instances without an outline are painted with their class instead.
     """
     from scenekit.data.transforms import record_masks
 
@@ -510,17 +512,19 @@ def class_map_from_instances(record, class_index: dict[int, int]) -> np.ndarray:
             masks[k, max(y1, 0):max(y2, 0), max(x1, 0):max(x2, 0)] = 1
     areas = masks.reshape(len(masks), -1).sum(axis=1)
     for k in np.argsort(-areas, kind="stable"):
-        known = segmentations[k] is not None and not bool(record.iscrowd[k])
+        known = (segmentations[k] is not None or box_masks) and not bool(record.iscrowd[k])
         semantic[masks[k] > 0] = class_index.get(int(record.labels[k]), IGNORE_INDEX) if known else IGNORE_INDEX
     return semantic
 
 
-def record_class_map(dataset, record, class_index: dict[int, int]) -> np.ndarray | None:
+def record_class_map(dataset, record, class_index: dict[int, int], box_masks: bool = False) -> np.ndarray | None:
     """The record's [H, W] int64 class map (0 background, 1..K, 255 ignore), or None if nothing gives one.
 
     Sources, in order: the record's own semantic map (the world), a VOC SegmentationClass PNG beside the
-    images, the instance masks (COCO); an image without objects is all background. VOC indices map to
-    categories by name when every category is a VOC class name, else an index is taken as the category id.
+    images, the instance masks (COCO), with `box_masks` the boxes of the instances without one filled with their
+    class (else they are ignored, and an image with boxes only has no class map); an image without objects is
+    all background. VOC indices map to categories by name when every category is a VOC class name, else an index
+    is taken as the category id.
     """
     lookup = np.full(256, IGNORE_INDEX, dtype=np.int64)               # category id -> class index
     for category_id, index in class_index.items():
@@ -552,9 +556,9 @@ def record_class_map(dataset, record, class_index: dict[int, int]) -> np.ndarray
         return lookup[indices]
     if record.num_objects == 0:
         return np.zeros((record.height, record.width), dtype=np.int64)
-    if record.segmentations is None or all(s is None for s in record.segmentations):
+    if not box_masks and (record.segmentations is None or all(s is None for s in record.segmentations)):
         return None                                                   # boxes only: no pixel labels
-    return class_map_from_instances(record, class_index)
+    return class_map_from_instances(record, class_index, box_masks)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -571,21 +575,35 @@ class SegmentationData(torch.utils.data.Dataset):
     """(image [3, S, S], {"semantic": [S, S] int64, "image_id"}) for every record that has a class map.
 
     `flip` mirrors image and map with probability 1/2 (torch's global generator, which the engine seeds).
-    Class maps are built once and kept (an [S, S] uint8 per image).
+    Class maps are built once and kept (an [S, S] uint8 per image). Images with boxes but no pixel labels are
+    left out, and said so on stderr; `box_masks` trains on their boxes filled with the class instead (counted on
+    stderr too). When no image has pixel labels it is an error.
     """
 
-    def __init__(self, dataset, class_ids: list[int], image_size: int | None, flip: bool = False):
+    def __init__(self, dataset, class_ids: list[int], image_size: int | None, flip: bool = False,
+                 box_masks: bool = False):
         self.dataset, self.size, self.flip = dataset, image_size, flip
         self.class_index = {cid: i + 1 for i, cid in enumerate(class_ids)}
         self.records, self.maps = [], []
+        box_filled = 0
         for record in dataset.records:
-            class_map = record_class_map(dataset, record, self.class_index)
+            class_map = record_class_map(dataset, record, self.class_index, box_masks)
             if class_map is not None:
                 self.records.append(record)
                 self.maps.append(resize_class_map(class_map, image_size).astype(np.uint8))
+                box_filled += _box_filled_objects(dataset, record) if box_masks else 0
+        name = getattr(dataset, "name", None) or "the data"
         if dataset.records and not self.records:
             raise DataError("no image has pixel labels (a semantic map, a VOC SegmentationClass PNG or instance "
-                            "masks)", file=getattr(dataset, "name", None))
+                            "masks); pass --option box_masks=true to train on the objects' boxes filled as masks",
+                            file=getattr(dataset, "name", None))
+        if len(self.records) < len(dataset.records):
+            print(f"{name}: {len(dataset.records) - len(self.records)} of {len(dataset.records)} images have boxes "
+                  f"but no pixel labels and are left out (--option box_masks=true trains on their boxes filled as "
+                  f"masks)", file=sys.stderr, flush=True)
+        if box_filled:
+            print(f"{name}: box_masks: {box_filled} objects have no mask and train on their boxes filled as masks",
+                  file=sys.stderr, flush=True)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -596,6 +614,26 @@ class SegmentationData(torch.utils.data.Dataset):
         if self.flip and bool(torch.rand(()) < 0.5):
             image, semantic = image.flip(-1), semantic.flip(-1)
         return image, {"semantic": semantic, "image_id": self.records[index].image_id}
+
+
+def _box_filled_objects(dataset, record) -> int:
+    """How many of the record's objects `record_class_map(..., box_masks=True)` paints as their filled box."""
+    if record.semantic is not None or voc_class_map_path(dataset, record) is not None:
+        return 0                                                      # the class map comes from elsewhere
+    segmentations = record.segmentations if record.segmentations is not None else [None] * record.num_objects
+    return sum(s is None and not crowd for s, crowd in zip(segmentations, record.iscrowd.tolist()))
+
+
+def _box_scored(dataset, box_masks: bool, said: list) -> bool:
+    """`box_masks`, saying on stderr (the first time, `said` empty) how many objects of evaluation data are scored
+    against their filled boxes."""
+    if box_masks and not said:
+        filled = sum(_box_filled_objects(dataset, record) for record in dataset.records)
+        if filled:
+            said.append(filled)
+            print(f"{getattr(dataset, 'name', '') or 'the data'}: box_masks: {filled} objects have no mask and are "
+                  f"scored against their boxes filled as masks", file=sys.stderr, flush=True)
+    return box_masks
 
 
 def collate(batch):
@@ -673,18 +711,18 @@ def segment_images(model: nn.Module, images: list[np.ndarray], device, image_siz
 @torch.no_grad()
 def evaluate_segmentation(model: nn.Module, dataset, device, class_ids: list[int], image_size: int | None,
                           batch_size: int = 16, max_images: int | None = None,
-                          superpixels: tuple | None = None) -> dict:
+                          superpixels: tuple | None = None, box_masks: bool = False) -> dict:
     """Pixel accuracy, mean accuracy, mean IoU and frequency-weighted IoU over all pixels of `dataset` (one
-    confusion matrix, Long et al. 2015 sec. 5), each image scored at its own resolution against its class map;
-    also the IoU of each class and images/s of the model (with its superpixel averaging, if any: see
-    `segment_images`)."""
+    confusion matrix, Long et al. 2015 sec. 5), each image scored at its own resolution against its class map
+    (with `box_masks`, objects without a mask count as their filled box: `record_class_map`); also the IoU of
+    each class and images/s of the model (with its superpixel averaging, if any: see `segment_images`)."""
     from scenekit.metrics.segmentation import SegmentationMeter
 
     class_index = {cid: i + 1 for i, cid in enumerate(class_ids)}
     meter = SegmentationMeter(num_classes=len(class_ids) + 1, ignore_index=IGNORE_INDEX)
     pairs = []
     for record in dataset.records:
-        class_map = record_class_map(dataset, record, class_index)
+        class_map = record_class_map(dataset, record, class_index, box_masks)
         if class_map is not None:
             pairs.append((record, class_map))
     pairs = pairs[:max_images] if max_images is not None else pairs
@@ -787,7 +825,7 @@ def recipe(categories: dict[int, str], *, name: str = "fcn", architecture: str =
            backbone_weights: str | None = None, block: str = "plain", aux_weight: float = 0.0,
            epochs: int | None = None, lr: float | None = None, warmup_steps: int = 20,
            weight_decay: float = 1e-4, flip: bool = True, superpixel_scale: float = 0.0,
-           superpixel_sigma: float = 0.5, superpixel_min_size: int = 20) -> Recipe:
+           superpixel_sigma: float = 0.5, superpixel_min_size: int = 20, box_masks: bool = False) -> Recipe:
     """Train an FCN or DeconvNet: one phase, AdamW with warm-up and a cosine schedule, per-pixel cross-entropy.
 
     Images are resized to `image_size` x `image_size` for the network, in training and in inference, and the
@@ -821,6 +859,9 @@ def recipe(categories: dict[int, str], *, name: str = "fcn", architecture: str =
     architecture=fcn4s --option epochs=10 --option superpixel_scale=800`. `block="residual"` and `aux_weight`
     (deep supervision) did not learn faster per CPU second in short runs. Defaults stay the paper's nets (no
     superpixels), also for checkpoints saved before these options existed.
+
+    Training images need pixel labels: those with boxes only are left out (an error when none has any), unless
+    `box_masks=True`, which trains on their boxes filled with the class and says how many (`SegmentationData`).
     """
     if backbone not in ("small", "vgg16"):
         raise DataError(f"FCN encoders are 'small' or 'vgg16' (the paper's), got {backbone!r}", field="backbone")
@@ -850,16 +891,20 @@ def recipe(categories: dict[int, str], *, name: str = "fcn", architecture: str =
                "head": head, "backbone": backbone, "backbone_weights": backbone_weights, "block": block,
                "aux_weight": aux_weight, "epochs": epochs, "lr": lr, "warmup_steps": warmup_steps,
                "superpixel_scale": superpixel_scale, "superpixel_sigma": superpixel_sigma,
-               "superpixel_min_size": superpixel_min_size, "weight_decay": weight_decay, "flip": flip}
+               "superpixel_min_size": superpixel_min_size, "weight_decay": weight_decay, "flip": flip,
+               "box_masks": bool(box_masks)}
     model_config = {**asdict(config), "channels": list(config.channels),
                     "convs_per_stage": list(config.stage_convs)}
+    said: list = []                                     # evaluation says once that it scores filled boxes
     return Recipe(
         model_name=name, categories=dict(categories), options=options, model_config=model_config,
         build_model=build, phases=phases,
-        make_dataset=lambda dataset, train: SegmentationData(dataset, class_ids, image_size, flip=flip and train),
+        make_dataset=lambda dataset, train: SegmentationData(dataset, class_ids, image_size, flip=flip and train,
+                                                             box_masks=box_masks),
         collate=collate,
         evaluate=lambda model, dataset, device: evaluate_segmentation(model, dataset, device, class_ids, image_size,
-                                                                      superpixels=superpixels),
+                                                                      superpixels=superpixels,
+                                                                      box_masks=_box_scored(dataset, box_masks, said)),
         predict=lambda model, images, device: predict_semantic(model, images, device, class_ids, image_size,
                                                                superpixels),
         best_metric="mean_iou", best_mode="max",
@@ -872,7 +917,7 @@ def window_recipe(categories: dict[int, str], *, name: str = "sliding-window", i
                   window: int = 32, channels=(16, 32, 64), hidden: int = 128, windows_per_image: int = 64,
                   val_images: int = 10, epochs: int | None = None, lr: float | None = None,
                   weight_decay: float = 1e-4, flip: bool = True, backbone: str = "small",
-                  backbone_weights: str | None = None) -> Recipe:
+                  backbone_weights: str | None = None, box_masks: bool = False) -> Recipe:
     """The sliding-window baseline: train on random windows, label images window by window.
 
     Validation runs the dense sliding window, which is slow by nature: it scores the first `val_images` images.
@@ -886,18 +931,21 @@ def window_recipe(categories: dict[int, str], *, name: str = "sliding-window", i
     model_config = {"num_classes": len(class_ids), "window": window, "channels": list(channels), "hidden": hidden}
     options = {"image_size": image_size, "window": window, "channels": list(channels), "hidden": hidden,
                "windows_per_image": windows_per_image, "val_images": val_images, "epochs": epochs, "lr": lr,
-               "weight_decay": weight_decay, "flip": flip}
+               "weight_decay": weight_decay, "flip": flip, "box_masks": bool(box_masks)}
 
     def make_dataset(dataset, train):
-        pixels = SegmentationData(dataset, class_ids, image_size, flip=flip and train)
+        pixels = SegmentationData(dataset, class_ids, image_size, flip=flip and train, box_masks=box_masks)
         return WindowData(pixels, window, windows_per_image, flip=False)
+
+    said: list = []
 
     return Recipe(
         model_name=name, categories=dict(categories), options=options, model_config=model_config,
         build_model=lambda c: WindowClassifier(c["num_classes"], c["window"], tuple(c["channels"]), c["hidden"]),
         phases=phases, make_dataset=make_dataset, collate=collate_windows,
         evaluate=lambda model, dataset, device: evaluate_segmentation(model, dataset, device, class_ids, image_size,
-                                                                      max_images=val_images),
+                                                                      max_images=val_images,
+                                                                      box_masks=_box_scored(dataset, box_masks, said)),
         predict=lambda model, images, device: predict_semantic(model, images, device, class_ids, image_size),
         best_metric="mean_iou", best_mode="max",
         world={"image_size": image_size},

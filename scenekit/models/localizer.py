@@ -363,14 +363,23 @@ def recipe(categories: dict[int, str], *, name: str = "localizer", class_specifi
            backbone: str = "small", backbone_weights: str | None = None, channels=(16, 32, 64),
            norm: str = "batch", hidden: int = 256, epochs: int | None = None, lr: float | None = None,
            regress_epochs: int | None = None, regress_lr: float = 0.03, flip: bool = True,
-           inference: str = "whole", scales=(1.0, 1.25)) -> Recipe:
+           inference: str = "whole", scales=(1.0, 1.25), max_detections: int = 5) -> Recipe:
     """The classification + localization recipe; `inference="overfeat"` predicts with the dense FCN pass.
 
     Phase 1 "classify": features + classifier, cross-entropy, SGD with momentum, cosine schedule, warm-up.
     Phase 2 "regress": the regression head alone, SGD and the L2 loss (features and classifier frozen).
+
+    `max_detections`: the guesses `predict` returns per image, best first: the top classes with their boxes
+    (at most the number of classes) or Overfeat's merged boxes. 5, ILSVRC's five guesses, not the detectors'
+    100: these models are scored by the top-1 and top-5 localization errors, which `evaluate` keeps measuring
+    on five guesses whatever this is.
     """
     if inference not in ("whole", "overfeat"):
         raise ValueError(f"inference must be 'whole' or 'overfeat', got {inference!r}")
+    if isinstance(max_detections, bool) or not isinstance(max_detections, int) or max_detections < 1:
+        from scenekit.errors import DataError
+        raise DataError(f"max_detections must be a positive integer, got {max_detections!r}",
+                        field="max_detections")
     class_ids = sorted(int(c) for c in categories)
     config = LocalizerConfig(num_classes=len(class_ids), image_size=image_size, class_specific=class_specific,
                              backbone=backbone, channels=tuple(channels), norm=norm, hidden=hidden,
@@ -392,13 +401,14 @@ def recipe(categories: dict[int, str], *, name: str = "localizer", class_specifi
 
     def predict(model, images, device):
         if inference == "overfeat":
-            return predict_overfeat(model, images, device, class_ids, scales=tuple(scales))
-        return predict_whole_image(model, images, device, class_ids)
+            return predict_overfeat(model, images, device, class_ids, scales=tuple(scales),
+                                    max_detections=max_detections)
+        return predict_whole_image(model, images, device, class_ids, k=max_detections)
 
     options = {"class_specific": class_specific, "image_size": image_size, "backbone": backbone,
                "backbone_weights": backbone_weights, "channels": list(channels), "norm": norm, "hidden": hidden,
                "epochs": epochs, "lr": lr, "regress_epochs": regress_epochs, "regress_lr": regress_lr,
-               "flip": flip, "inference": inference, "scales": list(scales)}
+               "flip": flip, "inference": inference, "scales": list(scales), "max_detections": max_detections}
     model_config = asdict(config)
     model_config["channels"] = list(config.channels)
     return Recipe(

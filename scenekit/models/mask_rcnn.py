@@ -11,9 +11,9 @@ What it adds to Faster R-CNN (sec. 3):
 - L = L_cls + L_box + L_mask; L_mask is the mean per-pixel sigmoid binary cross-entropy of the mask of the
   RoI's ground-truth class only, over foreground RoIs. Its target is the matched object's mask cropped to the
   RoI and resampled to m x m (here with RoIAlign on the full-image mask, thresholded at 0.5).
-- At test time the mask branch runs on the final detection boxes (the 100 best); the m x m mask of the
-  predicted class is resized to the box in the image and thresholded at 0.5 (`paste_masks`). Results leave as
-  COCO RLE, evaluated with COCO segm AP.
+- At test time the mask branch runs on the final detection boxes (the `max_detections` best, 100 by default);
+  the m x m mask of the predicted class is resized to the box in the image and thresholded at 0.5
+  (`paste_masks`). Results leave as COCO RLE, evaluated with COCO segm AP.
 
 Where the mask head reads its RoIs (`mask_stride`): 8 is the shared stride-8 map, as the paper's C4 head reads
 the backbone's last shared stage; 4 is a finer map built as FPN builds its P2 level (Lin et al. 2017, sec. 3, the
@@ -24,13 +24,16 @@ P2 and larger ones to coarser levels; the world's objects are at most ~145 px, s
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scenekit.models.fast_rcnn import ConvFeatures, clock, config_from_dict, two_stage_recipe
+from scenekit.errors import DataError
+from scenekit.models.fast_rcnn import (SLICE_FACTOR, ConvFeatures, check_max_detections, clock, config_from_dict,
+                                       two_stage_recipe)
 from scenekit.models.faster_rcnn import WORLD_ANCHOR_SIZES, FasterRCNN, FasterRCNNConfig, rpn_loss
 from scenekit.recipes import Recipe
 from scenekit.roi import paste_masks, roi_align  # noqa: F401  (paste_masks: part of this model's API)
@@ -167,14 +170,15 @@ class MaskRCNN(FasterRCNN):
         return {"rpn_objectness": rpn_objectness, "rpn_box_regression": rpn_box, **losses}
 
     @torch.no_grad()
-    def detect(self, images: torch.Tensor, image_sizes, proposals=None) -> tuple[list[dict], dict]:
+    def detect(self, images: torch.Tensor, image_sizes, proposals=None,
+               max_detections: int | None = None) -> tuple[list[dict], dict]:
         started = clock(images)
         features, mask_map = self.feature_maps(images)
         convolved = clock(images)
         if proposals is None:
             _, _, proposals = self.region_proposals(features, image_sizes, training=False)
         proposed = clock(images)
-        detections = self.add_masks(mask_map, self.detect_regions(features, proposals, image_sizes))
+        detections = self.add_masks(mask_map, self.detect_regions(features, proposals, image_sizes, max_detections))
         return detections, {"conv": convolved - started, "proposals": proposed - convolved,
                             "region": clock(images) - proposed}
 
@@ -184,8 +188,20 @@ def recipe(categories: dict, *, name: str = "mask-rcnn", image_size: int = 160, 
            hidden: int = 256, rois_per_image: int = 64, bg_low: float = 0.0, anchor_sizes=WORLD_ANCHOR_SIZES,
            anchor_ratios=(0.5, 1.0, 2.0), mask_size: int = 14, mask_convs: int = 4, mask_channels: int = 64,
            mask_stride: int | None = None, epochs: int | None = None, lr: float | None = None,
-           flip: bool = True) -> Recipe:
+           flip: bool = True, box_masks: bool = False, max_detections: int = 100,
+           slice_factor: float = SLICE_FACTOR) -> Recipe:
     """Mask R-CNN trained end to end: RPN losses + box head losses + the mask loss.
+
+    Every object it trains on needs a mask: training data with objects that have none stops with an error,
+    unless `box_masks=True`, which trains on their boxes filled as masks and says how many (see `require_masks`).
+
+    `max_detections` and `slice_factor` as Faster R-CNN's (2.5 keeps every world image whole; larger photographs
+    train on windows and are predicted by tiles). Masks of a large photograph, bounded: a window in training
+    decodes only the masks of the objects in it, one at a time (`fast_rcnn.window_masks`); a tile keeps its m x m
+    mask probabilities until the merge and pastes only the masks it keeps (`fast_rcnn.TileMasks`); the result
+    holds [M, H, W] uint8 masks for its M <= `max_detections` detections: 5.7 MB each on a 2300 x 2500 photograph,
+    ~575 MB at the default 100 (lower `max_detections` to hold less). Evaluation turns each batch's masks into
+    RLE before the next batch.
 
     With the small backbone the mask branch reads FPN's stride-4 level by default (`mask_stride=None` -> 4;
     `mask_stride=8` reads the shared map like the paper's C4 head). On 800 world images, 16 epochs, 28 x 28 masks
@@ -200,15 +216,79 @@ def recipe(categories: dict, *, name: str = "mask-rcnn", image_size: int = 160, 
                             backbone_weights=backbone_weights, hidden=hidden, rois_per_image=rois_per_image,
                             bg_low=bg_low, anchor_sizes=tuple(anchor_sizes), anchor_ratios=tuple(anchor_ratios),
                             mask_size=mask_size, mask_convs=mask_convs, mask_channels=mask_channels,
-                            mask_stride=mask_stride)
+                            mask_stride=mask_stride, detections_per_image=check_max_detections(max_detections))
     epochs = 12 if epochs is None else epochs       # as Faster R-CNN's recipe (see there)
     lr = 1e-3 if lr is None else lr
     options = {"image_size": image_size, "backbone": backbone, "backbone_weights": backbone_weights,
                "channels": list(channels), "extra_convs": extra_convs, "norm": norm, "hidden": hidden,
                "rois_per_image": rois_per_image, "bg_low": bg_low, "anchor_sizes": list(anchor_sizes),
                "anchor_ratios": list(anchor_ratios), "mask_size": mask_size, "mask_convs": mask_convs,
-               "mask_channels": mask_channels, "mask_stride": mask_stride, "epochs": epochs, "lr": lr, "flip": flip}
-    return two_stage_recipe(name, categories, config, epochs=epochs, lr=lr, flip=flip,
-                            build=lambda values: MaskRCNN(config_from_dict(MaskRCNNConfig, values)),
-                            with_masks=True, options=options, world={"image_size": image_size})
+               "mask_channels": mask_channels, "mask_stride": mask_stride, "epochs": epochs, "lr": lr, "flip": flip,
+               "box_masks": bool(box_masks), "max_detections": max_detections, "slice_factor": slice_factor}
+    recipe = two_stage_recipe(name, categories, config, epochs=epochs, lr=lr, flip=flip,
+                              build=lambda values: MaskRCNN(config_from_dict(MaskRCNNConfig, values)),
+                              with_masks=True, options=options, world={"image_size": image_size},
+                              max_detections=max_detections, slice_factor=slice_factor)
+    make_dataset, evaluate, announced = recipe.make_dataset, recipe.evaluate, []
+
+    def checked_make_dataset(dataset, train):
+        if train:
+            require_masks(dataset, box_masks, name)
+        return make_dataset(dataset, train)
+
+    def box_mask_evaluate(model, dataset, device):       # mask AP against the same filled boxes it trained on
+        filled = with_box_masks(dataset)
+        if filled is not dataset and not announced:
+            announced.append(True)
+            print(f"{name}: box_masks: mask AP is measured against filled boxes for the objects of "
+                  f"{getattr(dataset, 'name', '') or 'the evaluation data'} that have no mask", file=sys.stderr,
+                  flush=True)
+        return evaluate(model, filled, device)
+
+    recipe.make_dataset = checked_make_dataset
+    recipe.evaluate = box_mask_evaluate if box_masks else evaluate
+    return recipe
+
+
+def require_masks(dataset, box_masks: bool, name: str = "mask-rcnn") -> int:
+    """Stop when objects of the training data have no mask, rather than learn masks filled from their boxes
+    without a word; with `box_masks`, say on stderr how many objects get their filled box as mask. Crowd regions
+    are not trained on and not counted. Returns the number of objects without a mask."""
+    missing = total = 0
+    for record in dataset.records:
+        segmentations = record.segmentations if record.segmentations is not None else [None] * record.num_objects
+        for segmentation, crowd in zip(segmentations, record.iscrowd.tolist()):
+            total += not crowd
+            missing += segmentation is None and not crowd
+    if missing and not box_masks:
+        raise DataError(f"{missing} of {total} objects have no mask, and {name} learns masks; pass --option "
+                        f"box_masks=true to train on their boxes filled as masks",
+                        file=getattr(dataset, "name", None) or None, field="segmentations")
+    if missing:
+        print(f"{name}: box_masks: {missing} of {total} objects have no mask and train on their boxes filled as "
+              f"masks", file=sys.stderr, flush=True)
+    return missing
+
+
+def with_box_masks(dataset):
+    """The dataset with each object that has no mask given its filled box as one (compressed RLE, the mask it
+    trains on: `record_masks(..., box_fallback=True)`); the dataset itself when every object has a mask."""
+    from dataclasses import replace
+
+    from scenekit.data.records import Dataset
+    from scenekit.data.transforms import record_masks
+    from scenekit.masks import compress, rle_encode
+
+    records, changed = [], False
+    for record in dataset.records:
+        segmentations = record.segmentations if record.segmentations is not None else [None] * record.num_objects
+        if any(s is None for s in segmentations):
+            masks = record_masks(record, box_fallback=True)
+            segmentations = [s if s is not None else compress(rle_encode(masks[k]))
+                             for k, s in enumerate(segmentations)]
+            record, changed = replace(record, segmentations=segmentations), True
+        records.append(record)
+    if not changed:
+        return dataset
+    return Dataset(records, dataset.categories, dataset.image_root, name=dataset.name, skipped=dataset.skipped)
 

@@ -378,12 +378,13 @@ def _chunks(count: int, size: int):
 
 @torch.no_grad()
 def detect(model: RCNN, image: np.ndarray, proposals: torch.Tensor, device=None,
-           chunk: int = 512) -> tuple[dict, dict]:
+           chunk: int = 512, max_detections: int | None = None) -> tuple[dict, dict]:
     """R-CNN's test pass on one image (sec. 2.2) -> ({"boxes" [N, 4] float64 xyxy, "scores" [N] (SVM margins),
     "labels" [N] class indices 1..K}, seconds spent {"warp", "cnn", "post"}).
 
     Every proposal is warped and run through the CNN on its own; SVMs score its fc7 features; for each
-    (region, class) scoring above the threshold the class's regressor moves the box; per-class NMS follows.
+    (region, class) scoring above the threshold the class's regressor moves the box; per-class NMS follows and
+    keeps the `max_detections` best (default: the config's `detections_per_image`).
     """
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be an [H, W, 3] uint8 array, got "
@@ -424,22 +425,24 @@ def detect(model: RCNN, image: np.ndarray, proposals: torch.Tensor, device=None,
     labels = (klass + 1).cpu()
     wide = (boxes[:, 2] - boxes[:, 0] > 0) & (boxes[:, 3] - boxes[:, 1] > 0)
     boxes, found_scores, labels = boxes[wide], found_scores[wide], labels[wide]
-    keep = batched_nms(boxes, found_scores, labels, config.nms_threshold, max_output=config.detections_per_image)
+    limit = config.detections_per_image if max_detections is None else max_detections
+    keep = batched_nms(boxes, found_scores, labels, config.nms_threshold, max_output=limit)
     seconds["post"] = time.perf_counter() - began
     return {"boxes": boxes[keep], "scores": found_scores[keep], "labels": labels[keep]}, seconds
 
 
 def run_rcnn(model: RCNN, images: list[np.ndarray], class_ids: list[int], proposals: ProposalStore,
-             device=None) -> tuple[list[dict], dict]:
-    """Detect in [H, W, 3] uint8 images -> (per image {"boxes", "scores", "labels" category ids}, seconds
-    over all images {"proposals", "warp", "cnn", "post"}, and "regions", the number of regions run)."""
+             device=None, max_detections: int | None = None) -> tuple[list[dict], dict]:
+    """Detect in [H, W, 3] uint8 images -> (per image {"boxes", "scores", "labels" category ids}, at most
+    `max_detections` each, seconds over all images {"proposals", "warp", "cnn", "post"}, and "regions", the
+    number of regions run)."""
     results, totals = [], {"proposals": 0.0, "warp": 0.0, "cnn": 0.0, "post": 0.0, "regions": 0}
     ids = torch.tensor(class_ids, dtype=torch.int64)
     for image in images:
         boxes, searched = proposals(image)
         totals["proposals"] += searched
         totals["regions"] += len(usable_proposals(boxes, model.config.max_proposals))
-        found, seconds = detect(model, image, boxes, device)
+        found, seconds = detect(model, image, boxes, device, max_detections=max_detections)
         for key, value in seconds.items():
             totals[key] += value
         found["labels"] = ids[found["labels"] - 1] if len(found["labels"]) else found["labels"]
@@ -455,14 +458,16 @@ def coco_results(image_id: int, found: dict) -> list[dict]:
                                          found["labels"].tolist())]
 
 
-def evaluate_rcnn(model: RCNN, dataset, device, class_ids: list[int], proposals: ProposalStore) -> dict:
+def evaluate_rcnn(model: RCNN, dataset, device, class_ids: list[int], proposals: ProposalStore,
+                  max_detections: int | None = None) -> dict:
     """Pascal VOC mAP@0.5, COCO AP / AP50 / AP75 and milliseconds per image: `proposal_ms` (Selective Search),
     `warp_ms` (cropping and warping every region), `cnn_ms` (the per-region CNN and the SVMs), `post_ms`
-    (regression and NMS), `total_ms`; and `regions_per_image`, the number of CNN passes per image."""
+    (regression and NMS), `total_ms`; and `regions_per_image`, the number of CNN passes per image. At most
+    `max_detections` per image (default: the config's), all of which VOC's mAP takes."""
     from scenekit.metrics.detection import coco_evaluate, voc_evaluate
 
     images = [load_image(dataset, record) for record in dataset.records]
-    found, seconds = run_rcnn(model, images, class_ids, proposals, device)
+    found, seconds = run_rcnn(model, images, class_ids, proposals, device, max_detections=max_detections)
     results = [r for record, f in zip(dataset.records, found) for r in coco_results(record.image_id, f)]
     count = max(1, len(images))
     metrics = {"mAP50": voc_evaluate(dataset, results)["mAP"] if results else 0.0}
@@ -872,15 +877,20 @@ def recipe(categories: dict[int, str], *, name: str = "rcnn", image_size: int = 
            epochs: int | None = None, lr: float | None = None, regions_per_batch: int = 128, flip: bool = True,
            svm_C: float = 1e-2, svm_positive_weight: float = 2.0, ridge: float = 1000.0,
            proposal_mode: str = "fast", proposal_max_side: int | None = None, max_proposals: int = 2000,
-           score_threshold: float = -1.0, nms_threshold: float = 0.3, cache: str | None = None) -> RCNNRecipe:
+           score_threshold: float = -1.0, nms_threshold: float = 0.3, cache: str | None = None,
+           max_detections: int = 100) -> RCNNRecipe:
     """R-CNN's recipe; `train_rcnn` runs it (`recipe.fit`). `image_size` is the world's image size only:
     R-CNN warps regions, so images of any size are used as they are. `cache`: the folder for proposals and
-    features (default OUT/cache)."""
+    features (default OUT/cache). `max_detections`: detections per image in predict and evaluate (100; a
+    recipe rebuilt with another value caps a restored model at that)."""
+    if isinstance(max_detections, bool) or not isinstance(max_detections, int) or max_detections < 1:
+        raise DataError(f"max_detections must be a positive integer, got {max_detections!r}", field="max_detections")
     class_ids = sorted(int(c) for c in categories)
     config = RCNNConfig(num_classes=len(class_ids), input_size=input_size, padding=padding, backbone=backbone,
                         channels=tuple(channels), norm=norm, backbone_weights=backbone_weights, hidden=hidden,
                         dropout=dropout, proposal_mode=proposal_mode, proposal_max_side=proposal_max_side,
-                        max_proposals=max_proposals, score_threshold=score_threshold, nms_threshold=nms_threshold)
+                        max_proposals=max_proposals, score_threshold=score_threshold, nms_threshold=nms_threshold,
+                        detections_per_image=max_detections)
     epochs = 10 if epochs is None else epochs
     lr = 0.02 if lr is None else lr
     options = {"image_size": image_size, "input_size": input_size, "padding": padding, "backbone": backbone,
@@ -889,7 +899,7 @@ def recipe(categories: dict[int, str], *, name: str = "rcnn", image_size: int = 
                "flip": flip, "svm_C": svm_C, "svm_positive_weight": svm_positive_weight, "ridge": ridge,
                "proposal_mode": proposal_mode, "proposal_max_side": proposal_max_side,
                "max_proposals": max_proposals, "score_threshold": score_threshold, "nms_threshold": nms_threshold,
-               "cache": cache}
+               "cache": cache, "max_detections": max_detections}
     model_config = asdict(config)
     model_config["channels"] = list(config.channels)
     proposals = ProposalStore(proposal_mode, proposal_max_side, Path(cache) / "proposals" if cache else None)
@@ -898,10 +908,10 @@ def recipe(categories: dict[int, str], *, name: str = "rcnn", image_size: int = 
         return RCNN(RCNNConfig(**{**values, "channels": tuple(values["channels"])}))
 
     def predict(model, images, device):
-        return run_rcnn(model, list(images), class_ids, proposals, device)[0]
+        return run_rcnn(model, list(images), class_ids, proposals, device, max_detections=max_detections)[0]
 
     def evaluate(model, dataset, device):
-        return evaluate_rcnn(model, dataset, device, class_ids, proposals)
+        return evaluate_rcnn(model, dataset, device, class_ids, proposals, max_detections=max_detections)
 
     # For `describe()` only: the engine does not run these phases, `train_rcnn` does.
     phases = [Phase("finetune", epochs=epochs, lr=lr, optimizer="sgd", momentum=0.9, weight_decay=5e-4,

@@ -47,7 +47,9 @@ Three further ingredients, each switchable and off in checkpoints saved before t
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -56,6 +58,7 @@ from torch import nn
 
 from scenekit.data.transforms import load_image, prepare_image
 from scenekit.data.vocab import Vocabulary
+from scenekit.data.vqa_files import OpenQuestion, top_answers
 from scenekit.errors import DataError
 from scenekit.models.backbones import SmallCNN
 from scenekit.models.captioner import concept_targets, coordinate_channels
@@ -79,6 +82,7 @@ class VQAConfig:
     dense: bool = True                         # per-cell category + object-centre head, appended to C(I)
     dense_classes: int = 7                     # background + the dataset's categories (ids 1..K)
     count_glimpse: bool = True                 # unnormalised sigmoid-gated read-out n_T (needs attention)
+    answers: list[str] = field(default_factory=list)   # open-ended answer classes (empty: multiple choice only)
 
 
 # Values of the options for checkpoints saved before they existed: such checkpoints hold none of their layers.
@@ -127,6 +131,8 @@ class VQAModel(nn.Module):
         self.joint_question = nn.Linear(h, config.joint)                           # W_q
         self.answer = nn.Linear(e, config.joint)
         self.concepts = nn.Linear(config.feature, len(config.words))              # the encoder's pre-training head
+        if config.answers:
+            self.classifier = nn.Linear(config.joint, len(config.answers))         # open-ended: top-K answers
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, S, S] -> CNN grid [B, C, g, g] (the small CNN, then the context layers)."""
@@ -210,15 +216,41 @@ class VQAModel(nn.Module):
                             f"with `scenekit train vqa`", field="model") from error
 
     def score(self, q: torch.Tensor, choices: torch.Tensor) -> torch.Tensor:
-        """q [N, J], choices [N, K, Ta] word ids (0-padded) -> scores [N, K]: q . tanh(W mean(embeddings))."""
+        """q [N, J], choices [N, K, Ta] word ids (0-padded) -> scores [N, K]: q . tanh(W mean(embeddings)).
+        Choices that are all padding (questions with fewer than K choices) score the lowest float: never picked,
+        zero probability."""
         mask = (choices != 0).float()[..., None]                                  # [N, K, Ta, 1]
         mean = (self.embed(choices) * mask).sum(dim=2) / mask.sum(dim=2).clamp(min=1)
-        return (torch.tanh(self.answer(mean)) * q[:, None]).sum(dim=-1)
+        scores = (torch.tanh(self.answer(mean)) * q[:, None]).sum(dim=-1)
+        return scores.masked_fill(mask.sum(dim=(2, 3)) == 0, torch.finfo(scores.dtype).min)
+
+    def classify(self, q: torch.Tensor) -> torch.Tensor:
+        """q [N, J] -> logits [N, A] over the open-ended answer classes (Antol et al. 2015, sec. 5: a softmax over
+        the top K training answers)."""
+        if not self.config.answers:
+            raise DataError("this VQA model has no open-ended answers (it was trained on multiple-choice "
+                            "questions); give the candidate answers", field="choices")
+        return self.classifier(q)
+
+    def answer_loss(self, q: torch.Tensor, targets: dict) -> torch.Tensor:
+        """Cross-entropy of each question's right answer: over its choices (multiple choice) or over the answer
+        classes ("open" [N] true; answers outside the classes, -100, are left out), averaged over questions."""
+        scores, answers = self.score(q, targets["choices"]), targets["answers"]
+        open_ = targets.get("open")
+        if open_ is None or not bool(open_.any()):
+            return F.cross_entropy(scores, answers)
+        per = q.new_zeros(len(q))
+        closed = ~open_
+        if bool(closed.any()):
+            per[closed] = F.cross_entropy(scores[closed], answers[closed], reduction="none")
+        per[open_] = F.cross_entropy(self.classify(q[open_]), answers[open_], ignore_index=-100, reduction="none")
+        return per.sum() / (answers != -100).sum().clamp(min=1)
 
     def forward(self, images: torch.Tensor, targets: dict):
-        """targets {"questions" [N, T], "choices" [N, K, Ta], "owner" [N] and, to train, "answers" [N] and
-        optionally "concepts" [B, V]}: the losses (cross-entropy over the K candidates; binary cross-entropy of the
-        image's visual concepts), or (without "answers") the scores [N, K]."""
+        """targets {"questions" [N, T], "choices" [N, K, Ta], "owner" [N] and, to train, "answers" [N], optionally
+        "open" [N] (open-ended questions, answered by `classify`) and "concepts" [B, V]}: the losses (cross-entropy
+        over each question's candidates or answer classes; binary cross-entropy of the image's visual concepts), or
+        (without "answers") the multiple-choice scores [N, K]."""
         losses, computed = {}, {}
         if "answers" in targets and "concepts" in targets:
             grid = self.features(images)                                           # [B, C, g, g]
@@ -231,17 +263,19 @@ class VQAModel(nn.Module):
             if not self.embed.weight.requires_grad:
                 return losses             # the encoder's pre-training phase: the frozen LSTM would be wasted time
         q, _ = self.encode(images, targets["questions"], targets["owner"], **computed)
-        scores = self.score(q, targets["choices"])
         if "answers" not in targets:
-            return scores
-        losses["cross_entropy"] = F.cross_entropy(scores, targets["answers"])
+            return self.score(q, targets["choices"])
+        losses["cross_entropy"] = self.answer_loss(q, targets)
         return losses
 
 
 # ------------------------------------------------------------------------------------------------ data
 def encode_question(vocabulary: Vocabulary, question: str, choices) -> tuple[torch.Tensor, torch.Tensor]:
-    """Question -> ids [T] (no <start>/<end>), choices -> ids [K, Ta] (0-padded)."""
+    """Question -> ids [T] (no <start>/<end>), choices -> ids [K, Ta] (0-padded); no choices (an open-ended
+    question) -> one all-padding row [1, 1], which `VQAModel.score` masks."""
     q = torch.tensor(vocabulary.encode(question, add_start_end=False) or [vocabulary.unk_id])
+    if not choices:
+        return q, torch.zeros(1, 1, dtype=torch.int64)
     rows = [torch.tensor(vocabulary.encode(c, add_start_end=False) or [vocabulary.unk_id]) for c in choices]
     return q, torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
 
@@ -268,19 +302,27 @@ def cell_targets(record, grid: int, classes: int) -> tuple[torch.Tensor, torch.T
 
 class QuestionData(torch.utils.data.Dataset):
     """One item per image with questions: (image [3, S, S], {"questions": [...], "choices": [...],
-    "answers": [...], "kinds": [...], "concepts": [V] the words of the image's captions (zeros without)}, and,
-    given `grid` and when every record has a semantic map, "cell_classes" [K, g, g] and "centres" [g, g])."""
+    "answers": [...], "open": [...], "kinds": [...], "concepts": [V] the words of the image's captions (zeros
+    without)}, and, given `grid` and when every record has a semantic map, "cell_classes" [K, g, g] and
+    "centres" [g, g]). Questions may have different numbers of choices. An open-ended question (`OpenQuestion`)
+    has no choices; its answer is its `best` answer's index in `answers` (-100 when not among them)."""
 
     def __init__(self, dataset, vocabulary: Vocabulary, image_size: int, grid: int | None = None,
-                 classes: int = 7):
+                 classes: int = 7, answers=()):
         self.dataset, self.vocabulary, self.size = dataset, vocabulary, image_size
         self.records = [r for r in dataset.records if r.questions]
         if not self.records:
             raise DataError("no image has a question", field="questions")
-        counts = {len(q.choices) for r in self.records for q in r.questions}
-        if len(counts) != 1:
-            raise DataError(f"every question needs the same number of choices, got {sorted(counts)}",
-                            field="questions")
+        self.answer_ids = {a: i for i, a in enumerate(answers)}
+        for record in self.records:
+            for q in record.questions:
+                if isinstance(q, OpenQuestion) and not self.answer_ids:
+                    raise DataError("an open-ended question, but the model has no answer classes (it was trained "
+                                    "on multiple-choice questions)", record=f"image id {record.image_id}",
+                                    field="questions")
+                if not isinstance(q, OpenQuestion) and not 0 <= q.answer < len(q.choices):
+                    raise DataError(f"answer {q.answer} is not the index of one of its {len(q.choices)} choices",
+                                    record=f"image id {record.image_id}", field="answer")
         self.grid = grid if grid and all(r.semantic is not None for r in self.records) else None
         self.classes = classes
 
@@ -292,7 +334,10 @@ class QuestionData(torch.utils.data.Dataset):
         encoded = [encode_question(self.vocabulary, q.question, q.choices) for q in record.questions]
         captions = [self.vocabulary.encode(c, add_start_end=False) for c in record.captions]
         target = {"questions": [e[0] for e in encoded], "choices": [e[1] for e in encoded],
-                  "answers": [q.answer for q in record.questions], "kinds": [q.kind for q in record.questions],
+                  "answers": [self.answer_ids.get(q.best, -100) if isinstance(q, OpenQuestion) else q.answer
+                              for q in record.questions],
+                  "open": [isinstance(q, OpenQuestion) for q in record.questions],
+                  "kinds": [q.kind for q in record.questions],
                   "concepts": concept_targets(captions, len(self.vocabulary))}
         if self.grid:
             target["cell_classes"], target["centres"] = cell_targets(record, self.grid, self.classes)
@@ -300,16 +345,19 @@ class QuestionData(torch.utils.data.Dataset):
 
 
 def collate_questions(batch):
-    """Images stacked; questions padded to [N, T], choices to [N, K, Ta]; owner [N] is each question's image."""
+    """Images stacked; questions padded to [N, T], choices to [N, K, Ta] (K the most choices of a question:
+    missing ones are all padding); owner [N] is each question's image; open [N] marks open-ended questions."""
     images = torch.stack([image for image, _ in batch])
     questions = [q for _, t in batch for q in t["questions"]]
     choices = [c for _, t in batch for c in t["choices"]]
-    width = max(c.shape[1] for c in choices)
-    choices = torch.stack([F.pad(c, (0, width - c.shape[1])) for c in choices])
+    count, width = max(c.shape[0] for c in choices), max(c.shape[1] for c in choices)
+    choices = torch.stack([F.pad(c, (0, width - c.shape[1], 0, count - c.shape[0])) for c in choices])
     return images, {
         "questions": torch.nn.utils.rnn.pad_sequence(questions, batch_first=True),
         "choices": choices,
         "answers": torch.tensor([a for _, t in batch for a in t["answers"]]),
+        "open": torch.tensor([o for _, t in batch for o in t.get("open", [False] * len(t["questions"]))],
+                             dtype=torch.bool),
         "owner": torch.tensor([i for i, (_, t) in enumerate(batch) for _ in t["questions"]]),
         **{key: torch.stack([t[key] for _, t in batch]) for key in ("concepts", "cell_classes", "centres")
            if all(key in t for _, t in batch)},
@@ -318,42 +366,65 @@ def collate_questions(batch):
 
 # ------------------------------------------------------------------------------------------------ use
 @torch.no_grad()
-def answer_question(model: VQAModel, image: np.ndarray, question: str, choices, device=None) -> dict:
-    """Answer one question about an [H, W, 3] uint8 image -> {"answer", "index", "probabilities", "attention"}."""
-    if len(choices) < 2:
-        raise DataError(f"give at least 2 choices, got {len(choices)}", field="choices")
+def answer_question(model: VQAModel, image: np.ndarray, question: str, choices=None, device=None) -> dict:
+    """Answer one question about an [H, W, 3] uint8 image -> {"answer", "index", "probabilities", "attention"}:
+    among `choices`, or, without them, among the answer classes of a model trained on open-ended questions
+    ("index" then numbers the class, and "probabilities" are over all classes)."""
+    if choices is not None and len(choices) < 2 or choices is None and not model.config.answers:
+        raise DataError(f"give at least 2 choices, got {len(choices or [])}", field="choices")
     device = device or next(model.parameters()).device
     model.eval()
     q, c = encode_question(model.vocabulary, question, choices)
     images = prepare_image(image, model.config.image_size)[None].to(device)
     encoded, alpha = model.encode(images, q[None].to(device), torch.zeros(1, dtype=torch.int64, device=device))
-    probabilities = model.score(encoded, c[None].to(device)).softmax(dim=1)[0].cpu()
+    logits = model.classify(encoded) if choices is None else model.score(encoded, c[None].to(device))
+    probabilities = logits.softmax(dim=1)[0].cpu()
     best = int(probabilities.argmax())
-    return {"answer": choices[best], "index": best, "probabilities": probabilities.tolist(),
-            "attention": None if alpha is None else alpha[0].cpu()}
+    return {"answer": (model.config.answers if choices is None else choices)[best], "index": best,
+            "probabilities": probabilities.tolist(), "attention": None if alpha is None else alpha[0].cpu()}
+
+
+def normalise_answer(text: str) -> str:
+    """Lower case, outer spaces and a final full stop dropped: "Yes." and "yes" are one answer (a part of the
+    VQA evaluation's normalisation, Antol et al. 2015)."""
+    return text.strip().lower().rstrip(".").strip()
+
+
+def vqa_accuracy(predicted: str, human_answers) -> float:
+    """min(#humans who gave `predicted` / 3, 1): an answer is right when at least 3 of the (ten) annotators gave
+    it (Antol et al. 2015, sec. 2)."""
+    said = sum(normalise_answer(a) == normalise_answer(predicted) for a in human_answers)
+    return min(said / 3.0, 1.0)
 
 
 @torch.no_grad()
 def answer_all(model: VQAModel, dataset, device, batch_size: int = 64) -> tuple[list, np.ndarray, float]:
-    """Every question of `dataset`, in record order -> (questions [Question], right [N] bool, seconds the model
-    took)."""
+    """Every question of `dataset`, in record order -> (questions [Question], right [N] float, seconds the model
+    took). right: 1.0 / 0.0 for a multiple-choice question; `vqa_accuracy` of the predicted class for an
+    open-ended one."""
     model.eval()
-    data = QuestionData(dataset, model.vocabulary, model.config.image_size)
+    data = QuestionData(dataset, model.vocabulary, model.config.image_size, answers=model.config.answers)
+    questions = [q for record in data.records for q in record.questions]
     right, elapsed = [], 0.0
     for start in range(0, len(data), batch_size):
         items = [data[i] for i in range(start, min(len(data), start + batch_size))]
         images, targets = collate_questions(items)
         began = time.perf_counter()
-        scores = model(images.to(device), {k: v.to(device) for k, v in targets.items()
-                                           if k not in ("answers", "concepts", "cell_classes", "centres")})
+        encoded, _ = model.encode(images.to(device), targets["questions"].to(device), targets["owner"].to(device))
+        picked = model.score(encoded, targets["choices"].to(device)).argmax(dim=1).cpu()
+        if bool(targets["open"].any()):
+            picked[targets["open"]] = model.classify(encoded[targets["open"].to(device)]).argmax(dim=1).cpu()
         elapsed += time.perf_counter() - began
-        right += (scores.argmax(dim=1).cpu() == targets["answers"]).tolist()
-    questions = [q for record in data.records for q in record.questions]
-    return questions, np.array(right, dtype=bool), elapsed
+        for index, is_open in zip(picked.tolist(), targets["open"].tolist()):
+            question = questions[len(right)]
+            right.append(vqa_accuracy(model.config.answers[index], question.answers) if is_open
+                         else float(index == question.answer))
+    return questions, np.array(right, dtype=np.float64), elapsed
 
 
 def evaluate_vqa(model: VQAModel, dataset, device, batch_size: int = 64) -> dict:
-    """Accuracy over all questions and per question kind (`accuracy_<kind>`), and questions per second."""
+    """Accuracy over all questions and per question kind (`accuracy_<kind>`), and questions per second: plain
+    accuracy for multiple-choice questions, VQA accuracy (`vqa_accuracy`) for open-ended ones."""
     questions, right, elapsed = answer_all(model, dataset, device, batch_size)
     kinds = np.array([q.kind for q in questions])
     result = {"accuracy": float(right.mean())}
@@ -367,18 +438,34 @@ def evaluate_vqa(model: VQAModel, dataset, device, batch_size: int = 64) -> dict
 WORLD_OPTIONS = {"image_size": 128, "max_objects": 6}   # answers near uniform per kind (tests/test_world.py)
 
 
+@dataclass
+class VQARecipe(Recipe):
+    """The VQA recipe. `fit(recipe, train_data, val_data, config, resume=...)` first settles what only the training
+    data can tell (`fit_to_data`), then trains with the engine. `from_data` names the options left to the data."""
+
+    fit: Callable | None = None
+    from_data: tuple[str, ...] = ()
+
+
 def recipe(categories=None, *, name: str = "vqa", vocabulary=None, min_count: int = 1, image_size: int = 96,
            channels=(16, 32, 64), feature: int = 128, embedding: int = 64, hidden: int = 128,
            attention_size: int = 64, joint: int = 128, attention: bool = True, coords: bool = True,
-           context_layers: int = 2, dense: bool = True, count_glimpse: bool | None = None,
-           epochs: int | None = None, lr: float | None = None, clip: float = 5.0, pretrain_epochs: int = 4) -> Recipe:
+           context_layers: int = 2, dense: bool = True, count_glimpse: bool | None = None, answers=None,
+           top_answers: int = 1000, concepts: bool = True, epochs: int | None = None, lr: float | None = None,
+           clip: float = 5.0, pretrain_epochs: int = 4) -> VQARecipe:
     """The VQA recipe: Adam, cosine schedule, gradient clipping; best checkpoint by validation accuracy.
 
     Visual7W starts from an ImageNet VGG; here `pretrain_epochs` > 0 first trains the small CNN alone (with the
-    fc feature and a concept classifier, the LSTM frozen) to name the words of each image's captions, as the
-    captioners' encoder is pre-trained (`scenekit.models.captioner.recipe`), and with `dense` also to name each
-    grid cell's category and object centres (see the module docstring), then everything on the answers (the
-    dense term kept as an auxiliary loss). `count_glimpse` defaults to `attention`."""
+    fc feature and a concept classifier, the LSTM frozen) to name the words of each image's captions
+    (`concepts`), as the captioners' encoder is pre-trained (`scenekit.models.captioner.recipe`), and with
+    `dense` also to name each grid cell's category and object centres (see the module docstring), then
+    everything on the answers (the dense term kept as an auxiliary loss). `count_glimpse` defaults to `attention`.
+
+    `vocabulary`: a word list, a vocabulary JSON or a data spec; None: settled by `fit_to_data` from the training
+    questions (the world's words when they cover them all). `answers`: the open-ended answer classes; None: the
+    `top_answers` most common answers of the training data's open-ended questions (Antol et al. 2015 keep
+    K = 1000), none for multiple-choice data. Training data without captions or semantic maps turns `concepts`
+    or `dense` off, with a notice (`fit_to_data`)."""
     from scenekit.data.captions import resolve_vocabulary
 
     words = resolve_vocabulary(vocabulary, min_count=min_count, with_questions=True).words
@@ -387,15 +474,16 @@ def recipe(categories=None, *, name: str = "vqa", vocabulary=None, min_count: in
     config = VQAConfig(words=list(words), image_size=image_size, channels=tuple(channels), feature=feature,
                        embedding=embedding, hidden=hidden, attention_size=attention_size, joint=joint,
                        attention=attention, coords=coords, context_layers=context_layers, dense=dense,
-                       dense_classes=dense_classes, count_glimpse=count_glimpse)
+                       dense_classes=dense_classes, count_glimpse=count_glimpse, answers=list(answers or []))
     grid = image_size // 2 ** len(channels)
     dense_terms = ("dense",) if dense else ()
     vocab = Vocabulary(list(words))
     phases = []
-    if pretrain_epochs:
+    if pretrain_epochs and (concepts or dense):
         phases.append(Phase("concepts", epochs=pretrain_epochs, lr=2e-3, optimizer="adam", schedule="cosine",
-                            warmup_steps=20, trains=("encoder", "context", "image_feature", "concepts")
-                            + (("dense_head",) if dense else ()), loss_terms=("concepts",) + dense_terms))
+                            warmup_steps=20, trains=("encoder", "context", "image_feature")
+                            + (("concepts",) if concepts else ()) + (("dense_head",) if dense else ()),
+                            loss_terms=(("concepts",) if concepts else ()) + dense_terms))
     phases.append(Phase("train", epochs=16 if epochs is None else epochs, lr=2e-3 if lr is None else lr,
                         optimizer="adam", schedule="cosine", warmup_steps=20, clip_grad_norm=clip,
                         loss_terms=("cross_entropy",) + dense_terms))
@@ -405,21 +493,96 @@ def recipe(categories=None, *, name: str = "vqa", vocabulary=None, min_count: in
         values["channels"] = tuple(values["channels"])
         return VQAModel(VQAConfig(**values))
 
+    def make_dataset(dataset, train):
+        check_coverage(vocab, dataset)
+        return QuestionData(dataset, vocab, image_size, grid if dense and train else None, dense_classes,
+                            answers=config.answers)
+
+    def evaluate(model, dataset, device):
+        check_coverage(model.vocabulary, dataset)
+        return evaluate_vqa(model, dataset, device)
+
     def predict(model, images, device):
         raise DataError("a VQA model answers questions; use `scenekit ask IMAGE QUESTION --choices ...`",
                         field="checkpoint")
+
+    def fit(this, train_data, val_data, train_config, *, resume: bool = False):
+        from scenekit.engine.train import train
+
+        return train(fit_to_data(this, train_data), train_data, val_data, train_config, resume=resume)
 
     options = {"vocabulary": list(words), "min_count": min_count, "image_size": image_size,
                "channels": list(channels), "feature": feature, "embedding": embedding, "hidden": hidden,
                "attention_size": attention_size, "joint": joint, "attention": attention, "coords": coords,
                "context_layers": context_layers, "dense": dense, "count_glimpse": count_glimpse,
-               "epochs": epochs, "lr": lr, "clip": clip, "pretrain_epochs": pretrain_epochs}
+               "answers": None if answers is None else list(answers), "top_answers": top_answers,
+               "concepts": concepts, "epochs": epochs, "lr": lr, "clip": clip, "pretrain_epochs": pretrain_epochs}
     model_config = asdict(config)
     model_config["channels"] = list(config.channels)
-    return Recipe(model_name=name, categories=dict(categories or {}), options=options, model_config=model_config,
-                  build_model=build, phases=phases,
-                  make_dataset=lambda dataset, train: QuestionData(dataset, vocab, image_size,
-                                                                   grid if dense and train else None, dense_classes),
-                  collate=collate_questions,
-                  evaluate=lambda model, dataset, device: evaluate_vqa(model, dataset, device),
-                  predict=predict, best_metric="accuracy", best_mode="max", world=dict(WORLD_OPTIONS))
+    return VQARecipe(model_name=name, categories=dict(categories or {}), options=options, model_config=model_config,
+                     build_model=build, phases=phases, make_dataset=make_dataset, collate=collate_questions,
+                     evaluate=evaluate, predict=predict, best_metric="accuracy", best_mode="max",
+                     world=dict(WORLD_OPTIONS), fit=fit,
+                     from_data=tuple(k for k, v in (("vocabulary", vocabulary), ("answers", answers)) if v is None))
+
+
+# ------------------------------------------------------------------------------------------------ the user's data
+COVERAGE_LIMIT = 0.05    # the most unknown words a model may meet in its questions, as for the captioners
+
+
+def question_texts(records) -> list[str]:
+    """What a VQA model reads of `records`: the questions and their candidate answers."""
+    return [t for r in records for q in r.questions for t in [q.question, *q.choices]]
+
+
+def check_coverage(vocabulary: Vocabulary, dataset, limit: float = COVERAGE_LIMIT) -> None:
+    """Refuse questions many of whose words the model cannot read: a vocabulary from other data answers with the
+    most common answer, silently (the captioners' check, `scenekit.data.captions.unknown_rate`)."""
+    from scenekit.data.captions import unknown_rate
+
+    rate = unknown_rate(vocabulary, question_texts(dataset.records[:500]))
+    if rate > limit:
+        raise DataError(f"{rate:.0%} of the question and answer words are not in the model's vocabulary; leave "
+                        "--option vocabulary unset to build it from the training data, or give one that covers them "
+                        "(a word list, a vocabulary JSON or a data spec)", field="vocabulary")
+
+
+def data_vocabulary(dataset, min_count: int = 1) -> Vocabulary:
+    """The vocabulary of a training set's questions, choices and captions; the world's own when its words cover
+    every token (world data keeps the world's vocabulary, so its checkpoints stay interchangeable)."""
+    from scenekit.data.captions import unknown_rate, world_vocabulary
+
+    texts = question_texts(dataset.records) + [c for r in dataset.records for c in r.captions]
+    if not texts:
+        raise DataError("the training data has no questions to build a vocabulary from", field="questions")
+    world = world_vocabulary()
+    if min_count == 1 and unknown_rate(world, texts) == 0.0:
+        return world
+    return Vocabulary.build(texts, min_count=min_count)
+
+
+def fit_to_data(vqa_recipe: VQARecipe, dataset) -> VQARecipe:
+    """The recipe with what only the training data can tell: the vocabulary and the open-ended answer classes
+    when they were left unset (`from_data`), and no pre-training term the data cannot feed (captions for
+    `concepts`, semantic maps for `dense`): those are turned off with a notice on stderr, never trained on zeros."""
+    options = dict(vqa_recipe.options)
+    if "vocabulary" in vqa_recipe.from_data:
+        options["vocabulary"] = data_vocabulary(dataset, options["min_count"]).words
+    if "answers" in vqa_recipe.from_data:
+        is_open = any(isinstance(q, OpenQuestion) for r in dataset.records for q in r.questions)
+        options["answers"] = top_answers(dataset, options["top_answers"]) if is_open else []
+    asked = [r for r in dataset.records if r.questions]
+    if options["concepts"] and options["pretrain_epochs"] and not any(r.captions for r in asked):
+        options["concepts"] = False
+        _notice("the training images have no captions: the caption-word pre-training term (concepts) is skipped")
+    if options["dense"] and not all(r.semantic is not None for r in asked):
+        options["dense"] = False
+        _notice("the training images have no semantic maps (masks): the dense per-cell term and head are skipped")
+    return recipe(vqa_recipe.categories, name=vqa_recipe.model_name, **options)
+
+
+def _notice(text: str) -> None:
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"scenekit vqa: notice: {text}", file=sys.stderr)

@@ -43,6 +43,16 @@ the full-resolution layer; and `detect` suppresses a whole batch in one class-aw
 Multi-scale training and batch norm: the running statistics end up those of the last sizes drawn, not of the
 test size (on the world: 0.68 VOC mAP@0.5 at 160 px, 0.84 once they are re-estimated at 160 px with
 `recompute_batch_norm`, 0.86 after 10 more epochs at 160 px only). Test at the size the statistics are of.
+
+Photographs larger than the input (`scenekit.data.tiling`): an image whose longer side exceeds `slice_factor`
+x the input side is not letterboxed whole, which would shrink its objects past what the network learnt.
+Training cuts a random input-size window from it (`RandomWindow`, before the letterbox; boxes clipped,
+slivers dropped), and prediction runs `detect` on overlapping input-size tiles at the photograph's own
+resolution, merged by `tiling.predict_any_size` (each object from the tile that sees it whole, then
+class-aware NMS; SAHI, Akyon et al. 2022). The recipe's `slice_factor` is 2.5, not tiling's 1.5: the world
+draws images up to 320 px, 2.5 x yolo1's 128 px input and 2 x yolo2's 160 px, and its figures are of those
+letterboxed whole; 2.5 keeps all of them whole while a 2,500 px photograph is still sliced at any input up to
+1,000 px. `max_detections` (100) caps each image's detections, after the merge for a photograph.
 """
 
 from __future__ import annotations
@@ -60,6 +70,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scenekit.anchors import kmeans_anchors, wh_iou
+from scenekit.data.tiling import RandomWindow, predict_any_size
 from scenekit.data.transforms import Letterbox, clip_boxes, letterbox_image, load_image
 from scenekit.errors import DataError
 from scenekit.models.backbones import inference_copy
@@ -71,6 +82,9 @@ LEAKY_SLOPE = 0.1                      # "leaky rectified linear activation" phi
 # the "9 anchor boxes" YOLOv2's Table 1 compares k-means priors against.
 HAND_PICKED_ANCHORS = tuple((round(s * math.sqrt(1 / r), 4), round(s * math.sqrt(r), 4))
                             for s in (0.125, 0.25, 0.5) for r in (0.5, 1.0, 2.0))
+# Images up to 2.5 x the input side are letterboxed whole: every world image (<= 320 px) at every world input
+# (>= 128 px), so the world's figures stand; larger photographs are sliced (module docstring).
+SLICE_FACTOR = 2.5
 
 
 # ================================================================================================ the models
@@ -530,10 +544,12 @@ def _input_tensor(canvases: np.ndarray) -> torch.Tensor:
 class YoloData(torch.utils.data.Dataset):
     """Images letterboxed to `size` x `size`; item: (image [3, size, size], {"boxes" [N, 4] input pixels,
     "labels" [N] class indices 0..K-1, "image_id"}). `flip` mirrors with probability 1/2 using torch's global
-    generator (seeded and checkpointed by the engine). Crowd and difficult objects are left out."""
+    generator (seeded and checkpointed by the engine). Crowd and difficult objects are left out. `window` (a
+    `tiling.RandomWindow`) first cuts a window from each image that needs slicing; others pass untouched."""
 
-    def __init__(self, dataset, class_ids: list[int], size: int, flip: bool = False):
-        self.dataset, self.size, self.flip = dataset, int(size), flip
+    def __init__(self, dataset, class_ids: list[int], size: int, flip: bool = False,
+                 window: RandomWindow | None = None):
+        self.dataset, self.size, self.flip, self.window = dataset, int(size), flip, window
         self.index_of = {int(c): i for i, c in enumerate(class_ids)}
 
     def __len__(self) -> int:
@@ -546,9 +562,11 @@ class YoloData(torch.utils.data.Dataset):
         if unknown:
             raise DataError(f"category id {unknown[0]} is not one of the model's {sorted(self.index_of)}",
                             record=f"image id {record.image_id}", field="labels")
-        boxes = clip_boxes(record.boxes[keep], record.width, record.height)
-        canvas, target = Letterbox(self.size)(load_image(self.dataset, record),
-                                              {"boxes": boxes, "labels": record.labels[keep]})
+        image = load_image(self.dataset, record)
+        target = {"boxes": clip_boxes(record.boxes[keep], record.width, record.height), "labels": record.labels[keep]}
+        if self.window is not None:
+            image, target = self.window(image, target)
+        canvas, target = Letterbox(self.size)(image, target)
         boxes = np.asarray(target["boxes"], dtype=np.float32).reshape(-1, 4)
         labels = np.array([self.index_of[int(c)] for c in target["labels"]], dtype=np.int64)
         real = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])     # resizing can flatten tiny boxes
@@ -602,7 +620,7 @@ class YoloCollate:
 
 @torch.no_grad()
 def recompute_batch_norm(model: nn.Module, dataset, class_ids: list[int], size: int, *, images: int = 512,
-                         batch_size: int = 32) -> nn.Module:
+                         batch_size: int = 32, window: RandomWindow | None = None) -> nn.Module:
     """Re-estimate every batch norm's running mean and variance at one input `size`, weights untouched.
 
     Multi-scale training leaves the running statistics an exponential average (PyTorch's momentum 0.1, so
@@ -611,9 +629,10 @@ def recompute_batch_norm(model: nn.Module, dataset, class_ids: list[int], size: 
     tested at one size then normalises with another size's statistics: on the world a YOLOv2 at 160 px went
     from 0.67 to 0.82 VOC mAP@0.5 after this. The statistics become the plain average over the first
     `images` training images letterboxed to `size` (no flips), as "precise BN" does (Wu & Johnson 2021,
-    "Rethinking 'Batch' in BatchNorm", sec. 3). Returns `model`, left in eval mode.
+    "Rethinking 'Batch' in BatchNorm", sec. 3); large photographs through `window`, as the tiles they are
+    predicted by. Returns `model`, left in eval mode.
     """
-    data = YoloData(dataset, class_ids, size)
+    data = YoloData(dataset, class_ids, size, window=window)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms or len(data) == 0:
         return model.eval()
@@ -687,6 +706,21 @@ def detect(model: nn.Module, images: list[np.ndarray], device, class_ids: list[i
              "labels": labels[a:min(b, a + max_detections)]} for a, b in zip(starts, starts[1:])]
 
 
+def detect_any_size(model: nn.Module, images: list[np.ndarray], device, class_ids: list[int], *,
+                    size: int | None = None, factor: float = math.inf, score_threshold: float = 0.005,
+                    nms_threshold: float = 0.45, max_detections: int = 100) -> list[dict]:
+    """`detect` on images of any size (what the recipe's predict and evaluation run): the images whose longer
+    side is at most `factor` x the input side go to `detect` together, letterboxed whole, as before; each larger
+    one is detected on input-size tiles at its own resolution, merged by `tiling.predict_any_size` (each object
+    from the tile that sees it whole, then NMS per class at `nms_threshold`), its `max_detections` best."""
+    config = model.config
+    side = config.image_size if (size is None or config.version == 1) else int(size)
+    return predict_any_size(
+        lambda chunk: detect(model, chunk, device, class_ids, size=size, score_threshold=score_threshold,
+                             nms_threshold=nms_threshold, max_detections=max_detections),
+        images, input_size=side, iou_threshold=nms_threshold, max_detections=max_detections, factor=factor)
+
+
 def detections_to_coco(image_id: int, found: dict) -> list[dict]:
     boxes = found["boxes"].tolist()
     return [{"image_id": int(image_id), "category_id": int(label), "score": float(score),
@@ -696,12 +730,16 @@ def detections_to_coco(image_id: int, found: dict) -> list[dict]:
 
 @torch.no_grad()
 def evaluate_yolo(model: nn.Module, dataset, device, class_ids: list[int], *, size: int | None = None,
-                  batch_size: int = 16, **detect_options) -> dict:
+                  batch_size: int = 16, factor: float = math.inf, **detect_options) -> dict:
     """VOC mAP at IoU 0.5 (all-point), COCO AP / AP50, and images per second of `detect` (letterbox, forward,
-    decoding, NMS; not the reading of files) on `dataset`."""
+    decoding, NMS; not the reading of files) on `dataset`, images larger than `factor` x the input by tiles
+    (`detect_any_size`). VOC's mAP takes every detection, COCO's AP each image's best 100 per category (its
+    maxDets); `images_at_max_detections` counts the images whose detections reached `max_detections`, where
+    more objects may have been cut."""
     from scenekit.metrics.detection import coco_evaluate, voc_evaluate
 
-    results, seconds = [], 0.0
+    limit = detect_options.get("max_detections", 100)
+    results, seconds, capped = [], 0.0, 0
     records = dataset.records
     for start in range(0, len(records), batch_size):
         chunk = records[start:start + batch_size]
@@ -709,16 +747,18 @@ def evaluate_yolo(model: nn.Module, dataset, device, class_ids: list[int], *, si
         if device.type == "cuda":
             torch.cuda.synchronize()
         began = time.perf_counter()
-        found = detect(model, images, device, class_ids, size=size, **detect_options)
+        found = detect_any_size(model, images, device, class_ids, size=size, factor=factor, **detect_options)
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds += time.perf_counter() - began
         for record, detections in zip(chunk, found):
             results += detections_to_coco(record.image_id, detections)
+            capped += len(detections["scores"]) >= limit
     voc = voc_evaluate(dataset, results) if results else {"mAP": 0.0}
     coco = coco_evaluate(dataset, results) if results else {"AP": 0.0, "AP50": 0.0}
     return {"mAP50": voc["mAP"], "coco_AP": coco["AP"], "coco_AP50": coco["AP50"],
-            "detections": len(results), "images_per_s": len(records) / max(seconds, 1e-9)}
+            "detections": len(results), "images_per_s": len(records) / max(seconds, 1e-9),
+            "images_at_max_detections": int(capped)}
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -771,7 +811,7 @@ def recipe(categories: dict[int, str], *, name: str = "yolo2", version: int | No
            test_size: int | None = None, epochs: int | None = None, lr: float | None = None,
            optimizer: str = "adamw", weight_decay: float = 5e-4, warmup_steps: int = 50, flip: bool = True,
            score_threshold: float = 0.005, nms_threshold: float | None = None, max_detections: int = 100,
-           precise_bn: int | None = None, seed: int = 0) -> Recipe:
+           precise_bn: int | None = None, seed: int = 0, slice_factor: float = SLICE_FACTOR) -> Recipe:
     """The training recipe of YOLO v1 (`version=1`, name "yolo1") or YOLOv2 (`version=2`, "yolo2").
 
     Defaults: v1 as the paper (no batch norm, dropout 0.5, one fixed input size, NMS 0.5); v2 with every
@@ -792,6 +832,16 @@ def recipe(categories: dict[int, str], *, name: str = "yolo2", version: int | No
     (`recompute_batch_norm`). Training itself normalises with batch statistics, so this changes no gradient;
     it makes the validation score, the choice of the best epoch and the saved statistics those of the size the
     model is tested at, not of the sizes multi-scale training drew last (see the module docstring).
+
+    `max_detections`: detections per image (100; after merging the tiles of a photograph). `slice_factor`:
+    images whose longer side is more than this times the input side train on random `image_size` windows and
+    are predicted and evaluated by overlapping tiles of the test size (`detect_any_size`), and the precise-BN
+    statistics are taken on such windows too. 2.5 keeps every world image (128-320 px) letterboxed whole at
+    every default input, as the benchmark figures were measured, and slices a 2,500 px photograph at any input
+    up to 1,000 px; 1.5 suits photographs of small objects, 0 never slices (module docstring). The k-means
+    priors are still measured on whole images (fractions of the longer side), which misjudges the objects of
+    photographs that train on windows: give such data its priors with `anchors=[[w, h], ...]`
+    (`scenekit data check` recommends them).
     """
     version = version if version is not None else (1 if "1" in name else 2)
     if version not in (1, 2):
@@ -813,6 +863,14 @@ def recipe(categories: dict[int, str], *, name: str = "yolo2", version: int | No
         raise DataError("multi-scale training needs a fully convolutional model (yolo2); YOLO v1's fully "
                         "connected layers fix the input size", field="multi_scale")
     nms_threshold = (0.5 if version == 1 else 0.45) if nms_threshold is None else nms_threshold
+    if isinstance(max_detections, bool) or not isinstance(max_detections, int) or max_detections < 1:
+        raise DataError(f"max_detections must be a positive integer, got {max_detections!r}", field="max_detections")
+    if isinstance(slice_factor, bool) or not isinstance(slice_factor, (int, float)) \
+            or not (slice_factor == 0 or 1 <= slice_factor < math.inf):
+        raise DataError(f"slice_factor must be 0 (never slice) or a number >= 1, got {slice_factor!r}",
+                        field="slice_factor")
+    factor = math.inf if slice_factor == 0 else float(slice_factor)         # tiling.needs_slicing's factor
+    tile = image_size if version == 1 or test_size is None else int(test_size)     # the side predicted at
     precise_bn = (512 if multi_scale and batch_norm else 0) if precise_bn is None else int(precise_bn)
     if isinstance(anchors, str) and anchors not in ("kmeans", "hand"):
         raise DataError(f"anchors must be 'kmeans', 'hand' or a list of [w, h], got {anchors!r}", field="anchors")
@@ -853,12 +911,14 @@ def recipe(categories: dict[int, str], *, name: str = "yolo2", version: int | No
         size = max(sizes) if (train and multi_scale) else image_size
         if train:
             built["train_data"] = dataset                 # for the batch-norm statistics before evaluation
-        return YoloData(dataset, class_ids, size, flip=flip and train)
+        window = RandomWindow(image_size, factor=factor) if train and factor < math.inf else None
+        return YoloData(dataset, class_ids, size, flip=flip and train, window=window)
 
     def evaluate(model, dataset, device):
         if precise_bn and "train_data" in built:          # while training (`scenekit evaluate` keeps the saved ones)
-            recompute_batch_norm(model, built["train_data"], class_ids, test_size or image_size, images=precise_bn)
-        return evaluate_yolo(model, dataset, device, class_ids, size=test_size, **detect_options)
+            window = RandomWindow(tile, factor=factor, seed=seed) if factor < math.inf else None
+            recompute_batch_norm(model, built["train_data"], class_ids, tile, images=precise_bn, window=window)
+        return evaluate_yolo(model, dataset, device, class_ids, size=test_size, factor=factor, **detect_options)
 
     detect_options = {"score_threshold": score_threshold, "nms_threshold": nms_threshold,
                       "max_detections": max_detections}
@@ -871,7 +931,7 @@ def recipe(categories: dict[int, str], *, name: str = "yolo2", version: int | No
                "multi_scale": multi_scale, "scale_every": scale_every, "sizes": sizes, "test_size": test_size,
                "epochs": epochs, "lr": lr, "optimizer": optimizer, "weight_decay": weight_decay,
                "warmup_steps": warmup_steps, "flip": flip, "precise_bn": precise_bn, "seed": seed,
-               **detect_options}
+               "slice_factor": slice_factor, **detect_options}
     phases = [Phase("detect", epochs=30 if epochs is None else epochs, lr=2e-3 if lr is None else lr,
                     optimizer=optimizer, weight_decay=weight_decay, schedule="cosine", warmup_steps=warmup_steps,
                     clip_grad_norm=10.0)]
@@ -880,7 +940,7 @@ def recipe(categories: dict[int, str], *, name: str = "yolo2", version: int | No
         build_model=build, phases=phases, make_dataset=make_dataset,
         collate=YoloCollate(sizes if multi_scale else None, scale_every, seed),
         evaluate=evaluate,
-        predict=lambda model, images, device: detect(model, images, device, class_ids, size=test_size,
-                                                     **detect_options),
+        predict=lambda model, images, device: detect_any_size(model, list(images), device, class_ids, size=test_size,
+                                                              factor=factor, **detect_options),
         best_metric="mAP50", best_mode="max", world={"image_size": max(128, image_size)},
     )

@@ -286,6 +286,27 @@ async def _send_json(send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+# ------------------------------------------------------------------------------------------------ start-up
+SERVES = "an image alone: detectors (boxes, masks), segmenters (class maps) and captioners (a caption)"
+
+
+def check_servable(predict: Callable[[list[np.ndarray]], list[dict]], model_name: str, source=None) -> None:
+    """Refuse at start a model whose answers would all be 500s (a language model, a VQA model that needs a
+    question, a model that fails): one prediction on an image of the world must give an answer the page draws.
+    Raises a ScenekitError, one line naming the model, why, and what serve answers."""
+    from scenekit.data.world import make_world
+    from scenekit.errors import DataError, ScenekitError
+
+    image = make_world(1, seed=0, split="test", image_size=128).records[0].image
+    try:
+        found = predict([image])
+        prediction_json(found[0], {}, *image.shape[:2])
+    except Exception as error:                      # whatever it is, every request would meet it too
+        reason = error.reason if isinstance(error, DataError) else f"{type(error).__name__}: {error}"
+        where = f"{source}: " if source else ""
+        raise ScenekitError(f"{where}cannot serve a {model_name} model ({reason}); serve answers {SERVES}") from None
+
+
 # ------------------------------------------------------------------------------------------------ running
 def serve(app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
     """Run the app under uvicorn until interrupted."""
