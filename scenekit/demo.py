@@ -60,7 +60,8 @@ def _side_by_side(pictures, titles):
     return sheet
 
 
-def detection(out: Path, seed: int, train_images: int, epochs: int) -> tuple[dict, list[Path], tuple]:
+def detection(out: Path, seed: int, train_images: int, epochs: int, test_images: int = 100
+              ) -> tuple[dict, list[Path], tuple]:
     """Train YOLOv2 and Mask R-CNN on the same scenes; their table rows, the pictures, and Mask R-CNN for the trace."""
     from scenekit.data.world import make_world
     from scenekit.models import mask_rcnn, yolo
@@ -68,13 +69,13 @@ def detection(out: Path, seed: int, train_images: int, epochs: int) -> tuple[dic
 
     world = dict(image_size=DETECTION_SIZE, max_objects=5)
     train_data = make_world(train_images, seed=seed, split="train", **world)
-    val_data = make_world(60, seed=seed, split="val", **world)
-    test_data = make_world(100, seed=seed, split="test", **world)
+    val_data = make_world(max(4, test_images // 2), seed=seed, split="val", **world)
+    test_data = make_world(test_images, seed=seed, split="test", **world)
     names = train_data.categories
     recipes = {
         "YOLOv2 (one stage)": yolo.recipe(names, version=2, image_size=DETECTION_SIZE, multi_scale=False,
                                           channels=[8, 16, 32, 64], head_channels=64, strided_stem=True,
-                                          epochs=epochs * 2, warmup_steps=20),
+                                          epochs=epochs * 6, warmup_steps=20),
         "Mask R-CNN (two stages)": mask_rcnn.recipe(names, image_size=DETECTION_SIZE, epochs=epochs),
     }
     rows, models = {}, {}
@@ -85,7 +86,7 @@ def detection(out: Path, seed: int, train_images: int, epochs: int) -> tuple[dic
         model = _train(recipe, train_data, val_data, out / recipe.model_name, seed)
         cpu_seconds = time.process_time() - started
         metrics = recipe.evaluate(model, test_data, torch.device("cpu"))
-        speed = _images_per_second(recipe, model, [r.image for r in test_data.records[:30]])
+        speed = _images_per_second(recipe, model, [r.image for r in test_data.records[:30]])   # batch 1
         rows[title] = {"mAP50": metrics.get("mAP50"), "AP": metrics.get("AP", metrics.get("coco_AP")),
                        "images_per_s": speed, "training_cpu_s": cpu_seconds}
         models[title] = (recipe, model)
@@ -102,15 +103,15 @@ def detection(out: Path, seed: int, train_images: int, epochs: int) -> tuple[dic
     return rows, pictures, (models["Mask R-CNN (two stages)"], test_data.records[0])
 
 
-def caption(out: Path, seed: int, train_images: int, epochs: int) -> tuple[dict, Path]:
+def caption(out: Path, seed: int, train_images: int, epochs: int, val_images: int = 50) -> tuple[dict, Path]:
     """Show, Attend and Tell trained briefly; one test image's caption and its attention per word."""
     from scenekit.data.world import make_world
     from scenekit.models import captioner
     from scenekit.viz import draw_attention
 
-    recipe = captioner.recipe(kind="showattendtell", name="showattendtell", epochs=epochs, pretrain_epochs=2)
+    recipe = captioner.recipe(kind="showattendtell", name="showattendtell", epochs=epochs, pretrain_epochs=1)
     train_data = make_world(train_images, seed=seed, split="train", **recipe.world)
-    val_data = make_world(50, seed=seed, split="val", **recipe.world)
+    val_data = make_world(val_images, seed=seed, split="val", **recipe.world)
     print(f"\n[Show, Attend and Tell] training on {train_images} scenes and their captions", flush=True)
     model = _train(recipe, train_data, val_data, out / "showattendtell", seed)
     record = make_world(1, seed=seed, split="test", **recipe.world).records[0]
@@ -122,15 +123,15 @@ def caption(out: Path, seed: int, train_images: int, epochs: int) -> tuple[dict,
     return {"caption": text, "reference": record.captions[0] if record.captions else ""}, path
 
 
-def run_demo(out: str | Path = "demo_out", seed: int = 0, train_images: int = 500, epochs: int = 6,
-             caption_images: int = 600, caption_epochs: int = 4) -> dict:
+def run_demo(out: str | Path = "demo_out", seed: int = 0, train_images: int = 300, epochs: int = 4,
+             caption_images: int = 400, caption_epochs: int = 3, test_images: int = 100) -> dict:
     torch.manual_seed(seed)
     out = Path(out)
     (out / "pictures").mkdir(parents=True, exist_ok=True)
     started, cpu_started = time.perf_counter(), time.process_time()
     rows, detection_pictures, ((trace_recipe, trace_model), trace_record) = detection(out, seed, train_images,
-                                                                                       epochs)
-    captioned, attention_picture = caption(out, seed, caption_images, caption_epochs)
+                                                                                       epochs, test_images)
+    captioned, attention_picture = caption(out, seed, caption_images, caption_epochs, max(4, test_images // 2))
     from scenekit.trace import trace
 
     print("\n[trace] every step of Mask R-CNN on one test image", flush=True)
@@ -140,7 +141,7 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0, train_images: int = 50
     summary = {"detection": rows, "caption": captioned, "seconds": round(time.perf_counter() - started, 1),
                "cpu_seconds": round(time.process_time() - cpu_started, 1)}
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=float))
-    print(f"\none-stage vs two-stage detection on {DETECTION_SIZE} px world scenes (100 test images, "
+    print(f"\none-stage vs two-stage detection on {DETECTION_SIZE} px world scenes ({test_images} test images, "
           "batch 1, this machine)")
     print(f"  {'model':<26} {'VOC mAP@0.5':>11} {'COCO AP':>8} {'images/s':>9} {'train CPU-s':>12}")
     for title, row in rows.items():

@@ -177,12 +177,15 @@ def test_cli_trains_validates_and_predicts_with_pictures(tmp_path, one_thread):
         best = max(mine, key=lambda r: r["score"])
         assert finds_a_known_object(record, best), (name, best)            # the most confident one is right
         # The picture is the image with the detections drawn: the best one's outline is there.
+        # Pictures are drawn at >= 512 px: the 64 px image enlarged 8 times (nearest), boxes scaled with it.
         picture = np.asarray(Image.open(tmp_path / "pred" / f"scene{k - 1}.png").convert("RGB"))
-        assert picture.shape == record.image.shape
-        x, y, w, h = best["bbox"]
+        factor = 512 // record.width
+        assert picture.shape == (record.height * factor, record.width * factor, 3)
+        plain = np.asarray(Image.fromarray(record.image).resize(picture.shape[1::-1], Image.NEAREST))
+        x, y, w, h = (v * factor for v in best["bbox"])
         x1, y1 = int(round(x)), int(round(y))
-        x2, y2 = min(int(round(x + w)), record.width), min(int(round(y + h)), record.height)
-        changed = (picture != record.image).any(axis=-1)                           # [H, W]
+        x2, y2 = min(int(round(x + w)), picture.shape[1]), min(int(round(y + h)), picture.shape[0])
+        changed = (picture != plain).any(axis=-1)                                  # [H, W]
         bottom = changed[max(y1, y2 - 3):y2, x1:x2].any(axis=0)      # the 2 px line on its bottom and right sides,
         right = changed[y1:y2, max(x1, x2 - 3):x2].any(axis=1)       # with a pixel's slack for rounding
         assert np.concatenate([bottom, right]).mean() > 0.8

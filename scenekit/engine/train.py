@@ -384,6 +384,7 @@ def train(recipe: Recipe, train_data, val_data=None, config: TrainConfig | None 
             totals: dict[str, float] = resumed_totals
             seen, started = resumed_seen, time.perf_counter()
             seen_before_this_run = seen
+            last_line = [time.perf_counter()]
             resumed_totals, resumed_seen = {}, 0
             bar = None
             if show_bars:
@@ -415,7 +416,9 @@ def train(recipe: Recipe, train_data, val_data=None, config: TrainConfig | None 
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{scheduler.get_last_lr()[0]:.3g}")
-                elif is_main and config.log_every and step % config.log_every == 0:
+                elif is_main and config.log_every and (step % config.log_every == 0 or seen - seen_before_this_run == 1
+                                                       or time.perf_counter() - last_line[0] >= LOG_AT_LEAST_EVERY_S):
+                    last_line[0] = time.perf_counter()      # the first step, every log_every steps, and every 30 s
                     rate = (seen - seen_before_this_run) / max(1e-9, time.perf_counter() - started)
                     eta = (steps_per_epoch - batch_index - 1) / max(rate, 1e-9)
                     print(f"[{phase.name}] epoch {epoch + 1}/{phase.epochs} step {step} "
@@ -469,6 +472,7 @@ def train(recipe: Recipe, train_data, val_data=None, config: TrainConfig | None 
                        best_checkpoint=best_path if is_main else None)
 
 
+LOG_AT_LEAST_EVERY_S = 30.0   # without a terminal, a progress line at least this often (slow steps stay visible)
 CURVES_EVERY_S = 5.0          # redraw OUT/curves.png after an epoch at most this often (and at the end of a run)
 
 

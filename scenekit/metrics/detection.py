@@ -976,7 +976,7 @@ def plot_precision_recall(curves: dict[int, PRCurve], path, names: dict | None =
     except ImportError:
         raise ImportError("plotting needs matplotlib: pip install 'scenekit[plots]'") from None
     path = Path(path)
-    figure, axes = plt.subplots(figsize=(6, 5))
+    figure, axes = plt.subplots(figsize=(8.5, 5))              # 850 x 500 px, the legend beside the axes
     for category, curve in curves.items():
         name = (names or {}).get(category, str(category))
         recall = np.r_[0.0, curve.recall]
@@ -985,7 +985,7 @@ def plot_precision_recall(curves: dict[int, PRCurve], path, names: dict | None =
     axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
     axes.grid(alpha=0.3)
     if curves:
-        axes.legend(loc="lower left", fontsize="small")
+        axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize="small")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
