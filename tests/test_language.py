@@ -326,3 +326,27 @@ def test_recipe_trained_by_the_engine_learns_a_repeating_string(tmp_path):
     losses = [row["val_loss"] for row in result.history]
     assert losses[0] < 5.0 and losses[-1] < 0.5
     assert result.best == pytest.approx(min(losses)) and recipe.best_metric == "val_loss"
+
+
+def test_the_step_loop_runs_on_one_thread_and_restores_the_thread_count():
+    """The per-step loop drops to one thread (its operations are too small to split) and gives the caller's
+    thread count back afterwards, also in the backward pass and in sampling."""
+    torch.set_num_threads(2)                                                # the one_thread fixture restores 1
+    seen = []
+    layer = LSTM(3, 4)
+    real_addmm = torch.addmm
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_addmm(*args, **kwargs)
+
+    torch.addmm = spy
+    try:
+        out, _ = layer(torch.randn(5, 2, 3, requires_grad=True))
+    finally:
+        torch.addmm = real_addmm
+    assert seen == [1] * 5 and torch.get_num_threads() == 2
+    out.sum().backward()
+    assert torch.get_num_threads() == 2
+    sample_text(_tiny_model(""), length=5, generator=torch.Generator().manual_seed(0))
+    assert torch.get_num_threads() == 2

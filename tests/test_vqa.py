@@ -153,11 +153,15 @@ def test_answer_question_needs_choices():
         answer_question(model, np.zeros((16, 16, 3), np.uint8), "what colour is the square?", ["red"])
 
 
-def test_mixed_numbers_of_choices_are_refused():
+def test_mixed_numbers_of_choices_are_padded_to_the_most_choices_of_the_batch():
+    from scenekit.models.vqa import collate_questions
+
     records = [Record(1, "a", 8, 8, questions=[Question("q", ["a", "b"], 0), Question("r", ["a", "b", "c"], 0)],
                       image=np.zeros((8, 8, 3), np.uint8))]
-    with pytest.raises(DataError, match="same number of choices"):
-        QuestionData(Dataset(records, {}, None), Vocabulary(WORDS), 16)
+    data = QuestionData(Dataset(records, {}, None), Vocabulary(WORDS), 16)
+    _, batch = collate_questions([data[0]])
+    assert batch["choices"].shape[:2] == (2, 3)                  # 2 questions, padded to 3 choices
+    assert (batch["choices"][0, 2] == 0).all() and (batch["choices"][1, 2] != 0).any()
 
 
 def test_cell_targets_are_category_fractions_and_box_centres():

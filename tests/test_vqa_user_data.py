@@ -258,6 +258,19 @@ def test_fit_trains_a_vqa2_set_end_to_end_and_stores_its_vocabulary(tmp_path):
                       TrainConfig(out=str(tmp_path / "run"), batch_size=4, device="cpu", progress=False,
                                   tensorboard=False, curves=False))
     stored = load_checkpoint(result.best_checkpoint)
-    assert "crimson" in stored["options"]["vocabulary"] and stored["model_config"]["words"][4:]
+    # The questions' words, not the world's; the answers are classes, not words the model reads.
+    assert stored["options"]["vocabulary"] == ["<pad>", "<start>", "<end>", "<unk>", "?", "fills", "hue", "picture",
+                                               "this", "which"] == stored["model_config"]["words"]
     assert stored["options"]["answers"] == ["amber", "azure", "crimson", "emerald"]
-    assert 0.0 <= result.best <= 1.0
+    assert 0.0 <= result.best <= 1.0 and "train_concepts" not in result.history[-1]   # no captions: no term
+
+
+def test_world_data_keeps_the_world_vocabulary_and_its_pretraining(capsys):
+    from scenekit.data.captions import world_vocabulary
+    from scenekit.data.world import make_world
+
+    world = make_world(4, image_size=128, max_objects=6, seed=1)
+    fitted = fit_to_data(recipe(**{**TINY, "pretrain_epochs": 2}), world)  # captions and semantic maps: all terms
+    assert fitted.model_config["words"] == world_vocabulary().words and fitted.model_config["answers"] == []
+    assert fitted.phases[0].loss_terms == ("concepts", "dense") and fitted.model_config["dense"]
+    assert "notice" not in capsys.readouterr().err

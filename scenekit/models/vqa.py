@@ -42,6 +42,15 @@ Three further ingredients, each switchable and off in checkpoints saved before t
   step, n_T = sum_i sigmoid(s_i) C_i with s_i = w_n^T tanh(W_he h_T + W_ce C_i) + b_n, sums the matching cells
   (with `dense`, their centre probabilities: a count) and enters q through W_n (the sigmoid-gated sum of
   counting models such as Trott et al. 2018 / Zhang et al. 2018, in its simplest form).
+
+A user's VQA set (`scenekit.data.vqa_files`: VQA v2, Visual7W telling) trains without scenekit's questions file.
+What only the training data can tell is settled by `fit_to_data` before training (`VQARecipe.fit`): the vocabulary
+(the training questions' and choices' words, unless given or the world's words cover them all), the answer head,
+and which pre-training terms the data can feed. Multiple-choice questions may have different numbers of choices
+(missing ones are padding, masked out of the softmax). Open-ended questions (VQA v2) are answered by a classifier
+over the top K training answers beside the multiple-choice scorer (Antol et al. 2015, sec. 5: K = 1000, a softmax
+over them), scored with the VQA accuracy min(#humans who gave the answer / 3, 1). A vocabulary that leaves more
+than 5% of the questions' words unknown stops training and evaluation with one line (`check_coverage`).
 """
 
 from __future__ import annotations
@@ -252,11 +261,13 @@ class VQAModel(nn.Module):
         over each question's candidates or answer classes; binary cross-entropy of the image's visual concepts), or
         (without "answers") the multiple-choice scores [N, K]."""
         losses, computed = {}, {}
-        if "answers" in targets and "concepts" in targets:
+        if "answers" in targets and ("concepts" in targets or self.config.dense):
             grid = self.features(images)                                           # [B, C, g, g]
             computed = {"grid": grid, "feature": self.image_feature(grid)}         # feature [B, F]
-            logits = self.concepts(computed["feature"])                            # [B, V]
-            losses["concepts"] = F.binary_cross_entropy_with_logits(logits, targets["concepts"].to(logits.dtype))
+            if "concepts" in targets:
+                logits = self.concepts(computed["feature"])                        # [B, V]
+                losses["concepts"] = F.binary_cross_entropy_with_logits(logits,
+                                                                        targets["concepts"].to(logits.dtype))
             if self.config.dense:
                 computed["dense"] = self.dense_head(grid)                          # [B, K + 1, g, g]
                 losses["dense"] = self.dense_loss(computed["dense"], targets)
@@ -303,13 +314,14 @@ def cell_targets(record, grid: int, classes: int) -> tuple[torch.Tensor, torch.T
 class QuestionData(torch.utils.data.Dataset):
     """One item per image with questions: (image [3, S, S], {"questions": [...], "choices": [...],
     "answers": [...], "open": [...], "kinds": [...], "concepts": [V] the words of the image's captions (zeros
-    without)}, and, given `grid` and when every record has a semantic map, "cell_classes" [K, g, g] and
-    "centres" [g, g]). Questions may have different numbers of choices. An open-ended question (`OpenQuestion`)
-    has no choices; its answer is its `best` answer's index in `answers` (-100 when not among them)."""
+    without; left out when `concepts` is false)}, and, given `grid` and when every record has a semantic map,
+    "cell_classes" [K, g, g] and "centres" [g, g]). Questions may have different numbers of choices. An
+    open-ended question (`OpenQuestion`) has no choices; its answer is its `best` answer's index in `answers`
+    (-100 when not among them)."""
 
     def __init__(self, dataset, vocabulary: Vocabulary, image_size: int, grid: int | None = None,
-                 classes: int = 7, answers=()):
-        self.dataset, self.vocabulary, self.size = dataset, vocabulary, image_size
+                 classes: int = 7, answers=(), concepts: bool = True):
+        self.dataset, self.vocabulary, self.size, self.concepts = dataset, vocabulary, image_size, concepts
         self.records = [r for r in dataset.records if r.questions]
         if not self.records:
             raise DataError("no image has a question", field="questions")
@@ -337,8 +349,9 @@ class QuestionData(torch.utils.data.Dataset):
                   "answers": [self.answer_ids.get(q.best, -100) if isinstance(q, OpenQuestion) else q.answer
                               for q in record.questions],
                   "open": [isinstance(q, OpenQuestion) for q in record.questions],
-                  "kinds": [q.kind for q in record.questions],
-                  "concepts": concept_targets(captions, len(self.vocabulary))}
+                  "kinds": [q.kind for q in record.questions]}
+        if self.concepts:
+            target["concepts"] = concept_targets(captions, len(self.vocabulary))
         if self.grid:
             target["cell_classes"], target["centres"] = cell_targets(record, self.grid, self.classes)
         return prepare_image(load_image(self.dataset, record), self.size), target
@@ -370,7 +383,7 @@ def answer_question(model: VQAModel, image: np.ndarray, question: str, choices=N
     """Answer one question about an [H, W, 3] uint8 image -> {"answer", "index", "probabilities", "attention"}:
     among `choices`, or, without them, among the answer classes of a model trained on open-ended questions
     ("index" then numbers the class, and "probabilities" are over all classes)."""
-    if choices is not None and len(choices) < 2 or choices is None and not model.config.answers:
+    if (choices is not None and len(choices) < 2) or (choices is None and not model.config.answers):
         raise DataError(f"give at least 2 choices, got {len(choices or [])}", field="choices")
     device = device or next(model.parameters()).device
     model.eval()
@@ -496,7 +509,7 @@ def recipe(categories=None, *, name: str = "vqa", vocabulary=None, min_count: in
     def make_dataset(dataset, train):
         check_coverage(vocab, dataset)
         return QuestionData(dataset, vocab, image_size, grid if dense and train else None, dense_classes,
-                            answers=config.answers)
+                            answers=config.answers, concepts=concepts)
 
     def evaluate(model, dataset, device):
         check_coverage(model.vocabulary, dataset)
@@ -572,9 +585,11 @@ def fit_to_data(vqa_recipe: VQARecipe, dataset) -> VQARecipe:
         is_open = any(isinstance(q, OpenQuestion) for r in dataset.records for q in r.questions)
         options["answers"] = top_answers(dataset, options["top_answers"]) if is_open else []
     asked = [r for r in dataset.records if r.questions]
-    if options["concepts"] and options["pretrain_epochs"] and not any(r.captions for r in asked):
+    if options["concepts"] and not any(r.captions for r in asked):
         options["concepts"] = False
-        _notice("the training images have no captions: the caption-word pre-training term (concepts) is skipped")
+        if options["pretrain_epochs"]:
+            _notice("the training images have no captions: the caption-word pre-training term (concepts) is "
+                    "skipped")
     if options["dense"] and not all(r.semantic is not None for r in asked):
         options["dense"] = False
         _notice("the training images have no semantic maps (masks): the dense per-cell term and head are skipped")
