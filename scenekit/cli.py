@@ -305,9 +305,12 @@ def _load_model_data(spec: str, split: str, recipe, num_images: int, seed: int, 
     skipped records are listed in that JSON report and counted on stderr."""
     from scenekit.data.captions import is_language_spec, load_language_data
     from scenekit.data.sources import load_data, parse_spec
+    from scenekit.data.vqa_files import is_vqa_spec, load_vqa_data
 
     if is_language_spec(spec):                  # coco-captions:PATH, flickr8k:PATH, text:FILE|shakespeare
         return load_language_data(spec, split)
+    if is_vqa_spec(spec):                       # vqa2:FOLDER (VQA v2 JSONs + images), visual7w:FILE.json
+        return load_vqa_data(spec, split)
     if parse_spec(spec)[0] == "world":
         return load_data(spec, split, num_images=num_images, seed=seed, **recipe.world)
     if skip_report is None:
@@ -399,6 +402,42 @@ def add_train_parser(sub):
     p.set_defaults(func=run_train)
 
 
+def _data_defaults(model: str, train_data, user_options: dict, batch_size: int | None, say: bool = True,
+                   val_data=None):
+    """(recommended options under `user_options`, batch size) for training detector `model` on user data: what
+    `scenekit.data.recommend` derives from the training boxes (input or tiles, anchors, priors, detections,
+    augmentation, a schedule in steps within its CPU budget), only the options the recipe takes, each overridden
+    by the user's `--option`s and flags; the choices and notes go to stderr. Other models: unchanged."""
+    import json
+
+    from scenekit.data.recommend import FAMILIES, recommend
+
+    records = getattr(train_data, "records", None)
+    if model not in FAMILIES or not records or not any((~(r.iscrowd | r.difficult)).any() for r in records):
+        return user_options, batch_size
+    found = recommend(train_data, family=model, eval_data=val_data if hasattr(val_data, "records") else None)
+    takes = model_options(model)
+    derived = {k: v for k, v in found.options[model].items() if k in takes}
+    schedule = found.schedule[model]
+    chosen = {k: v for k, v in derived.items() if k not in user_options}
+    if batch_size is None and schedule["batch_size"] != FAMILIES[model].batch_size:
+        batch_size = schedule["batch_size"]
+        chosen = {"batch_size": batch_size, **chosen}
+    if not say:                                     # other ranks under torchrun: the same choices, silently
+        return {**derived, **user_options}, batch_size
+    for note in found.notes:
+        print(f"scenekit train: data: {note}", file=sys.stderr)
+    text = ", ".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in chosen.items())
+    kept = ", ".join(f"{k}={json.dumps(user_options[k], separators=(',', ':'))}" for k in derived if k in user_options)
+    tiles = (f"{found.tiled_images} images in tiles of {found.tile} px overlapping by {found.overlap} px; "
+             if found.tiled_images else "")
+    print(f"scenekit train: from the data: {text or 'nothing'} ({tiles}{schedule['steps']} steps, "
+          f"~{schedule['cpu_seconds']} CPU-s"
+          f"{', capped by the CPU budget' if schedule['capped'] else ''})"
+          + (f"; yours kept: {kept}" if kept else ""), file=sys.stderr)
+    return {**derived, **user_options}, batch_size
+
+
 def run_train(args):
     import json
     import os
@@ -433,9 +472,11 @@ def run_train(args):
     out = on_main_process(decide, args.device)
     is_main = int(os.environ.get("RANK", "0")) == 0
     categories, stored = None, None
+    batch_size = args.batch_size
     if args.resume and (out / "last.pt").is_file():
         checkpoint = load_checkpoint(out / "last.pt")   # the run's own options, under the command line's
         stored, categories = checkpoint["options"], checkpoint["categories"]
+        batch_size = batch_size or checkpoint.get("train_config", {}).get("batch_size")
     from scenekit.data.world import CATEGORIES
     source = str(out / "last.pt")
     probe = make_recipe(args.model, categories or dict(CATEGORIES), options, stored=stored, source=source)
@@ -463,7 +504,11 @@ def run_train(args):
         if is_main:
             print(f"scenekit train: no --val-data: validating on {how}; training on the other {len(train_data)}",
                   file=sys.stderr)
-    config = TrainConfig(out=str(out), batch_size=args.batch_size or recipe.batch_size, device=args.device,
+    if stored is None and kind not in ("world", "text") and hasattr(train_data, "records"):
+        # user data: what the world's defaults fix by hand comes from the training boxes (stored in the run)
+        options, batch_size = _data_defaults(args.model, train_data, options, batch_size, is_main, val_data)
+        recipe = make_recipe(args.model, categories or train_data.categories, options, source=source)
+    config = TrainConfig(out=str(out), batch_size=batch_size or recipe.batch_size, device=args.device,
                          seed=args.seed,
                          workers=args.workers, checkpoint_every=args.checkpoint_every, log_every=args.log_every)
     fit = getattr(recipe, "fit", None) or train      # a recipe may train in its own stages (R-CNN)
@@ -523,7 +568,7 @@ def run_predict(args):
     from scenekit.data.image_files import image_files
     from scenekit.errors import DataError
     from scenekit.metrics.result_images import data_image_ids
-    from scenekit.viz import draw_boxes
+    from scenekit.viz import draw_boxes, draw_masks, enlarge, enlarge_map
 
     if args.stream is None and not args.images:
         raise DataError("give image files, folders or patterns, or --stream FOLDER", field="images")
@@ -557,17 +602,16 @@ def run_predict(args):
         found = predict([image])[0]
         boxes, scores, labels = (np.asarray(found[k], dtype=np.float64) for k in ("boxes", "scores", "labels"))
         shown = (scores >= args.score_threshold) | (np.arange(len(scores)) == 0)
-        picture = image
+        picture, factor = enlarge(image)              # small images drawn at >= 512 px, boxes and masks scaled
         if "masks" in found and len(scores):          # instance masks (Mask R-CNN) under the boxes
-            from scenekit.viz import draw_masks
-
-            picture = draw_masks(image, np.asarray(found["masks"])[shown], labels[shown].astype(int))
+            picture = draw_masks(picture, enlarge_map(np.asarray(found["masks"])[shown], picture.size),
+                                 labels[shown].astype(int))
         stem, n = path.stem, 1
         while stem in pictures:                 # a.png from two folders: a.png, a-2.png
             n += 1
             stem = f"{path.stem}-{n}"
         pictures.add(stem)
-        draw_boxes(picture, boxes[shown], labels[shown].astype(int), scores[shown],
+        draw_boxes(picture, boxes[shown] * factor, labels[shown].astype(int), scores[shown],
                    names=recipe.categories).save(out / f"{stem}.png")
         image_key = {} if image_id is None else {"image_id": image_id}
         index.append({**({} if image_id is None else {"id": image_id}), "file_name": file_name,
@@ -1054,7 +1098,9 @@ def run_caption(args):
                                              generator=generator)[0]
         rows.append({"image": name, "caption": text})
         if args.attention_out:
-            draw_attention(image, words, alphas if alphas is not None else torch.zeros(0, model.grid ** 2)) \
+            columns = min(5, len(words) + 1)                            # the sheet >= 512 px wide
+            draw_attention(image, words, alphas if alphas is not None else torch.zeros(0, model.grid ** 2),
+                           cell=max(128, -(-512 // columns)), columns=columns) \
                 .save(args.attention_out)
     if args.json:
         print(json.dumps(rows))
@@ -1072,7 +1118,9 @@ def add_ask_parser(sub):
                        formatter_class=_formatter)
     p.add_argument("image", metavar="IMAGE", help="image file (PNG, JPEG, ...)")
     p.add_argument("question", metavar="QUESTION", help='the question, e.g. "what colour is the star?"')
-    p.add_argument("--choices", nargs="+", required=True, help="the candidate answers (usually 4)")
+    p.add_argument("--choices", nargs="+", default=None,
+                   help="the candidate answers (usually 4); without them an open-ended model (trained on VQA v2) "
+                        "answers from its answer classes")
     p.add_argument("--checkpoint", required=True, help="a checkpoint of `scenekit train vqa`")
     p.add_argument("--attention-out", default=None, help="PNG of the attention map over the image")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
@@ -1095,13 +1143,18 @@ def run_ask(args):
     if args.attention_out:
         if result["attention"] is None:
             raise DataError("this VQA model was trained without attention", field="attention_out")
-        draw_attention(image, [result["answer"]], result["attention"][None]).save(args.attention_out)
+        draw_attention(image, [result["answer"]], result["attention"][None], cell=256,
+                       columns=2).save(args.attention_out)                # >= 512 px
+    candidates = args.choices or model.config.answers                  # open-ended: the answer classes
+    ranked = list(zip(candidates, result["probabilities"]))
+    if not args.choices:                                                # the ten likeliest answer classes
+        ranked = sorted(ranked, key=lambda pair: -pair[1])
     if args.json:
         print(json.dumps({"answer": result["answer"], "index": result["index"],
-                          "probabilities": dict(zip(args.choices, result["probabilities"]))}))
+                          "probabilities": dict(zip(candidates, result["probabilities"]))}))
     else:
         print(result["answer"])
-        for choice, probability in zip(args.choices, result["probabilities"]):
+        for choice, probability in ranked[:10]:
             print(f"  {probability:6.3f}  {choice}")
     return 0
 

@@ -160,7 +160,7 @@ def test_max_detections_hold_the_most_objects_of_an_image():
 
 
 def test_a_36_image_set_gets_a_run_in_steps_with_a_shorter_warm_up():
-    rec = recommend(synthetic(images=36))
+    rec = recommend(synthetic(images=36), budget_s=None)                # rule 5 alone; the budget: rule 6
     assert rec.inputs_per_epoch == 36
     for name, schedule in rec.schedule.items():
         assert schedule["warmup_steps"] < schedule["steps"] and schedule["steps"] >= 1000
@@ -220,3 +220,20 @@ def test_data_check_prints_the_recommendation_after_the_statistics(tmp_path, cap
     assert main(["data", "check", f"voc:{folder}", "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["objects"] == 16 and stats["recommendation"]["input_size"] == 224   # 200 px, rounded up to 32
+
+
+def test_the_cpu_budget_shortens_only_the_lengthening_and_counts_the_evaluations():
+    from scenekit.data.recommend import CPU_BUDGET_S
+
+    dataset, budget = synthetic(images=36), 300
+    free, capped = recommend(dataset, budget_s=None), recommend(dataset, budget_s=budget)
+    evaluated = recommend(dataset, budget_s=budget, eval_data=synthetic(images=30, seed=1))   # 30 inputs an epoch
+    for name, schedule in capped.schedule.items():
+        assert schedule["cpu_seconds"] <= budget or schedule["epochs"] == FAMILIES[name].epochs
+        assert FAMILIES[name].epochs <= schedule["epochs"] <= free.schedule[name]["epochs"]
+        assert schedule["capped"] == (schedule["epochs"] < free.schedule[name]["epochs"])
+        assert evaluated.schedule[name]["epochs"] <= schedule["epochs"]
+        assert recommend(dataset).schedule[name]["cpu_seconds"] <= CPU_BUDGET_S or not free.schedule[name]["capped"]
+        assert capped.options[name]["epochs"] == schedule["epochs"]
+    assert capped.schedule["faster-rcnn"]["capped"] and evaluated.schedule["faster-rcnn"]["epochs"] < \
+        capped.schedule["faster-rcnn"]["epochs"]

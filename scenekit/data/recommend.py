@@ -28,10 +28,31 @@ ones the detectors train on (crowd regions and VOC "difficult" objects left out)
    photograph after merging its tiles max(100, 2 x the most objects one image holds). Two-stage heads sample
    `rois_per_image` RoIs a quarter of them foreground (Girshick 2015): max(64, 4 x the 90th percentile of
    objects per input), rounded up to 32, gives a busy input one foreground RoI per object.
-5. Schedule in steps. An epoch shows every whole image once and every tiled photograph once per tile; the
-   batch is the recipe's, made smaller when an epoch would have fewer than 4 steps; epochs are the recipe's
-   default or more, so that the run has at least `MIN_STEPS` = 1,000 optimizer steps (about half the shortest
-   default world run, yolo2's 1,890); warm-up the recipe's 50 steps, at most 10% of the run.
+5. Schedule in steps. An epoch shows every whole image once and every tiled photograph once per tile (the
+   recipes repeat a sliced photograph that many times an epoch, a random window each); the batch is the
+   recipe's, made smaller when an epoch would have fewer than 4 steps; epochs are the recipe's default or more,
+   so that the run has at least `MIN_STEPS` = 1,000 optimizer steps (about half the shortest default world run,
+   yolo2's 1,890); warm-up the recipe's 50 steps, at most 10% of the run.
+6. A CPU budget. Unless `budget_s` is None, the run is shortened to the steps that fit `budget_s` CPU-seconds
+   (default `CPU_BUDGET_S` = 1,100: the issue's 1,200 for training on 2 cores, less 100 for loading, start-up
+   and the estimate's error), by a cost model: one step costs `CPU_S_PER_MEGAPIXEL` x batch x S^2 / 10^6
+   CPU-seconds (measured with one torch thread on the shared 2-core development machine, torch 2.13, the
+   recipes' small backbones: 0.55 for the two-stage detectors, 1.5 for YOLO, whose multi-scale sizes average
+   about S and whose mosaics and letterboxes cost more per input; two threads on a busy machine cost up to 6 x
+   the CPU-seconds for the same steps, so the budget assumes `OMP_NUM_THREADS=1`). The budget limits
+   how far rule 5 lengthens a run; it never cuts one below the recipe's default epochs. On a GPU, or with
+   more time, pass `budget_s=None` (or `--epochs`) for the full `MIN_STEPS`. The schedule's `capped` says
+   whether the budget shortened it. The engine evaluates the validation set after every epoch: its network
+   inputs (`eval_data`'s images and tiles; without it a tenth of the training inputs, the CLI's hold-out)
+   cost `EVAL_CPU_S_PER_MEGAPIXEL` x S^2 / 10^6 each (1.7 for the two-stage detectors, whose proposal layer
+   dominates on crowded tiles; 1 for YOLO) and count against the budget. YOLOv2 re-estimates its batch norms
+   before each evaluation ("precise BN") on `precise_bn` inputs, set to one epoch's (at most the recipe's
+   512); those forward passes, a third of a training step's cost per input, count against the budget too.
+7. Slicing and augmentation. The recipes slice an image whose longer side exceeds `slice_factor` x S; the
+   recommendation tiles by `tiling.SLICE_FACTOR` (1.5), so it sets `slice_factor` to that. User data trains
+   with `augment="user"` (`scenekit.data.augment.USER_DATA_DEFAULTS`: crops, flips, scale and colour jitter,
+   mosaic for YOLO); box statistics cannot tell an aerial or microscope image from an upright photograph, so
+   vertical flips and quarter turns (`augment="top-down"`) stay the user's choice.
 """
 
 from __future__ import annotations
@@ -56,6 +77,11 @@ SIZE_FACTORS = (2.0, 2 ** 0.75, 2 ** 0.5)   # spacing of the anchor sizes tried,
 MAX_SIZES = 8
 NUM_PRIORS = 5                  # the yolo recipe's num_anchors
 MIN_STEPS, WARMUP_FRACTION, MIN_STEPS_PER_EPOCH = 1000, 0.1, 4
+CPU_BUDGET_S = 1100.0           # rule 6: CPU-seconds of steps and evaluations a recommended run may take
+CPU_S_PER_MEGAPIXEL = {True: 0.55, False: 1.5}   # rule 6: CPU-seconds per step per megapixel of batch (two-stage?)
+EVAL_CPU_S_PER_MEGAPIXEL = {True: 1.7, False: 1.0}   # rule 6: validation CPU-seconds per megapixel of input
+PRECISE_BN = 512                # the yolo recipe's default number of precise-BN inputs (rule 6)
+USER_AUGMENT = "user"           # rule 7: the recipes' `augment` preset for user data
 MAX_BOXES = 5000                # anchor and prior searches use a fixed random subset of larger sets
 # The world's Faster R-CNN anchors (scenekit.models.faster_rcnn.WORLD_ANCHOR_SIZES; data/ does not import models,
 # a test keeps the two equal), for the note that compares them with the derived ones.
@@ -190,19 +216,42 @@ def _percentiles(values: np.ndarray, points=(1, 5, 25, 50, 75, 95, 99)) -> dict:
     return out
 
 
-def _schedule(family: Family, inputs: int) -> dict:
-    """Rule 5 for one recipe: batch, steps per epoch, epochs, steps and warm-up."""
+def step_cpu_seconds(family: Family, batch: int, size: int) -> float:
+    """Rule 6's cost model: CPU-seconds of one optimizer step of `batch` inputs of `size` x `size` px."""
+    return CPU_S_PER_MEGAPIXEL[family.two_stage] * batch * size * size / 1e6
+
+
+def _schedule(family: Family, inputs: int, size: int, budget_s: float | None = CPU_BUDGET_S,
+              eval_inputs: int = 0) -> dict:
+    """Rules 5 and 6 for one recipe: batch, steps per epoch, epochs, steps, warm-up, estimated CPU-seconds."""
     batch = max(1, min(family.batch_size, math.ceil(inputs / MIN_STEPS_PER_EPOCH)))
     per_epoch = math.ceil(inputs / batch)
     epochs = max(family.epochs, math.ceil(MIN_STEPS / per_epoch))
+    cost = step_cpu_seconds(family, batch, size)
+    precise = 0 if family.two_stage else min(PRECISE_BN, inputs)            # YOLO's batch-norm pass per epoch
+    epoch_cost = (per_epoch * cost + precise * step_cpu_seconds(family, 1, size) / 3
+                  + eval_inputs * EVAL_CPU_S_PER_MEGAPIXEL[family.two_stage] * size * size / 1e6)
+    capped = budget_s is not None and epochs > family.epochs and epochs * epoch_cost > budget_s
+    if capped:                          # the budget limits the lengthening, never goes below the recipe's epochs
+        epochs = max(family.epochs, math.floor(budget_s / epoch_cost))
     steps = epochs * per_epoch
     return {"batch_size": batch, "steps_per_epoch": per_epoch, "epochs": epochs, "steps": steps,
-            "warmup_steps": min(family.warmup_steps, int(WARMUP_FRACTION * steps))}
+            "warmup_steps": min(family.warmup_steps, int(WARMUP_FRACTION * steps)),
+            "cpu_seconds": round(epochs * epoch_cost), "capped": capped, "precise_bn": precise}
 
 
-def recommend(dataset: Dataset, *, family: str | None = None) -> Recommendation:
+def _inputs(records, tile: int, overlap: int) -> int:
+    """Network inputs of `records`: one per image letterboxed whole, one per tile of an image that is tiled."""
+    return sum(len(tile_windows(r.height, r.width, tile, overlap)) if needs_slicing((r.height, r.width), tile)
+               else 1 for r in records if r.width > 0 and r.height > 0)
+
+
+def recommend(dataset: Dataset, *, family: str | None = None, budget_s: float | None = CPU_BUDGET_S,
+              eval_data: Dataset | None = None) -> Recommendation:
     """The recommendation for training detectors on `dataset` (its training records), by the module's rules;
-    `family` ("faster-rcnn", "yolo2", ...) limits the schedule and options to that recipe (default: all)."""
+    `family` ("faster-rcnn", "yolo2", ...) limits the schedule and options to that recipe (default: all);
+    `budget_s` caps each schedule's estimated CPU-seconds (rule 6; None: no cap), counting the evaluation of
+    `eval_data` (the validation set) after each epoch."""
     if family is not None and family not in FAMILIES:
         raise DataError(f"no recommendation for {family!r}: detectors are {', '.join(FAMILIES)}", field="family")
     records = [r for r in dataset.records if r.width > 0 and r.height > 0]
@@ -258,27 +307,37 @@ def recommend(dataset: Dataset, *, family: str | None = None) -> Recommendation:
         world_anchor_coverage=round(world_coverage, 4), yolo_anchors=priors, yolo_mean_iou=round(prior_iou, 4),
         objects_per_input=most_input, objects_per_image=most_image, max_detections=max(100, 2 * most_input),
         max_detections_per_image=max(100, 2 * most_image), rois_per_image=int(min(512, rois)))
+    eval_inputs = (_inputs(eval_data.records, tile, tile // 4) if eval_data is not None     # prediction's overlap
+                   else math.ceil(inputs / 10))
     for name in [family] if family else list(FAMILIES):
-        _family_options(rec, name, FAMILIES[name])
+        _family_options(rec, name, FAMILIES[name], budget_s, eval_inputs)
     input_sides = np.sqrt((input_wh[:, 0] * input_wh[:, 1]).numpy())
     rec.notes = _notes(rec, object_sides, float(np.percentile(input_sides, 5)), crowded)
     return rec
 
 
-def _family_options(rec: Recommendation, name: str, family: Family) -> None:
+def _family_options(rec: Recommendation, name: str, family: Family, budget_s: float | None,
+                    eval_inputs: int) -> None:
     """The recipe options (existing `--option`s) and the values still waiting for one, for one family."""
-    schedule = _schedule(family, rec.inputs_per_epoch)
+    schedule = _schedule(family, rec.inputs_per_epoch, rec.input_size, budget_s, eval_inputs)
     rec.schedule[name] = schedule
-    options = {"image_size": rec.input_size, "epochs": schedule["epochs"]}
-    pending = {"tile": rec.tile, "overlap": rec.overlap, "max_detections_per_image": rec.max_detections_per_image}
+    # max_detections caps a photograph's detections after its tiles merge (and each tile's): the per-image count
+    options = {"image_size": rec.input_size, "epochs": schedule["epochs"],
+               "max_detections": rec.max_detections_per_image}
+    if rec.tiled_images:
+        options["slice_factor"] = SLICE_FACTOR                        # rule 7: tile what the plan tiles
+    pending = {"tile": rec.tile, "overlap": rec.overlap, "detections_per_input": rec.max_detections}
+    if name != "fast-rcnn":                                             # Selective Search proposals stay unaugmented
+        options["augment"] = USER_AUGMENT
     if family.two_stage:
         options["rois_per_image"] = rec.rois_per_image
-        pending.update(detections_per_image=rec.max_detections, post_nms_test=max(100, 3 * rec.objects_per_input),
-                       warmup_steps=schedule["warmup_steps"])
+        pending.update(post_nms_test=max(100, 3 * rec.objects_per_input), warmup_steps=schedule["warmup_steps"])
         if name != "fast-rcnn":
             options.update(anchor_sizes=rec.anchor_sizes, anchor_ratios=rec.anchor_ratios)
     else:
-        options.update(warmup_steps=schedule["warmup_steps"], max_detections=rec.max_detections)
+        options.update(warmup_steps=schedule["warmup_steps"])
+        if name == "yolo2":
+            options["precise_bn"] = schedule["precise_bn"]
         if name == "yolo2" and rec.tiled_images and rec.yolo_anchors:
             options["anchors"] = rec.yolo_anchors     # the recipe's own k-means would measure whole photographs
     rec.options[name] = options
@@ -323,9 +382,15 @@ def _notes(rec: Recommendation, object_sides: np.ndarray, small_input: float, cr
         default = FAMILIES[name]
         if schedule["epochs"] > default.epochs or schedule["batch_size"] < default.batch_size:
             lengthened.setdefault(tuple(schedule.values()), []).append(f"{name} (default {default.epochs})")
-    for (batch, per_epoch, epochs, steps, _), names in lengthened.items():
+    for (batch, per_epoch, epochs, steps, _, cpu, capped, _), names in lengthened.items():
         notes.append(f"{rec.inputs_per_epoch} inputs an epoch at batch {batch} are {per_epoch} steps, so "
-                     f"{epochs} epochs make the run's {steps} steps: {', '.join(names)}")
+                     f"{epochs} epochs make the run's {steps} steps (about {cpu} CPU-seconds"
+                     + (f", shortened from {MIN_STEPS} to fit the CPU budget; more steps train better" if capped
+                        else "") + f"): {', '.join(names)}")
+    if any("augment" in options for options in rec.options.values()):
+        notes.append(f"training images are augmented (augment={USER_AUGMENT}: crops, horizontal flips, scale and "
+                     f"colour jitter, mosaic for YOLO); for aerial or microscope images, where up is arbitrary, "
+                     f"--option augment=top-down adds vertical flips and quarter turns")
     if rec.inputs_per_epoch < 100:
         notes.append(f"only {rec.inputs_per_epoch} inputs an epoch: a set this small overfits; keep a validation "
                      f"split and watch its curve")
@@ -362,7 +427,8 @@ def format_recommendation(rec: Recommendation) -> str:
         if schedule["batch_size"] != FAMILIES[name].batch_size:
             options = f"--batch-size {schedule['batch_size']} {options}"
         lines.append(f"  {name}: batch {schedule['batch_size']}, {schedule['steps_per_epoch']} steps/epoch x "
-                     f"{schedule['epochs']} epochs = {schedule['steps']} steps, warm-up {schedule['warmup_steps']}: "
-                     f"{options}")
+                     f"{schedule['epochs']} epochs = {schedule['steps']} steps (~{schedule['cpu_seconds']} CPU-s"
+                     f"{', capped by the budget' if schedule['capped'] else ''}), warm-up "
+                     f"{schedule['warmup_steps']}: {options}")
     lines += [f"  note: {note}" for note in rec.notes]
     return "\n".join(lines)

@@ -35,7 +35,13 @@ draws its images up to 320 px, 2.5 x the smallest input a world recipe uses (128
 fitted whole as before, while a 2,500 px photograph is sliced at any input up to 1,000 px. Photographs of
 small objects do better with `slice_factor=1.5` (objects shrink by at most a third); 0 never slices.
 `max_detections` (100, COCO's per-image limit) caps the detections per image, after merging for a
-photograph; raise it for photographs of hundreds of objects.
+photograph; raise it for photographs of hundreds of objects. An epoch shows a sliced photograph once per tile
+prediction would cut from it (`tiled_epoch`), each time a random window, so one photograph is not one step.
+
+Augmentation (`augment`, the two-stage recipes' option): "world" is the horizontal flip the world recipes have
+always used (`flip`); "user", "top-down" and "none" run `scenekit.data.augment`'s presets (USER_DATA_DEFAULTS,
+TOP_DOWN_DEFAULTS, nothing) on each training image after its window is cut and before it is fitted into S x S
+(`DetectionData(pairs=...)`). Mask R-CNN then decodes a photograph's instance masks whole before the window.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +59,7 @@ from torch import nn
 
 from scenekit.boxes import clip_boxes_to_image, decode_boxes, encode_boxes
 from scenekit.data.tiling import RandomWindow, crop_target, needs_slicing, sliced_predict, tile_windows
-from scenekit.data.transforms import load_image
+from scenekit.data.transforms import Compose, load_image
 from scenekit.errors import DataError
 from scenekit.models.backbones import SmallCNN, build_backbone, inference_copy
 from scenekit.models.detection_targets import label_regions, sample_labels
@@ -413,26 +419,56 @@ class DetectionData(torch.utils.data.Dataset):
     `flip` mirrors the image and everything in its target with probability 1/2 (torch's global generator, which
     the engine seeds and checkpoints). `window` (a `tiling.RandomWindow`, training only) first cuts a window
     from each image that needs slicing, before it is fitted into S x S; other images pass untouched.
+
+    With `pairs` (an indexable of augmented (image [H, W, 3] uint8, target) pairs of the same records, such as
+    `augment.RecordPairs` with the window and augmentation as its transform), item i is fitted from pairs[i]
+    instead; `window`, `flip` and `proposals` are then the pairs' business (proposals are refused).
     """
 
     def __init__(self, dataset, class_ids: list[int], image_size: int, *, flip: bool = False,
                  with_masks: bool = False, proposals: ProposalCache | None = None, max_proposals: int = 1000,
-                 window: RandomWindow | None = None):
+                 window: RandomWindow | None = None, pairs=None):
+        if pairs is not None and proposals is not None:
+            raise DataError("augmented images have no precomputed proposals: augment needs a detector with an "
+                            "RPN (faster-rcnn, mask-rcnn)", field="augment")
         self.dataset, self.size, self.flip, self.with_masks = dataset, image_size, flip, with_masks
-        self.proposals, self.max_proposals, self.window = proposals, max_proposals, window
+        self.proposals, self.max_proposals, self.window, self.pairs = proposals, max_proposals, window, pairs
         self.index_of = {cid: i + 1 for i, cid in enumerate(class_ids)}
 
     def __len__(self) -> int:
         return len(self.dataset.records)
 
-    def __getitem__(self, index: int):
-        record = self.dataset.records[index]
-        photo = load_image(self.dataset, record)
+    def _labels(self, record, category_ids) -> np.ndarray:
         try:
-            labels = np.array([self.index_of[int(c)] for c in record.labels], dtype=np.int64)
+            return np.array([self.index_of[int(c)] for c in category_ids], dtype=np.int64).reshape(-1)
         except KeyError as error:
             raise DataError(f"category id {error.args[0]} is not one of the model's {sorted(self.index_of)}",
                             record=f"image id {record.image_id}", field="labels") from None
+
+    def _fit_pair(self, record, image: np.ndarray, objects: dict):
+        """An augmented pair fitted into S x S, as `__getitem__` fits a record."""
+        tensor, scale, (h, w) = fit_image(image, self.size)
+        boxes = clip_boxes_to_image(torch.as_tensor(np.asarray(objects["boxes"], dtype=np.float32).reshape(-1, 4))
+                                    * scale, (h, w))
+        keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+        keep &= ~torch.as_tensor(np.asarray(objects["iscrowd"], dtype=bool).reshape(-1))
+        target = {"boxes": boxes[keep], "labels": torch.from_numpy(self._labels(record, objects["labels"]))[keep],
+                  "size": torch.tensor([h, w]), "image_id": int(record.image_id)}
+        if self.with_masks:
+            masks = torch.from_numpy(np.asarray(objects["masks"])[keep.numpy()]).float()       # [N, H', W']
+            fitted = torch.zeros(masks.shape[0], self.size, self.size, dtype=torch.uint8)
+            if masks.shape[0]:
+                fitted[:, :h, :w] = (F.interpolate(masks[None], size=(h, w), mode="bilinear",
+                                                   align_corners=False)[0] >= 0.5).to(torch.uint8)
+            target["masks"] = fitted
+        return tensor, target
+
+    def __getitem__(self, index: int):
+        record = self.dataset.records[index]
+        if self.pairs is not None:
+            return self._fit_pair(record, *self.pairs[index])
+        photo = load_image(self.dataset, record)
+        labels = self._labels(record, record.labels)
         # "ann_ids" is each object's row in the record here, so masks can be decoded for the objects kept.
         objects = {"boxes": record.boxes, "labels": labels, "iscrowd": record.iscrowd,
                    "ann_ids": np.arange(record.num_objects)}
@@ -698,6 +734,34 @@ def evaluate_detector(model: FastRCNN, dataset, device, class_ids: list[int], *,
 SLICE_FACTOR = 2.5
 
 
+def tiled_epoch(dataset, size: int, factor: float):
+    """`dataset` with each record that `needs_slicing` at `size` repeated once per tile prediction cuts from it
+    (`tiling.tile_windows` at `predict_any_size`'s overlap of a quarter tile), so that an epoch of random windows
+    shows about as much of a photograph as its tiles do (`scenekit.data.recommend`, rule 5). Datasets without
+    such images come back as they are (the world's, at the recipes' `slice_factor`)."""
+    repeats = [len(tile_windows(r.height, r.width, size, size // 4))
+               if factor < math.inf and needs_slicing((r.height, r.width), size, factor) else 1
+               for r in dataset.records]
+    if all(count == 1 for count in repeats):
+        return dataset
+    # the copies go after the records, so item i < len(dataset) is still record i
+    extra = [record for record, count in zip(dataset.records, repeats) for _ in range(count - 1)]
+    return replace(dataset, records=[*dataset.records, *extra])
+
+
+AUGMENT_PRESETS = ("world", "user", "top-down", "none")
+
+
+def augment_options(augment: str):
+    """The `scenekit.data.augment.AugmentOptions` of an `augment` preset; None for "world" (the recipe's own flip)."""
+    from scenekit.data.augment import TOP_DOWN_DEFAULTS, USER_DATA_DEFAULTS, AugmentOptions
+
+    if augment not in AUGMENT_PRESETS:
+        raise DataError(f"augment must be one of {', '.join(AUGMENT_PRESETS)}, got {augment!r}", field="augment")
+    return {"world": None, "user": USER_DATA_DEFAULTS, "top-down": TOP_DOWN_DEFAULTS,
+            "none": AugmentOptions(hflip=False, scale_jitter=0.0, color_jitter=0.0, crop=False, mosaic=0.0)}[augment]
+
+
 def slicing_factor(slice_factor) -> float:
     """The recipes' `slice_factor` as `tiling.needs_slicing`'s factor: 0 never slices (infinity)."""
     if isinstance(slice_factor, bool) or not isinstance(slice_factor, (int, float)) \
@@ -717,7 +781,7 @@ def check_max_detections(max_detections) -> int:
 def two_stage_recipe(name: str, categories: dict, config, *, epochs: int, lr: float, flip: bool,
                      build, proposals: ProposalCache | None = None, with_masks: bool = False,
                      options: dict, world: dict, max_detections: int = 100,
-                     slice_factor: float = SLICE_FACTOR) -> Recipe:
+                     slice_factor: float = SLICE_FACTOR, augment: str = "world") -> Recipe:
     """The recipe the three detectors share: one end-to-end phase (AdamW, warm-up, cosine decay).
 
     Images larger than `slice_factor` x S train on random S x S windows and are predicted and evaluated by
@@ -727,6 +791,7 @@ def two_stage_recipe(name: str, categories: dict, config, *, epochs: int, lr: fl
     """
     class_ids = sorted(int(c) for c in categories)
     factor, max_detections = slicing_factor(slice_factor), check_max_detections(max_detections)
+    augmentation = augment_options(augment)
     phases = [Phase("detect", epochs=epochs, lr=lr, optimizer="adamw", weight_decay=1e-4, schedule="cosine",
                     warmup_steps=50, clip_grad_norm=10.0)]
     model_config = asdict(config)
@@ -734,8 +799,20 @@ def two_stage_recipe(name: str, categories: dict, config, *, epochs: int, lr: fl
 
     def make_dataset(dataset, train):
         window = RandomWindow(config.image_size, factor=factor) if train and factor < math.inf else None
-        return DetectionData(dataset, class_ids, config.image_size, flip=flip and train, with_masks=with_masks,
-                             proposals=proposals, max_proposals=config.max_proposals, window=window)
+        if train:
+            dataset = tiled_epoch(dataset, config.image_size, factor)
+        if not train or augmentation is None:
+            return DetectionData(dataset, class_ids, config.image_size, flip=flip and train, with_masks=with_masks,
+                                 proposals=proposals, max_proposals=config.max_proposals, window=window)
+        from scenekit.data.augment import RecordPairs, build_augmentation
+
+        # seed=None: the engine seeds torch per run, worker and epoch (augment.OwnStream)
+        steps = build_augmentation(augmentation, None, size=config.image_size, fill=0)
+        pairs = RecordPairs(dataset, with_masks=with_masks, box_fallback=True,
+                            transform=steps if window is None else Compose([window, steps]))
+        return DetectionData(dataset, class_ids, config.image_size, with_masks=with_masks,
+                             proposals=None if proposals is None else proposals, pairs=pairs,
+                             max_proposals=config.max_proposals)
 
     def predict(model, images, device):
         return detect_any_size(model, list(images), device, class_ids, proposals=proposals,

@@ -184,7 +184,8 @@ def recipe(categories: dict, *, name: str = "faster-rcnn", image_size: int = 160
            backbone_weights: str | None = None, channels=(16, 32, 64), extra_convs: int = 2, norm: str = "batch",
            hidden: int = 256, rois_per_image: int = 64, bg_low: float = 0.0, anchor_sizes=WORLD_ANCHOR_SIZES,
            anchor_ratios=(0.5, 1.0, 2.0), roi_op: str = "align", epochs: int | None = None, lr: float | None = None,
-           flip: bool = True, max_detections: int = 100, slice_factor: float = SLICE_FACTOR) -> Recipe:
+           flip: bool = True, max_detections: int = 100, slice_factor: float = SLICE_FACTOR,
+           augment: str = "world") -> Recipe:
     """Faster R-CNN trained end to end (approximate joint training) with the RPN's and the head's losses.
 
     `max_detections`: detections per image (100; after merging the tiles of a photograph). `slice_factor`:
@@ -193,6 +194,8 @@ def recipe(categories: dict, *, name: str = "faster-rcnn", image_size: int = 160
     px) fitted whole, as the benchmark figures were measured, and slices a 2,500 px photograph at any input up to
     1,000 px; 1.5 suits photographs of small objects, 0 never slices (`fast_rcnn`'s module docstring). Note the
     RPN keeps `post_nms_test` = 100 proposals per image or tile: a busy tile finds at most that many objects.
+    `augment`: "world" (the horizontal flip `flip`, as the world has always trained), "user", "top-down" or
+    "none" (`scenekit.data.augment`'s presets, on the training windows; `fast_rcnn`'s module docstring).
 
     The region head reads its RoI features with RoIAlign (He et al. 2017, sec. 3), as torchvision's and
     Detectron2's Faster R-CNN do: Ren et al. used Fast R-CNN's RoI max-pooling, whose rounding of RoI edges to the
@@ -213,9 +216,10 @@ def recipe(categories: dict, *, name: str = "faster-rcnn", image_size: int = 160
                "channels": list(channels), "extra_convs": extra_convs, "norm": norm, "hidden": hidden,
                "rois_per_image": rois_per_image, "bg_low": bg_low, "anchor_sizes": list(anchor_sizes),
                "anchor_ratios": list(anchor_ratios), "roi_op": roi_op, "epochs": epochs, "lr": lr, "flip": flip,
-               "max_detections": max_detections, "slice_factor": slice_factor}
+               "max_detections": max_detections, "slice_factor": slice_factor,
+               "augment": augment}
     return two_stage_recipe(name, categories, config, epochs=epochs, lr=lr, flip=flip,
                             build=lambda values: FasterRCNN(config_from_dict(FasterRCNNConfig, values)),
                             options=options, world={"image_size": image_size}, max_detections=max_detections,
-                            slice_factor=slice_factor)
+                            slice_factor=slice_factor, augment=augment)
 

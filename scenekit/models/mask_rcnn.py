@@ -189,13 +189,13 @@ def recipe(categories: dict, *, name: str = "mask-rcnn", image_size: int = 160, 
            anchor_ratios=(0.5, 1.0, 2.0), mask_size: int = 14, mask_convs: int = 4, mask_channels: int = 64,
            mask_stride: int | None = None, epochs: int | None = None, lr: float | None = None,
            flip: bool = True, box_masks: bool = False, max_detections: int = 100,
-           slice_factor: float = SLICE_FACTOR) -> Recipe:
+           slice_factor: float = SLICE_FACTOR, augment: str = "world") -> Recipe:
     """Mask R-CNN trained end to end: RPN losses + box head losses + the mask loss.
 
     Every object it trains on needs a mask: training data with objects that have none stops with an error,
     unless `box_masks=True`, which trains on their boxes filled as masks and says how many (see `require_masks`).
 
-    `max_detections` and `slice_factor` as Faster R-CNN's (2.5 keeps every world image whole; larger photographs
+    `max_detections`, `augment` and `slice_factor` as Faster R-CNN's (2.5 keeps every world image whole; larger photographs
     train on windows and are predicted by tiles). Masks of a large photograph, bounded: a window in training
     decodes only the masks of the objects in it, one at a time (`fast_rcnn.window_masks`); a tile keeps its m x m
     mask probabilities until the merge and pastes only the masks it keeps (`fast_rcnn.TileMasks`); the result
@@ -224,11 +224,12 @@ def recipe(categories: dict, *, name: str = "mask-rcnn", image_size: int = 160, 
                "rois_per_image": rois_per_image, "bg_low": bg_low, "anchor_sizes": list(anchor_sizes),
                "anchor_ratios": list(anchor_ratios), "mask_size": mask_size, "mask_convs": mask_convs,
                "mask_channels": mask_channels, "mask_stride": mask_stride, "epochs": epochs, "lr": lr, "flip": flip,
-               "box_masks": bool(box_masks), "max_detections": max_detections, "slice_factor": slice_factor}
+               "box_masks": bool(box_masks), "max_detections": max_detections, "slice_factor": slice_factor,
+               "augment": augment}
     recipe = two_stage_recipe(name, categories, config, epochs=epochs, lr=lr, flip=flip,
                               build=lambda values: MaskRCNN(config_from_dict(MaskRCNNConfig, values)),
                               with_masks=True, options=options, world={"image_size": image_size},
-                              max_detections=max_detections, slice_factor=slice_factor)
+                              max_detections=max_detections, slice_factor=slice_factor, augment=augment)
     make_dataset, evaluate, announced = recipe.make_dataset, recipe.evaluate, []
 
     def checked_make_dataset(dataset, train):

@@ -52,7 +52,13 @@ resolution, merged by `tiling.predict_any_size` (each object from the tile that 
 class-aware NMS; SAHI, Akyon et al. 2022). The recipe's `slice_factor` is 2.5, not tiling's 1.5: the world
 draws images up to 320 px, 2.5 x yolo1's 128 px input and 2 x yolo2's 160 px, and its figures are of those
 letterboxed whole; 2.5 keeps all of them whole while a 2,500 px photograph is still sliced at any input up to
-1,000 px. `max_detections` (100) caps each image's detections, after the merge for a photograph.
+1,000 px. `max_detections` (100) caps each image's detections, after the merge for a photograph. An epoch shows
+a sliced photograph once per tile prediction would cut from it (`fast_rcnn.tiled_epoch`), a random window each.
+
+Augmentation (`augment`): "world" is the horizontal flip (`flip`) the world recipes have always used; "user",
+"top-down" and "none" run `scenekit.data.augment`'s presets on each training image after its window is cut
+(`build_augmentation`), with YOLOv4's mosaic of four such windows first for half the items (`MosaicDataset`;
+Bochkovskiy et al. 2020, sec. 3.3), before the letterbox.
 """
 
 from __future__ import annotations
@@ -71,9 +77,11 @@ from torch import nn
 
 from scenekit.anchors import kmeans_anchors, wh_iou
 from scenekit.data.tiling import RandomWindow, predict_any_size
-from scenekit.data.transforms import Letterbox, clip_boxes, letterbox_image, load_image
+from scenekit.data.transforms import Compose, Letterbox, clip_boxes, letterbox_image, load_image
 from scenekit.errors import DataError
+from scenekit.data.augment import MosaicDataset, RecordPairs, build_augmentation
 from scenekit.models.backbones import inference_copy
+from scenekit.models.fast_rcnn import augment_options, tiled_epoch
 from scenekit.nms import batched_nms_numpy
 from scenekit.recipes import Phase, Recipe
 
@@ -545,11 +553,13 @@ class YoloData(torch.utils.data.Dataset):
     """Images letterboxed to `size` x `size`; item: (image [3, size, size], {"boxes" [N, 4] input pixels,
     "labels" [N] class indices 0..K-1, "image_id"}). `flip` mirrors with probability 1/2 using torch's global
     generator (seeded and checkpointed by the engine). Crowd and difficult objects are left out. `window` (a
-    `tiling.RandomWindow`) first cuts a window from each image that needs slicing; others pass untouched."""
+    `tiling.RandomWindow`) first cuts a window from each image that needs slicing; others pass untouched.
+    With `pairs` (augmented (image, target) pairs of the same records: `augment.RecordPairs` or `MosaicDataset`,
+    window and augmentation included), item i is letterboxed from pairs[i] instead, without `flip`/`window`."""
 
     def __init__(self, dataset, class_ids: list[int], size: int, flip: bool = False,
-                 window: RandomWindow | None = None):
-        self.dataset, self.size, self.flip, self.window = dataset, int(size), flip, window
+                 window: RandomWindow | None = None, pairs=None):
+        self.dataset, self.size, self.flip, self.window, self.pairs = dataset, int(size), flip, window, pairs
         self.index_of = {int(c): i for i, c in enumerate(class_ids)}
 
     def __len__(self) -> int:
@@ -562,9 +572,18 @@ class YoloData(torch.utils.data.Dataset):
         if unknown:
             raise DataError(f"category id {unknown[0]} is not one of the model's {sorted(self.index_of)}",
                             record=f"image id {record.image_id}", field="labels")
-        image = load_image(self.dataset, record)
-        target = {"boxes": clip_boxes(record.boxes[keep], record.width, record.height), "labels": record.labels[keep]}
-        if self.window is not None:
+        if self.pairs is not None:
+            image, target = self.pairs[index]
+            objects = len(target["labels"])
+            learn = ~(np.asarray(target.get("iscrowd", np.zeros(objects)), dtype=bool).reshape(-1)
+                      | np.asarray(target.get("difficult", np.zeros(objects)), dtype=bool).reshape(-1))
+            target = {"boxes": np.asarray(target["boxes"]).reshape(-1, 4)[learn],
+                      "labels": np.asarray(target["labels"]).reshape(-1)[learn]}
+        else:
+            image = load_image(self.dataset, record)
+            target = {"boxes": clip_boxes(record.boxes[keep], record.width, record.height),
+                      "labels": record.labels[keep]}
+        if self.window is not None and self.pairs is None:
             image, target = self.window(image, target)
         canvas, target = Letterbox(self.size)(image, target)
         boxes = np.asarray(target["boxes"], dtype=np.float32).reshape(-1, 4)
@@ -572,7 +591,7 @@ class YoloData(torch.utils.data.Dataset):
         real = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])     # resizing can flatten tiny boxes
         image = torch.from_numpy(np.ascontiguousarray(canvas)).permute(2, 0, 1).float().div_(255.0)
         boxes = torch.from_numpy(boxes[real])
-        if self.flip and bool(torch.rand(()) < 0.5):
+        if self.flip and self.pairs is None and bool(torch.rand(()) < 0.5):
             image = image.flip(-1)
             boxes = torch.stack([self.size - boxes[:, 2], boxes[:, 1], self.size - boxes[:, 0], boxes[:, 3]], 1)
         return image, {"boxes": boxes, "labels": torch.from_numpy(labels[real]), "image_id": int(record.image_id)}
@@ -811,7 +830,8 @@ def recipe(categories: dict[int, str], *, name: str = "yolo2", version: int | No
            test_size: int | None = None, epochs: int | None = None, lr: float | None = None,
            optimizer: str = "adamw", weight_decay: float = 5e-4, warmup_steps: int = 50, flip: bool = True,
            score_threshold: float = 0.005, nms_threshold: float | None = None, max_detections: int = 100,
-           precise_bn: int | None = None, seed: int = 0, slice_factor: float = SLICE_FACTOR) -> Recipe:
+           precise_bn: int | None = None, seed: int = 0, slice_factor: float = SLICE_FACTOR,
+           augment: str = "world") -> Recipe:
     """The training recipe of YOLO v1 (`version=1`, name "yolo1") or YOLOv2 (`version=2`, "yolo2").
 
     Defaults: v1 as the paper (no batch norm, dropout 0.5, one fixed input size, NMS 0.5); v2 with every
@@ -842,6 +862,9 @@ def recipe(categories: dict[int, str], *, name: str = "yolo2", version: int | No
     priors are still measured on whole images (fractions of the longer side), which misjudges the objects of
     photographs that train on windows: give such data its priors with `anchors=[[w, h], ...]`
     (`scenekit data check` recommends them).
+
+    `augment`: "world" (the horizontal flip `flip`, as the world has always trained), "user", "top-down" or
+    "none" (`scenekit.data.augment`'s presets, mosaic included; the module docstring).
     """
     version = version if version is not None else (1 if "1" in name else 2)
     if version not in (1, 2):
@@ -880,6 +903,7 @@ def recipe(categories: dict[int, str], *, name: str = "yolo2", version: int | No
     elif not isinstance(anchors, str):
         explicit = [[float(w), float(h)] for w, h in anchors]
     class_ids = sorted(int(c) for c in categories)
+    augmentation = augment_options(augment)
     if passthrough_channels is not None and (not isinstance(passthrough_channels, int) or passthrough_channels < 1):
         raise DataError(f"passthrough_channels must be a positive integer or None, got {passthrough_channels!r}",
                         field="passthrough_channels")
@@ -909,10 +933,21 @@ def recipe(categories: dict[int, str], *, name: str = "yolo2", version: int | No
             if "model" in built:
                 built["model"].anchors.copy_(torch.tensor(priors))
         size = max(sizes) if (train and multi_scale) else image_size
-        if train:
-            built["train_data"] = dataset                 # for the batch-norm statistics before evaluation
         window = RandomWindow(image_size, factor=factor) if train and factor < math.inf else None
-        return YoloData(dataset, class_ids, size, flip=flip and train, window=window)
+        if train:
+            dataset = tiled_epoch(dataset, image_size, factor)
+            built["train_data"] = dataset                 # for the batch-norm statistics before evaluation
+        if not train or augmentation is None:
+            return YoloData(dataset, class_ids, size, flip=flip and train, window=window)
+        # seed=None: the engine seeds torch per run, worker and epoch (augment.OwnStream); grey fill as letterbox
+        steps = build_augmentation(augmentation, None, size=size, fill=114)
+        first = [window] if window is not None else []
+        if augmentation.mosaic:
+            pairs = MosaicDataset(RecordPairs(dataset, transform=Compose(first) if first else None), size,
+                                  p=augmentation.mosaic, transform=steps)
+        else:
+            pairs = RecordPairs(dataset, transform=Compose([*first, steps]))
+        return YoloData(dataset, class_ids, size, pairs=pairs)
 
     def evaluate(model, dataset, device):
         if precise_bn and "train_data" in built:          # while training (`scenekit evaluate` keeps the saved ones)
@@ -931,7 +966,7 @@ def recipe(categories: dict[int, str], *, name: str = "yolo2", version: int | No
                "multi_scale": multi_scale, "scale_every": scale_every, "sizes": sizes, "test_size": test_size,
                "epochs": epochs, "lr": lr, "optimizer": optimizer, "weight_decay": weight_decay,
                "warmup_steps": warmup_steps, "flip": flip, "precise_bn": precise_bn, "seed": seed,
-               "slice_factor": slice_factor, **detect_options}
+               "slice_factor": slice_factor, "augment": augment, **detect_options}
     phases = [Phase("detect", epochs=30 if epochs is None else epochs, lr=2e-3 if lr is None else lr,
                     optimizer=optimizer, weight_decay=weight_decay, schedule="cosine", warmup_steps=warmup_steps,
                     clip_grad_norm=10.0)]
