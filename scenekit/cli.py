@@ -389,6 +389,9 @@ def add_train_parser(sub):
     p.add_argument("--train-images", type=int, default=2000, help="world images to generate for training")
     p.add_argument("--val-images", type=int, default=300, help="world images to generate for validation")
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads of this process (default: torch's, one per core); two trainings side by "
+                        "side each want --threads 1")
     p.add_argument("--checkpoint-every", type=int, default=0,
                    help="also write OUT/last.pt every N steps (0: at the end of each epoch only)")
     p.add_argument("--log-every", type=int, default=50, help="log line every N steps when not on a terminal")
@@ -1440,6 +1443,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "threads", None) is not None:
+            if args.threads < 1:
+                raise ScenekitError(f"--threads must be >= 1, got {args.threads}")
+            import torch
+
+            torch.set_num_threads(args.threads)
         return int(args.func(args) or 0)
     except (ScenekitError, FileNotFoundError, PermissionError) as error:
         print(f"scenekit {args.verb}: error: {error}", file=sys.stderr)

@@ -309,3 +309,20 @@ def test_resuming_an_unchanged_finished_run_trains_nothing_more(tmp_path):
     recipe = _line_recipe([Phase("all", epochs=2, lr=0.1)])
     _train_recording_rates(recipe, tmp_path)
     assert _train_recording_rates(recipe, tmp_path, resume=True) == []
+
+
+def test_threads_sets_torchs_thread_count_and_refuses_zero(tmp_path, capsys):
+    import torch
+
+    from scenekit.cli import main
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        main(["train", "localizer", "--threads", "1", "--data", f"coco:{tmp_path / 'missing.json'}",
+              "--out", str(tmp_path / "run")])
+        assert torch.get_num_threads() == 1
+        assert main(["train", "localizer", "--threads", "0", "--out", str(tmp_path / "run")]) == 2
+        assert "--threads" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
