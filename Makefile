@@ -28,8 +28,11 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "note: chromium not installed; the browser test will be skipped"
 
+# The suite, then the tests that assert a training outcome (marked `kernels`) once more under each other CPU kernel
+# set (ATEN_CPU_CAPABILITY) this CPU has: they must hold on every one.
 test: install browser
 	$(PY) -m pytest -q tests
+	$(PY) tests/run_kernel_variants.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache build *.egg-info

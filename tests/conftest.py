@@ -2,6 +2,9 @@
 
 Under CI (the CI environment variable set), hypothesis runs derandomized: the same examples every run, so a red
 build always means a change in the code, never a newly drawn example. Locally it explores new examples each run.
+
+Tests that assert the outcome of a training run get the `kernels` marker (KERNELS below): `make test` runs them
+again under each ATEN_CPU_CAPABILITY the CPU supports (tests/run_kernel_variants.py).
 """
 
 import os
@@ -13,6 +16,61 @@ from hypothesis import settings
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+# Tests whose assertions hold only if a training run reaches somewhere: the trajectory goes through PyTorch's CPU
+# kernels, whose float sums round differently under each ATEN_CPU_CAPABILITY (default, avx2, avx512) and on each
+# CPU, and a bound that only one kernel's rounding meets passes on one machine and fails on the next (issue 18).
+# `make test` runs these once more under every capability the CPU has. Node id (parameters included) -> why.
+KERNELS = {
+    "tests/test_vqa.py::test_vqa_overfits_four_images":
+        "trains VQA to a loss bound; at a fixed 40 steps the LSTM baseline answered 6 of 8 on AVX-512 CPUs",
+    "tests/test_captioner.py::test_each_captioner_overfits_four_images":
+        "trains each captioner to a loss bound; Show and Tell's saturated image step failed under avx2",
+    "tests/test_captioner.py::test_encoder_pretraining_phase_learns_concepts_without_running_the_decoder":
+        "60 Adam steps must cut the concept loss 5-fold (they cut it ~1e5-fold)",
+    "tests/test_distributed.py::test_two_process_torchrun_matches_one_process_with_same_global_batch":
+        "two processes' all-reduced gradients against one process's: one sum in two orders, failed under avx2",
+    "tests/test_language.py::test_char_lm_learns_a_repeating_text_and_samples_it":
+        "80 Adam steps to below 0.3 bits per character and an exact greedy sample",
+    "tests/test_language.py::test_recipe_trained_by_the_engine_learns_a_repeating_string":
+        "the engine's three epochs to a validation loss below 0.5 nats",
+    "tests/test_fast_rcnn.py::test_fast_rcnn_overfits_one_image_and_detects_its_objects":
+        "60 steps must halve the loss and find every object at IoU 0.5",
+    "tests/test_faster_rcnn.py::test_faster_rcnn_overfits_one_image_and_detects_its_objects":
+        "80 steps must cut the loss to 0.4 and find every object at IoU 0.5",
+    "tests/test_mask_rcnn.py::test_mask_rcnn_overfits_one_image_and_segments_its_objects":
+        "60 steps must cut the loss to 0.4 and give every object a mask of IoU 0.6",
+    "tests/test_rcnn.py::test_detector_trained_end_to_end_finds_the_objects_of_its_images":
+        "ten epochs of the whole R-CNN pipeline must find 80% of the objects",
+    "tests/test_yolo_model.py::test_yolo1_overfits_two_images": "the loss cut 10-fold and every object found",
+    "tests/test_yolo_model.py::test_yolo2_overfits_two_images": "the loss cut 20-fold and every object found",
+    "tests/test_fcn.py::test_fcn8s_overfits_a_few_world_images": "mean IoU above 0.8 after a fixed number of steps",
+    "tests/test_localizer.py::test_recipe_trains_classifier_then_regressor_alone":
+        "the regression phase must lower the box loss",
+    "tests/test_localizer.py::test_predict_cli_writes_pictures_and_coco_results":
+        "55 epochs must give each of four images its category and a box of IoU 0.5",
+    "tests/test_train.py::test_training_lowers_the_loss_and_logs_every_epoch":
+        "five epochs must halve the validation loss",
+    "tests/test_vqa_user_data.py::test_a_set_with_words_outside_the_world_trains_with_its_own_vocabulary":
+        "trains to a loss bound, then 80% accuracy on held-out pictures",
+    "tests/test_vqa_user_data.py::test_open_ended_head_answers_with_a_training_answer":
+        "trains the open-ended head to a loss bound, then exact VQA accuracy",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the KERNELS tests `kernels`; a KERNELS entry whose test no longer exists is an error, not a silent
+    gap in the kernel runs."""
+    modules = {}
+    for item in items:
+        if item.nodeid.split("[")[0] in KERNELS:
+            item.add_marker(pytest.mark.kernels)
+        if getattr(item, "module", None) is not None:
+            modules[item.nodeid.split("::")[0]] = item.module
+    gone = [key for key in KERNELS if key.split("::")[0] in modules
+            and not hasattr(modules[key.split("::")[0]], key.split("::")[1])]
+    if gone:
+        raise pytest.UsageError(f"tests/conftest.py KERNELS names tests that do not exist: {gone}")
 
 
 @pytest.fixture
