@@ -105,3 +105,43 @@ def _train_steps(model, batch, steps, lr=2e-3):
 def train_steps():
     """The overfit tests' training loop (the detectors' tests train one batch for a few dozen steps)."""
     return _train_steps
+
+
+def _coco_ap50(records, files, results) -> float:
+    """AP at IoU 0.5 of COCO `results` on the images `files` (paths, in the order given), written from the world
+    `records`, by pycocotools (the reference implementation). A result names its image by file_name (matched by
+    base name) when it carries one, else by image_id, numbered 1.. in the order the files were given."""
+    import contextlib
+    import io
+    from pathlib import Path
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from scenekit.data.world import CATEGORIES
+
+    ids = {Path(name).name: k for k, name in enumerate(files, start=1)}
+    results = [{**r, "image_id": ids[Path(r["file_name"]).name] if "file_name" in r else r["image_id"]}
+               for r in results]
+    assert {r["image_id"] for r in results} <= set(ids.values())
+    truth = {"images": [{"id": k, "width": r.width, "height": r.height} for k, r in enumerate(records, start=1)],
+             "categories": [{"id": c, "name": n} for c, n in CATEGORIES.items()],
+             "annotations": [{"id": 100 * k + j, "image_id": k, "category_id": int(label), "iscrowd": 0,
+                              "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1)}
+                             for k, r in enumerate(records, start=1)
+                             for j, ((x1, y1, x2, y2), label) in enumerate(zip(r.boxes.tolist(), r.labels))]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        ground = COCO()
+        ground.dataset = truth
+        ground.createIndex()
+        evaluation = COCOeval(ground, ground.loadRes(results), "bbox")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return float(evaluation.stats[1])
+
+
+@pytest.fixture
+def coco_ap50():
+    """The CLI detection tests' reference score: pycocotools' AP50 of what `scenekit predict` wrote."""
+    return _coco_ap50

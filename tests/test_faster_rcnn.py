@@ -105,37 +105,6 @@ def test_image_without_objects_trains_and_detects_nothing_of_the_wrong_shape(one
         assert one["boxes"].shape == (0, 4) and one["scores"].shape == (0,) and one["labels"].shape == (0,)
 
 
-def coco_ap50(records, files, results) -> float:
-    """AP at IoU 0.5 of COCO `results` on the images `files`, written from `records`, by pycocotools (the reference
-    implementation). A result names its image by file_name when it carries one, else by image_id, which `scenekit
-    predict` numbers 1.. in the order the files were given."""
-    import contextlib
-    import io
-
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    ids = {Path(name).name: k for k, name in enumerate(files, start=1)}
-    results = [{**r, "image_id": ids[Path(r["file_name"]).name] if "file_name" in r else r["image_id"]}
-               for r in results]
-    assert {r["image_id"] for r in results} <= set(ids.values())
-    truth = {"images": [{"id": k, "width": r.width, "height": r.height} for k, r in enumerate(records, start=1)],
-             "categories": [{"id": c, "name": n} for c, n in CATEGORIES.items()],
-             "annotations": [{"id": 100 * k + j, "image_id": k, "category_id": int(label), "iscrowd": 0,
-                              "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1)}
-                             for k, r in enumerate(records, start=1)
-                             for j, ((x1, y1, x2, y2), label) in enumerate(zip(r.boxes.tolist(), r.labels))]}
-    with contextlib.redirect_stdout(io.StringIO()):
-        ground = COCO()
-        ground.dataset = truth
-        ground.createIndex()
-        evaluation = COCOeval(ground, ground.loadRes(results), "bbox")
-        evaluation.evaluate()
-        evaluation.accumulate()
-        evaluation.summarize()
-    return float(evaluation.stats[1])
-
-
 def finds_a_known_object(record, result, iou=0.5) -> bool:
     """Whether the COCO result's box overlaps one of the record's objects of its category by `iou` or more."""
     x, y, w, h = result["bbox"]
@@ -146,7 +115,7 @@ def finds_a_known_object(record, result, iou=0.5) -> bool:
     return False
 
 
-def test_cli_trains_validates_and_predicts_with_pictures(tmp_path, one_thread):
+def test_cli_trains_validates_and_predicts_with_pictures(tmp_path, one_thread, coco_ap50):
     from PIL import Image
 
     from scenekit.cli import main

@@ -458,39 +458,7 @@ def test_yolo2_overfits_two_images():
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def _coco_ap50(records, names, results) -> float:
-    """AP at IoU 0.5 of COCO `results` on the images `names` (file names, in the order given), written from
-    `records`, by pycocotools (the reference). A result names its image by file_name when it carries one, else by
-    image_id, numbered 1.. in that order."""
-    import contextlib
-    import io
-    from pathlib import Path
-
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    ids = {name: k for k, name in enumerate(names, start=1)}
-    results = [{**r, "image_id": ids[Path(r["file_name"]).name] if "file_name" in r else r["image_id"]}
-               for r in results]
-    assert {r["image_id"] for r in results} <= set(ids.values())
-    truth = {"images": [{"id": k, "width": r.width, "height": r.height} for k, r in enumerate(records, start=1)],
-             "categories": [{"id": c, "name": n} for c, n in CATEGORIES.items()],
-             "annotations": [{"id": 100 * k + j, "image_id": k, "category_id": int(label), "iscrowd": 0,
-                              "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1)}
-                             for k, r in enumerate(records, start=1)
-                             for j, ((x1, y1, x2, y2), label) in enumerate(zip(r.boxes.tolist(), r.labels))]}
-    with contextlib.redirect_stdout(io.StringIO()):
-        ground = COCO()
-        ground.dataset = truth
-        ground.createIndex()
-        evaluation = COCOeval(ground, ground.loadRes(results), "bbox")
-        evaluation.evaluate()
-        evaluation.accumulate()
-        evaluation.summarize()
-    return float(evaluation.stats[1])
-
-
-def test_cli_trains_yolo2_and_streams_a_folder_with_frames_per_second(tmp_path, capsys):
+def test_cli_trains_yolo2_and_streams_a_folder_with_frames_per_second(tmp_path, capsys, coco_ap50):
     from pathlib import Path
 
     from scenekit.boxes import box_iou
@@ -521,7 +489,7 @@ def test_cli_trains_yolo2_and_streams_a_folder_with_frames_per_second(tmp_path, 
     assert stream["frames"] == 2 and stream["fps"] > 0
     results = json.loads((tmp_path / "pred" / "predictions.json").read_text())
     assert results and stream["detections"] == len(results)
-    assert _coco_ap50(training.records, names, results) >= 0.5
+    assert coco_ap50(training.records, names, results) >= 0.5
     for k, (name, record) in enumerate(zip(names, training.records), start=1):
         mine = [r for r in results if (Path(r["file_name"]).name == name if "file_name" in r
                                        else r["image_id"] == k)]
