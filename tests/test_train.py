@@ -169,12 +169,20 @@ def test_non_finite_loss_stops_with_an_error_naming_the_step(tmp_path):
         engine.train(recipe, _data(8, 0), None, _config(tmp_path))
 
 
-def test_plain_log_lines_off_a_terminal_and_a_bar_when_asked(tmp_path, capsys):
+def test_plain_log_lines_off_a_terminal_and_a_bar_when_asked(tmp_path, capsys, monkeypatch):
     engine.train(tiny_recipe([Phase("p", epochs=1, lr=0.01)]), _data(32, 0), None,
                  engine.TrainConfig(out=str(tmp_path / "a"), batch_size=8, log_every=2, tensorboard=False,
                                     progress=False))
     out = capsys.readouterr().out
-    assert out.count("it/s eta") == 2 and "[p] epoch 1/1 step 4 batch 4/4" in out
+    # The first step (progress within seconds of the start), then every log_every steps: steps 1, 2 and 4.
+    assert out.count("it/s eta") == 3 and "[p] epoch 1/1 step 1 batch 1/4" in out
+    assert "[p] epoch 1/1 step 4 batch 4/4" in out and "step 3 batch" not in out
+    monkeypatch.setattr(engine, "LOG_AT_LEAST_EVERY_S", 0.0)      # slow steps: a line at least this often
+    engine.train(tiny_recipe([Phase("p", epochs=1, lr=0.01)]), _data(32, 0), None,
+                 engine.TrainConfig(out=str(tmp_path / "c"), batch_size=8, log_every=2, tensorboard=False,
+                                    progress=False))
+    assert capsys.readouterr().out.count("it/s eta") == 4
+    monkeypatch.undo()
     engine.train(tiny_recipe([Phase("p", epochs=1, lr=0.01)]), _data(32, 0), None,
                  engine.TrainConfig(out=str(tmp_path / "b"), batch_size=8, log_every=2, tensorboard=False,
                                     progress=True))
