@@ -936,8 +936,10 @@ def _run_evaluate_checkpoint(args):
         import numpy as np
         import torch
 
+        from scenekit.data.transforms import load_image
+
         with torch.no_grad():
-            found = recipe.predict(model, [_dataset_image(dataset, r) for r in dataset.records], device)
+            found = recipe.predict(model, [load_image(dataset, r) for r in dataset.records], device)
         if not all("boxes" in f and "scores" in f for f in found):
             raise DataError(f"--explain explains detections; {recipe.model_name} does not detect", field="explain")
         results = [{"image_id": int(r.image_id), "category_id": int(label), "score": float(score),
@@ -1028,12 +1030,6 @@ def _explain(args, gt, results) -> dict:
         for note in summary.get("notes", []):
             print(f"note: {note}", file=sys.stderr)
     return {"dir": str(args.explain), "decisions": summary["decisions"], "files": summary["files"]}
-
-
-def _dataset_image(dataset, record):
-    from scenekit.data.transforms import load_image
-
-    return load_image(dataset, record)
 
 
 def _category_names(gt_path) -> dict:

@@ -145,3 +145,24 @@ def _coco_ap50(records, files, results) -> float:
 def coco_ap50():
     """The CLI detection tests' reference score: pycocotools' AP50 of what `scenekit predict` wrote."""
     return _coco_ap50
+
+
+def _untrained_checkpoint(path, model_name: str, categories: dict, options: dict):
+    """A checkpoint of an untrained model of `model_name` (seeded: the same weights every run), as `train` writes
+    one, for CLI tests that need a model file but not a trained model."""
+    from scenekit.cli import make_recipe
+    from scenekit.engine.checkpoint import save_checkpoint
+
+    recipe = make_recipe(model_name, categories, options)
+    torch.manual_seed(0)
+    model = recipe.build_model(recipe.model_config)
+    save_checkpoint(path, {"model_name": recipe.model_name, "options": recipe.options,
+                           "categories": recipe.categories, "model_config": recipe.model_config,
+                           "model": model.state_dict()})
+    return path
+
+
+@pytest.fixture
+def untrained_checkpoint():
+    """`untrained_checkpoint(path, model_name, categories, options) -> path` (see `_untrained_checkpoint`)."""
+    return _untrained_checkpoint

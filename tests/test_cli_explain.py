@@ -6,11 +6,9 @@ import io
 import json
 
 import pytest
-import torch
 
 from scenekit import cli
 from scenekit.data.world import write_world
-from scenekit.engine.checkpoint import save_checkpoint
 
 pytest.importorskip("matplotlib")
 
@@ -65,15 +63,10 @@ def test_explain_refuses_a_subset_of_images(world, tmp_path):
     assert code == 2 and "--img-ids" in err
 
 
-def test_explain_of_a_checkpoint_scores_the_models_own_detections(world, tmp_path):
+def test_explain_of_a_checkpoint_scores_the_models_own_detections(world, tmp_path, untrained_checkpoint):
     categories = {c["id"]: c["name"] for c in json.loads((world / "instances_val.json").read_text())["categories"]}
-    recipe = cli.make_recipe("localizer", categories, {"image_size": 32, "channels": [4, 8], "hidden": 16})
-    torch.manual_seed(0)
-    model = recipe.build_model(recipe.model_config)
-    path = tmp_path / "tiny.pt"
-    save_checkpoint(path, {"model_name": recipe.model_name, "options": recipe.options,
-                           "categories": recipe.categories, "model_config": recipe.model_config,
-                           "model": model.state_dict()})
+    path = untrained_checkpoint(tmp_path / "tiny.pt", "localizer", categories,
+                                {"image_size": 32, "channels": [4, 8], "hidden": 16})
     code, out, _ = _evaluate("localizer", "--checkpoint", path, "--data", f"coco:{world}", "--split", "val",
                              "--explain", tmp_path / "why", "--json")
     assert code == 0

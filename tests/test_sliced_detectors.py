@@ -311,7 +311,7 @@ def test_a_training_window_takes_the_photos_proposals_and_masks_that_lie_in_it()
 
 
 
-def test_predict_and_evaluate_take_max_detections_on_the_command_line(tmp_path):
+def test_predict_and_evaluate_take_max_detections_on_the_command_line(tmp_path, untrained_checkpoint):
     """`--max-detections N` overrides the checkpoint's option for one call; a family without it is one line."""
     import json
 
@@ -319,16 +319,10 @@ def test_predict_and_evaluate_take_max_detections_on_the_command_line(tmp_path):
 
     from scenekit import cli
     from scenekit.data.world import CATEGORIES, make_world
-    from scenekit.engine.checkpoint import save_checkpoint
 
-    recipe = cli.make_recipe("yolo2", dict(CATEGORIES), {"image_size": 64, "channels": [4, 8, 8, 16, 16],
-                                                         "head_channels": 16, "score_threshold": 0.0})
-    torch.manual_seed(0)
-    model = recipe.build_model(recipe.model_config)
-    checkpoint = tmp_path / "y.pt"
-    save_checkpoint(checkpoint, {"model_name": recipe.model_name, "options": recipe.options,
-                                 "categories": recipe.categories, "model_config": recipe.model_config,
-                                 "model": model.state_dict()})
+    checkpoint = untrained_checkpoint(tmp_path / "y.pt", "yolo2", dict(CATEGORIES),
+                                      {"image_size": 64, "channels": [4, 8, 8, 16, 16], "head_channels": 16,
+                                       "score_threshold": 0.0})
     image = tmp_path / "scene.png"
     Image.fromarray(make_world(1, seed=0, split="test", image_size=64).records[0].image).save(image)
     counts = {}
