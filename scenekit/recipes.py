@@ -83,7 +83,10 @@ class Recipe:
 # ------------------------------------------------------------------------------------------------ options
 @dataclass(frozen=True)
 class OptionSpec:
-    """One option of a recipe function, read off its signature: its default and the kind of value it takes.
+    """One option of a model family: its default, the kind of value it takes and one line of help.
+
+    Read off the family's Options dataclass (`options_specs`), or for a recipe function not yet given one, off its
+    keyword parameters (`recipe_options`).
 
     `kind` comes from the parameter's annotation, or else from its default's type: "bool", "int", "float", "str"
     or "list" (a tuple default takes a list); None takes anything (no annotation, and a default that tells
@@ -95,6 +98,7 @@ class OptionSpec:
     default: Any
     kind: str | None
     nullable: bool = False
+    help: str = ""                    # one line, from the Options dataclass field's metadata
 
     def describe(self) -> str:
         words = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string",
@@ -188,3 +192,63 @@ def option_text(value) -> str:
         return json.dumps(list(value) if isinstance(value, tuple) else value)
     except (TypeError, ValueError):
         return repr(value)
+
+
+# ------------------------------------------------------------------------------- options declared once
+def option(default: Any = None, help: str = "") -> Any:
+    """A field of a family's Options dataclass: its default and one line of help (DESIGN.md, "Library surface").
+
+        @dataclass
+        class YoloOptions:
+            image_size: int | None = option(None, "network input side, px (None: 128 for v1, 160 for v2)")
+
+    The field's annotation says the kind of value (`int`, `float | None`, `tuple[int, ...]`, `Any`); a list
+    default is stored as a tuple so that the dataclass stays immutable in spirit and its defaults are shared
+    safely. `options_specs` reads the fields back for `--option` checking, `--list-options` and `--help`.
+    """
+    if isinstance(default, list):
+        default = tuple(default)
+    return field(default=default, metadata={"help": help})
+
+
+def options_specs(options_class, preset: dict | None = None) -> dict[str, OptionSpec]:
+    """The options of a family's Options dataclass, defaults as `preset` (the registry's table entry) sets them."""
+    import dataclasses
+    import typing
+
+    try:
+        hints = typing.get_type_hints(options_class)
+    except Exception:           # an annotation that cannot be evaluated here: read the kinds off the defaults
+        hints = {}
+    specs = {}
+    for item in dataclasses.fields(options_class):
+        default = item.default if item.default is not dataclasses.MISSING else None
+        default = (preset or {}).get(item.name, default)
+        if item.name in hints and hints[item.name] is not Any:
+            kind, nullable = _kind_of(hints[item.name])
+        else:
+            default_kind = _KINDS.get(type(item.default))
+            kind, nullable = (None if default_kind == "str" or item.name in hints else default_kind), False
+        specs[item.name] = OptionSpec(item.name, default, kind, nullable or item.default is None,
+                                      item.metadata.get("help", ""))
+    return specs
+
+
+def read_options(options_class, given: dict, model: str, *, file: str | None = None):
+    """`options_class(**given)`, after `check_options`: an unknown key (with close matches) or a value of the
+    wrong kind is a one-line DataError naming the option, never a TypeError from the dataclass.
+
+    A recipe function starts with it: `o = read_options(YoloOptions, options, name)`."""
+    return options_class(**check_options(dict(given), options_specs(options_class), model, file=file))
+
+
+def stored_options(options) -> dict:
+    """The options a checkpoint stores: the dataclass as a plain dict, tuples as lists (JSON as typed)."""
+    import dataclasses
+
+    def plain(value):
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        return value
+
+    return {key: plain(value) for key, value in dataclasses.asdict(options).items()}
