@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from scenekit import export
-from scenekit.cli import make_recipe
+from scenekit.models.registry import make_recipe
 from scenekit.data.world import CATEGORIES, make_world
 
 FAMILIES = ["localizer", "overfeat", "yolo1", "yolo2", "fcn-8s", "deconvnet", "faster-rcnn", "showattendtell"]

@@ -44,7 +44,7 @@ MODELS = ["fcn-32s", "fcn-16s", "fcn-8s", "fcn-4s", "deconvnet", "deconvnet-tran
 
 
 def build_recipe(name: str, categories: dict, args):
-    from scenekit.cli import make_recipe
+    from scenekit.models.registry import make_recipe
 
     if name == "sliding-window":
         options = {"image_size": args.image_size, "epochs": args.window_epochs, "window": args.window,
@@ -193,13 +193,13 @@ def figure(args, models: list[str], count: int = 4) -> None:
     """Test images | truth | each model's prediction, tinted by class (draw_semantic), in one PNG."""
     from PIL import Image, ImageDraw
 
-    from scenekit.cli import _restore
+    from scenekit.models.registry import restore
     from scenekit.data.world import make_world
     from scenekit.models.fcn import draw_semantic
 
     test = make_world(count, seed=args.seed, split="test", image_size=args.image_size, min_objects=3)
     columns = [("image", None), ("truth", None)] + [(m, m) for m in models]
-    restored = {m: _restore(str(Path(args.out) / m / "best.pt"), "cpu")[:3] for m in models}
+    restored = {m: restore(str(Path(args.out) / m / "best.pt"), "cpu")[:3] for m in models}
     tiles = []
     for record in test.records:
         row = [Image.fromarray(record.image), draw_semantic(record.image, record.semantic, test.categories)]
@@ -255,9 +255,9 @@ def main() -> None:
                              "score maps at the network input size and at the world's")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from scenekit.cli import _parse_options
+    from scenekit.models.registry import parse_options
 
-    args.option = _parse_options(args.option)
+    args.option = parse_options(args.option)
     if args.ceiling:
         resolution_ceiling(args)
         return

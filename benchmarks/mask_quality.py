@@ -52,10 +52,10 @@ def ceiling(dataset, sizes=(14, 28)) -> dict:
 def errors(checkpoint: str, dataset, score: float = 0.5) -> dict:
     """{shape name or size class: [(box IoU, mask IoU) of each matched detection]}."""
     from scenekit.boxes import box_iou
-    from scenekit.cli import _restore
+    from scenekit.models.registry import restore
     from scenekit.data.transforms import record_masks
 
-    recipe, model, device, _ = _restore(checkpoint, "cpu")
+    recipe, model, device, _ = restore(checkpoint, "cpu")
     names = recipe.categories
     found = defaultdict(list)
     for record in dataset.records:

@@ -30,12 +30,12 @@ MODELS = ("fast-rcnn", "faster-rcnn", "mask-rcnn")
 
 
 def run(model_name: str, args) -> dict:
-    from scenekit.cli import _parse_options, make_recipe
+    from scenekit.models.registry import make_recipe, parse_options
     from scenekit.data.world import CATEGORIES, make_world
     from scenekit.engine.checkpoint import load_checkpoint
     from scenekit.engine.train import TrainConfig, train
 
-    options = {"epochs": args.epochs, **_parse_options(args.option)}
+    options = {"epochs": args.epochs, **parse_options(args.option)}
     if model_name == "fast-rcnn":
         options["proposal_cache"] = str(Path(args.out) / "proposals")
     recipe = make_recipe(model_name, dict(CATEGORIES), options)

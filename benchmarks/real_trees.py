@@ -114,10 +114,10 @@ def tile_ms(checkpoint: Path, test: Path, threads: int, repeats: int = 5) -> flo
     import torch
     from PIL import Image
 
-    from scenekit.cli import _restore
+    from scenekit.models.registry import restore
 
     torch.set_num_threads(threads)
-    recipe, model, device, _ = _restore(str(checkpoint), "cpu")
+    recipe, model, device, _ = restore(str(checkpoint), "cpu")
     model.eval()
     photos = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(test.glob("*.jpg"))]
     tiles = [photo[y:y + TILE, x:x + TILE] for photo in photos

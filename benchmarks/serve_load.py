@@ -35,7 +35,7 @@ def main() -> None:
     import uvicorn
     from PIL import Image
 
-    from scenekit.cli import make_recipe
+    from scenekit.models.registry import make_recipe
     from scenekit.data.world import CATEGORIES, make_world
     from scenekit.serve.app import ServeConfig, create_app
 

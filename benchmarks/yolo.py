@@ -70,7 +70,7 @@ def timed_detect(recipe, model, images, batch: int, size: int | None = None) -> 
 
 
 def train_row(label: str, name: str, options: dict, data: dict, args, out: Path):
-    from scenekit.cli import make_recipe
+    from scenekit.models.registry import make_recipe
     from scenekit.engine.train import TrainConfig, train
 
     recipe = make_recipe(name, data["train"].categories, options)
@@ -145,7 +145,7 @@ def main() -> None:
             for split, n in (("train", args.train_images), ("test", args.test_images))}
     out = Path(args.out)
     # Warm-up: load numba's compiled NMS and metric kernels once, so the first row's speed does not pay for it.
-    from scenekit.cli import make_recipe
+    from scenekit.models.registry import make_recipe
     from scenekit.data.records import Dataset
 
     warm = make_recipe("yolo2", data["test"].categories, {**small_network(args), "anchors": "hand",

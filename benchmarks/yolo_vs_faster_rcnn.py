@@ -75,11 +75,11 @@ def multiply_adds_per_image(recipe, model, images) -> float:
 def trained(name: str, checkpoint: str | None, data: dict, args, extra: dict) -> tuple:
     """(recipe, model in eval mode, training wall seconds or None, checkpoint path) for `name`, from
     `checkpoint` or trained."""
-    from scenekit.cli import _restore, make_recipe
+    from scenekit.models.registry import make_recipe, restore
     from scenekit.engine.train import TrainConfig, train
 
     if checkpoint:
-        recipe, model, _, _ = _restore(checkpoint, "cpu")
+        recipe, model, _, _ = restore(checkpoint, "cpu")
         return recipe, model.eval(), None, checkpoint
     options = {**({} if args.epochs is None else {"epochs": args.epochs}), **extra}
     recipe = make_recipe(name, data["train"].categories, options)
@@ -88,7 +88,7 @@ def trained(name: str, checkpoint: str | None, data: dict, args, extra: dict) ->
     started = time.perf_counter()
     result = train(recipe, data["train"], data.get("val"), config)
     seconds = time.perf_counter() - started
-    _, model, _, _ = _restore(str(result.best_checkpoint), "cpu")
+    _, model, _, _ = restore(str(result.best_checkpoint), "cpu")
     return recipe, model.eval(), seconds, str(result.best_checkpoint)
 
 
@@ -97,7 +97,7 @@ def fine_tuned_at_test_size(recipe, checkpoint: str, data: dict, args) -> tuple:
     test size only (multi-scale off, cosine from `--yolo-finetune-lr`, the same k-means priors), so that its
     weights and batch-norm statistics end at the size it is tested at. Multi-scale training leaves both tuned
     to a mix of sizes (and the running statistics to the last ones drawn)."""
-    from scenekit.cli import _restore, make_recipe
+    from scenekit.models.registry import make_recipe, restore
     from scenekit.engine.checkpoint import load_checkpoint
     from scenekit.engine.train import TrainConfig, train
 
@@ -118,7 +118,7 @@ def fine_tuned_at_test_size(recipe, checkpoint: str, data: dict, args) -> tuple:
     config = TrainConfig(out=str(Path(args.out) / "yolo2_finetune"), batch_size=tuned.batch_size, seed=args.seed,
                          progress=False, tensorboard=False, log_every=200)
     result = train(tuned, data["train"], None, config)
-    tuned, model, _, _ = _restore(str(result.best_checkpoint), "cpu")
+    tuned, model, _, _ = restore(str(result.best_checkpoint), "cpu")
     return tuned, model.eval(), str(result.best_checkpoint)
 
 
@@ -173,7 +173,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from scenekit.cli import _parse_options
+    from scenekit.models.registry import parse_options
     from scenekit.data.world import make_world
 
     data = {split: make_world(n, split=split, seed=args.seed, image_size=args.image_size)
@@ -181,7 +181,7 @@ def main() -> None:
             if n > 0}
     images = [record.image for record in data["test"].records]
     rows, loaded = [], []
-    yolo_options = _parse_options(args.yolo_option)
+    yolo_options = parse_options(args.yolo_option)
     for name, checkpoint, extra in (("faster-rcnn", args.faster_rcnn_checkpoint, {}),
                                     ("yolo2", args.yolo_checkpoint, yolo_options)):
         recipe, model, train_seconds, path = trained(name, checkpoint, data, args, extra)

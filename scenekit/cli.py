@@ -195,26 +195,44 @@ def run_data(args):
 
 
 # ---------------------------------------------------------------------------------------------------- models
-# The one table of model families lives below the CLI, in scenekit.models.registry.
-from scenekit.models.registry import FAMILIES as MODELS  # noqa: E402
-from scenekit.models.registry import load_model_data as _load_model_data  # noqa: E402
-from scenekit.models.registry import make_recipe, model_options  # noqa: E402
-from scenekit.models.registry import parse_options as _parse_options  # noqa: E402
-from scenekit.models.registry import restore as _restore  # noqa: E402
+# The one table of model families lives below the CLI, in scenekit.models.registry; the work, in scenekit.api.
+from scenekit.models import registry  # noqa: E402
+
+
+class _HelpWithOptions(argparse._HelpAction):
+    """`scenekit train MODEL --help`: the verb's help, then MODEL's recipe options with their one-line help."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.print_help()
+        model = getattr(namespace, "model", None)
+        if model in registry.FAMILIES:
+            print(f"\n{model}'s options (--option KEY=VALUE):\n{_options_table(model)}")
+        parser.exit()
+
+
+def _options_table(model: str) -> str:
+    """One line per recipe option of `model`: its name, the values it takes, its default and its help."""
+    from scenekit.recipes import option_text
+
+    return "\n".join(f"{s.name:<24} {s.describe():<24} {'default ' + option_text(s.default):<24} {s.help}".rstrip()
+                     for s in registry.model_options(model).values())
 
 
 def add_train_parser(sub):
     p = sub.add_parser("train", help="train a model (checkpoints, resume, multi-process under torchrun)",
-                       formatter_class=_formatter,
+                       formatter_class=_formatter, add_help=False,
                        description="Train MODEL on --data. Under `torchrun --nproc_per_node N scenekit train ...` "
                                    "the same command trains with DistributedDataParallel. `scenekit train MODEL "
-                                   "--list-options` lists MODEL's recipe options (--option KEY=VALUE) with their "
-                                   "defaults. Extending a run (--resume with more --epochs than it had): training "
-                                   "continues in that phase as if it had been planned that long, its schedule "
-                                   "recomputed for the new length (a cosine stretched over the new epochs, so the "
-                                   "extra epochs train at a rate above 0); if that phase is not the last, the later "
-                                   "phases run again.")
-    p.add_argument("model", metavar="MODEL", choices=sorted(MODELS), help=f"one of: {', '.join(MODELS)}")
+                                   "--help` (or --list-options) lists MODEL's recipe options (--option KEY=VALUE) "
+                                   "with their defaults. Extending a run (--resume with more --epochs than it had): "
+                                   "training continues in that phase as if it had been planned that long, its "
+                                   "schedule recomputed for the new length (a cosine stretched over the new epochs, "
+                                   "so the extra epochs train at a rate above 0); if that phase is not the last, the "
+                                   "later phases run again.")
+    p.add_argument("-h", "--help", action=_HelpWithOptions,
+                   help="show this help (after MODEL: MODEL's options too) and exit")
+    p.add_argument("model", metavar="MODEL", choices=sorted(registry.FAMILIES),
+                   help=f"one of: {', '.join(registry.FAMILIES)}")
     p.add_argument("--list-options", action="store_true",
                    help="print MODEL's recipe options (for --option) with the values they take and their defaults, "
                         "then exit")
@@ -264,128 +282,40 @@ def add_train_parser(sub):
     p.set_defaults(func=run_train)
 
 
-def _data_defaults(model: str, train_data, user_options: dict, batch_size: int | None, say: bool = True,
-                   val_data=None):
-    """(recommended options under `user_options`, batch size) for training detector `model` on user data: what
-    `scenekit.data.recommend` derives from the training boxes (input or tiles, anchors, priors, detections,
-    augmentation, a schedule in steps within its CPU budget), only the options the recipe takes, each overridden
-    by the user's `--option`s and flags; the choices and notes go to stderr. Other models: unchanged."""
-    import json
-
-    from scenekit.data.recommend import FAMILIES, recommend
-
-    records = getattr(train_data, "records", None)
-    if model not in FAMILIES or not records or not any((~(r.iscrowd | r.difficult)).any() for r in records):
-        return user_options, batch_size
-    found = recommend(train_data, family=model, eval_data=val_data if hasattr(val_data, "records") else None)
-    takes = model_options(model)
-    derived = {k: v for k, v in found.options[model].items() if k in takes}
-    schedule = found.schedule[model]
-    chosen = {k: v for k, v in derived.items() if k not in user_options}
-    if batch_size is None and schedule["batch_size"] != FAMILIES[model].batch_size:
-        batch_size = schedule["batch_size"]
-        chosen = {"batch_size": batch_size, **chosen}
-    if not say:                                     # other ranks under torchrun: the same choices, silently
-        return {**derived, **user_options}, batch_size
-    for note in found.notes:
-        print(f"scenekit train: data: {note}", file=sys.stderr)
-    text = ", ".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in chosen.items())
-    kept = ", ".join(f"{k}={json.dumps(user_options[k], separators=(',', ':'))}" for k in derived if k in user_options)
-    tiles = (f"{found.tiled_images} images in tiles of {found.tile} px overlapping by {found.overlap} px; "
-             if found.tiled_images else "")
-    print(f"scenekit train: from the data: {text or 'nothing'} ({tiles}{schedule['steps']} steps, "
-          f"~{schedule['cpu_seconds']} CPU-s"
-          f"{', capped by the CPU budget' if schedule['capped'] else ''})"
-          + (f"; yours kept: {kept}" if kept else ""), file=sys.stderr)
-    return {**derived, **user_options}, batch_size
-
-
 def run_train(args):
     import json
-    import os
 
-    from scenekit.engine.checkpoint import load_checkpoint
-    from scenekit.engine.runs import choose_run_folder
-    from scenekit.engine.train import TrainConfig, on_main_process, train
-    from scenekit.errors import DataError
-    from scenekit.recipes import option_text
+    from scenekit.api import train
 
     if args.list_options:                           # every --option KEY of MODEL: what it takes, its default
-        specs = model_options(args.model).values()
+        specs = registry.model_options(args.model).values()
         if args.json:
-            print(json.dumps({s.name: {"takes": s.describe(), "default": s.default} for s in specs}, default=str))
+            print(json.dumps({s.name: {"takes": s.describe(), "default": s.default, "help": s.help} for s in specs},
+                             default=str))
         else:
-            print("\n".join(f"{s.name:<24} {s.describe():<24} default {option_text(s.default)}" for s in specs))
+            print(_options_table(args.model))
         return 0
-    options = _parse_options(args.option, args.model)
+    options = registry.parse_options(args.option, args.model)
     for key, value in (("epochs", args.epochs), ("lr", args.lr), ("image_size", args.image_size),
                        ("backbone", args.backbone), ("backbone_weights", args.backbone_weights)):
         if value is not None:
             options[key] = value
-    if not 0 <= args.val_fraction < 1:
-        raise DataError(f"must be at least 0 and below 1, got {args.val_fraction}", field="val_fraction")
-
-    def decide():                                   # rank 0 alone looks at OUT (and clears it with --exist-ok)
-        folder, note = choose_run_folder(args.out, f"runs/{args.model}", resume=args.resume, exist_ok=args.exist_ok)
-        if note:
-            print(f"scenekit train: {note}", file=sys.stderr)
-        return folder
-
-    out = on_main_process(decide, args.device)
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    categories, stored = None, None
-    batch_size = args.batch_size
-    if args.resume and (out / "last.pt").is_file():
-        checkpoint = load_checkpoint(out / "last.pt")   # the run's own options, under the command line's
-        stored, categories = checkpoint["options"], checkpoint["categories"]
-        batch_size = batch_size or checkpoint.get("train_config", {}).get("batch_size")
-    from scenekit.data.world import CATEGORIES
-    source = str(out / "last.pt")
-    probe = make_recipe(args.model, categories or dict(CATEGORIES), options, stored=stored, source=source)
-    skip = (lambda split: out / f"skipped_{split}.json") if args.skip_invalid else (lambda split: None)
-    train_data = _load_model_data(args.data, "train", probe, args.train_images, args.seed, skip("train"))
-    recipe = make_recipe(args.model, categories or train_data.categories, options, stored=stored, source=source)
-    kind = args.data.split(":")[0]
-    val_spec = args.val_data or (args.data if kind in ("world", "text") else None)    # their own held-out part
-    val_data = (_load_model_data(val_spec, "val", recipe, args.val_images, args.seed, skip("val"))
-                if val_spec else None)
-    if val_spec is None and args.val_fraction > 0 and hasattr(train_data, "records"):
-        from scenekit.data.splits import hold_out, read_split, write_split
-
-        split_path = out / "split.json"
-        if args.resume and split_path.is_file():
-            train_data, val_data = read_split(split_path, train_data)
-            how = f"the {len(val_data)} images held out in {split_path}"
-        else:
-            train_data, val_data = hold_out(train_data, args.val_fraction, args.seed)
-            how = (f"{len(val_data)} of the {len(train_data) + len(val_data)} images of {args.data}, held out at "
-                   f"random (--val-fraction {args.val_fraction:g}, --seed {args.seed}; listed in {split_path})")
-            if is_main:
-                write_split(split_path, train_data, val_data, seed=args.seed, fraction=args.val_fraction,
-                            data=args.data)
-        if is_main:
-            print(f"scenekit train: no --val-data: validating on {how}; training on the other {len(train_data)}",
-                  file=sys.stderr)
-    if stored is None and kind not in ("world", "text") and hasattr(train_data, "records"):
-        # user data: what the world's defaults fix by hand comes from the training boxes (stored in the run)
-        options, batch_size = _data_defaults(args.model, train_data, options, batch_size, is_main, val_data)
-        recipe = make_recipe(args.model, categories or train_data.categories, options, source=source)
-    config = TrainConfig(out=str(out), batch_size=batch_size or recipe.batch_size, device=args.device,
-                         seed=args.seed,
-                         workers=args.workers, checkpoint_every=args.checkpoint_every, log_every=args.log_every)
-    fit = getattr(recipe, "fit", None) or train      # a recipe may train in its own stages (R-CNN)
-    result = fit(recipe, train_data, val_data, config, resume=args.resume)
-    if result.last_checkpoint is None:       # not rank 0 under torchrun
+    run = train(args.model, data=args.data, out=args.out, val_data=args.val_data, val_fraction=args.val_fraction,
+                batch_size=args.batch_size, device=args.device, seed=args.seed, resume=args.resume,
+                exist_ok=args.exist_ok, train_images=args.train_images, val_images=args.val_images,
+                workers=args.workers, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+                skip_invalid=args.skip_invalid, options=options)
+    if run.checkpoint is None:                      # not rank 0 under torchrun
         return 0
-    final = result.history[-1] if result.history else {}
-    summary = {"model": args.model, "out": str(out), "best": result.best, "best_metric": recipe.best_metric,
+    final = run.history[-1] if run.history else {}
+    summary = {"model": args.model, "out": str(run.folder), "best": run.best, "best_metric": run.best_metric,
                "final": final}
     if args.json:
         print(json.dumps(summary, default=str))
-    elif result.best is None:
-        print(f"trained {args.model} without validation data: {out / 'best.pt'} holds the last epoch's weights")
+    elif run.best is None:
+        print(f"trained {args.model} without validation data: {run.checkpoint} holds the last epoch's weights")
     else:
-        print(f"trained {args.model}: best {recipe.best_metric} {result.best} -> {out / 'best.pt'}")
+        print(f"trained {args.model}: best {run.best_metric} {run.best} -> {run.checkpoint}")
     return 0
 
 
@@ -421,16 +351,14 @@ def add_predict_parser(sub):
 
 def run_predict(args):
     import json
+    from dataclasses import replace
     from pathlib import Path
 
-    import numpy as np
     import torch
-    from PIL import Image
 
     from scenekit.data.image_files import image_files
     from scenekit.errors import DataError
     from scenekit.metrics.result_images import data_image_ids
-    from scenekit.viz import draw_boxes, draw_masks, enlarge, enlarge_map
 
     if args.stream is None and not args.images:
         raise DataError("give image files, folders or patterns, or --stream FOLDER", field="images")
@@ -438,50 +366,26 @@ def run_predict(args):
     # (image_id, file_name) of each image: the dataset's with --data, else no id and the path as given
     named = data_image_ids(paths, args.data, args.split) if args.data else [(None, str(p)) for p in paths]
     torch.manual_seed(args.seed)
-    if args.onnx:                               # the exported graph in onnxruntime (see the export section)
-        recipe, predict = _restore_onnx(args)
-        model = device = None
-    else:
-        if args.checkpoint is None:
-            raise DataError("needs --checkpoint FILE (or --onnx FILE)", field="checkpoint")
-        recipe, model, device, _ = _restore(args.checkpoint, args.device, _max_detections(args))
-        predict = lambda images: recipe.predict(model, images, device)   # noqa: E731
+    model = _load_model(args, **_max_detections(args))
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise DataError(f"cannot create the output folder ({error.strerror})", file=str(out)) from None
     if args.stream is not None:
-        return _predict_stream(args, recipe, model, device, out, dict(zip(paths, named)))
+        return _predict_stream(args, model, out, dict(zip(paths, named)))
     results, index, pictures = [], [], set()
-    for path, (image_id, file_name) in zip(paths, named):
-        name = str(path)
-        try:
-            with Image.open(name) as picture:
-                image = np.asarray(picture.convert("RGB"))
-        except (OSError, ValueError) as error:
-            raise DataError(f"cannot read image ({error})", file=name) from None
-        found = predict([image])[0]
-        boxes, scores, labels = (np.asarray(found[k], dtype=np.float64) for k in ("boxes", "scores", "labels"))
-        shown = (scores >= args.score_threshold) | (np.arange(len(scores)) == 0)
-        picture, factor = enlarge(image)              # small images drawn at >= 512 px, boxes and masks scaled
-        if "masks" in found and len(scores):          # instance masks (Mask R-CNN) under the boxes
-            picture = draw_masks(picture, enlarge_map(np.asarray(found["masks"])[shown], picture.size),
-                                 labels[shown].astype(int))
+    for path, (image_id, file_name), result in zip(paths, named, model.predict(paths, stream=True)):
         stem, n = path.stem, 1
         while stem in pictures:                 # a.png from two folders: a.png, a-2.png
             n += 1
             stem = f"{path.stem}-{n}"
         pictures.add(stem)
-        draw_boxes(picture, boxes[shown] * factor, labels[shown].astype(int), scores[shown],
-                   names=recipe.categories).save(out / f"{stem}.png")
-        image_key = {} if image_id is None else {"image_id": image_id}
+        result.save(out / f"{stem}.png", score_threshold=args.score_threshold)
         index.append({**({} if image_id is None else {"id": image_id}), "file_name": file_name,
-                      "width": image.shape[1], "height": image.shape[0]})
-        for box, score, label in zip(boxes, scores, labels):
-            results.append({**image_key, "file_name": file_name, "category_id": int(label),
-                            "score": round(float(score), 6),
-                            "bbox": [round(float(v), 3) for v in (box[0], box[1], box[2] - box[0], box[3] - box[1])]})
+                      "width": result.image.shape[1], "height": result.image.shape[0]})
+        results += [{**record, "score": round(record["score"], 6), "bbox": [round(v, 3) for v in record["bbox"]]}
+                    for record in replace(result, file_name=file_name).to_coco(image_id)]
     (out / "predictions.json").write_text(json.dumps(results))
     (out / "images.json").write_text(json.dumps(index, indent=1))
     if args.json:
@@ -493,7 +397,21 @@ def run_predict(args):
     return 0
 
 
-def _predict_stream(args, recipe, model, device, out, named: dict):
+def _load_model(args, **options):
+    """The scenekit.api.Model of `--checkpoint FILE` (on --device) or `--onnx FILE`, with `options` over its own."""
+    from scenekit.api import load
+    from scenekit.errors import DataError
+
+    if args.onnx is not None:
+        if getattr(args, "stream", None) is not None:
+            raise DataError("--stream runs a checkpoint; give --checkpoint instead of --onnx", field="stream")
+        return load(args.onnx, **options)
+    if args.checkpoint is None:
+        raise DataError("needs --checkpoint FILE (or --onnx FILE)", field="checkpoint")
+    return load(args.checkpoint, args.device, **options)
+
+
+def _predict_stream(args, model, out, named: dict):
     """`predict --stream FOLDER`: frames per second of the model (and of the whole loop, reading included).
 
     named: {path: (image_id or None, file_name)} of the folder's images; results carry them as `run_predict`'s."""
@@ -504,7 +422,8 @@ def _predict_stream(args, recipe, model, device, out, named: dict):
     from scenekit.models.yolo import detections_to_coco, stream_predict
 
     results, frames, model_seconds, started = [], 0, 0.0, time.perf_counter()
-    for frames, (path, found, seconds) in enumerate(stream_predict(recipe, model, args.stream, device), start=1):
+    stream = stream_predict(model.recipe, model.module, args.stream, model.device)
+    for frames, (path, found, seconds) in enumerate(stream, start=1):
         model_seconds += seconds
         if path not in named:
             raise DataError("an image the folder listing did not have (added meanwhile?)", file=str(path))
@@ -528,22 +447,6 @@ def _predict_stream(args, recipe, model, device, out, named: dict):
 
 
 # ---------------------------------------------------------------------------------------------------- propose
-def _read_rgb(path: str):
-    """An image file as an [H, W, 3] uint8 array; unreadable files are a DataError naming the file."""
-    import numpy as np
-    from PIL import Image
-
-    from scenekit.errors import DataError
-
-    try:
-        with Image.open(path) as picture:
-            return np.asarray(picture.convert("RGB"))
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError) as error:
-        raise DataError(f"cannot read image ({error})", file=path) from None
-
-
 def add_propose_parser(sub):
     p = sub.add_parser("propose", help="Selective Search object proposals for an image (R-CNN's proposals)",
                        formatter_class=_formatter)
@@ -569,6 +472,7 @@ def run_propose(args):
     import json
     import time
 
+    from scenekit.api import read_rgb
     from scenekit.errors import DataError
     from scenekit.proposals import selective_search
 
@@ -576,7 +480,7 @@ def run_propose(args):
         raise DataError(f"--top must be >= 0, got {args.top}", field="top")
     if args.max_side is not None and args.max_side < 1:
         raise DataError(f"--max-side must be >= 1, got {args.max_side}", field="max_side")
-    image = _read_rgb(args.image)
+    image = read_rgb(args.image)
     start = time.perf_counter()
     if args.min_size is not None and args.min_size < 1:
         raise DataError(f"--min-size must be >= 1, got {args.min_size}", field="min_size")
@@ -629,10 +533,11 @@ def run_segment(args):
     import json
 
     import numpy as np
-    from PIL import Image
 
+    from scenekit.api import read_rgb
     from scenekit.errors import DataError
     from scenekit.proposals import felzenszwalb
+    from scenekit.viz import enlarge
 
     if args.checkpoint:
         return _run_semantic_segment(args)
@@ -640,7 +545,7 @@ def run_segment(args):
         raise DataError("pass --superpixels (graph-based super-pixels) or --checkpoint (a trained FCN)",
                         field="superpixels")
     args.out = args.out or "superpixels.png"
-    image = _read_rgb(args.image)
+    image = read_rgb(args.image)
     try:
         labels = felzenszwalb(image, scale=args.scale, sigma=args.sigma, min_size=args.min_size)
     except ValueError as error:
@@ -651,8 +556,6 @@ def run_segment(args):
     boundary[:, 1:] |= labels[:, 1:] != labels[:, :-1]
     boundary[1:, :] |= labels[1:, :] != labels[:-1, :]
     picture[boundary] = 255
-    from scenekit.viz import enlarge
-
     enlarge(picture)[0].save(args.out)                       # >= 512 px, segments kept as blocks of pixels
     summary = {"image": args.image, "segments": int(labels.max()) + 1, "out": args.out}
     print(json.dumps(summary) if args.json else f"{summary['segments']} super-pixels -> {args.out}")
@@ -668,27 +571,25 @@ def _run_semantic_segment(args):
     from PIL import Image
 
     from scenekit.errors import DataError
+    from scenekit.api import load
     from scenekit.models.fcn import draw_semantic
-    from scenekit.viz import colour_for
+    from scenekit.viz import colour_for, enlarge, enlarge_map
 
-    recipe, model, device, _ = _restore(args.checkpoint, args.device)
-    image = _read_rgb(args.image)
-    found = recipe.predict(model, [image], device)[0]
-    if "semantic" not in found:
-        raise DataError(f"model {recipe.model_name!r} does not label pixels; train fcn, fcn-32s/16s/8s, deconvnet "
+    model = load(args.checkpoint, args.device)
+    result = model.predict(args.image)[0]
+    if result.semantic is None:
+        raise DataError(f"model {model.name!r} does not label pixels; train fcn, fcn-32s/16s/8s, deconvnet "
                         "or sliding-window", file=args.checkpoint)
-    class_map = np.asarray(found["semantic"])
+    class_map = result.semantic
     out = Path(args.out or "segmentation.png")
-    from scenekit.viz import enlarge_map, enlarge
-
-    shown, _ = enlarge(image)                                # drawn at >= 512 px; the class map file keeps its size
-    draw_semantic(np.asarray(shown), enlarge_map(class_map, shown.size), recipe.categories).save(out)
+    shown, _ = enlarge(result.image)                         # drawn at >= 512 px; the class map file keeps its size
+    draw_semantic(np.asarray(shown), enlarge_map(class_map, shown.size), model.categories).save(out)
     classes = Image.fromarray(class_map.astype(np.uint8), mode="P")     # pixel value = category id
     classes.putpalette([v for c in range(256) for v in ((0, 0, 0) if c == 0 else colour_for(c))])
     classes_path = out.with_name(f"{out.stem}_classes.png")
     classes.save(classes_path)
     counts = np.bincount(class_map.ravel(), minlength=1)
-    names = {0: "background", **recipe.categories}
+    names = {0: "background", **model.categories}
     pixels = {names.get(c, str(c)): round(int(n) / class_map.size, 6) for c, n in enumerate(counts) if n}
     summary = {"image": args.image, "out": str(out), "class_map": str(classes_path), "pixels": pixels}
     print(json.dumps(summary) if args.json else
@@ -753,12 +654,12 @@ def add_evaluate_parser(sub):
     p.set_defaults(func=run_evaluate)
 
 
-def _max_detections(args) -> dict | None:
-    """`--max-detections N` as a recipe option over the checkpoint's (None: the model's own)."""
+def _max_detections(args) -> dict:
+    """`--max-detections N` as a recipe option over the checkpoint's (none: the model's own)."""
     from scenekit.errors import DataError
 
     if getattr(args, "max_detections", None) is None:
-        return None
+        return {}
     if args.max_detections < 1:
         raise DataError(f"must be >= 1, got {args.max_detections}", field="max_detections")
     return {"max_detections": args.max_detections}
@@ -776,47 +677,47 @@ def _id_list(text: str | None, option: str):
 
 
 def _run_evaluate_checkpoint(args):
-    """`scenekit evaluate MODEL --checkpoint FILE`: rebuild the model from its checkpoint, run its metrics."""
+    """`scenekit evaluate MODEL --checkpoint FILE`: the model's own metrics on --data (scenekit.api.Model.evaluate)."""
     import json
     from pathlib import Path
 
+    from scenekit.api import load
     from scenekit.errors import DataError
 
     if args.checkpoint is None:
         raise DataError(f"evaluating model {args.model!r} needs --checkpoint FILE (from `scenekit train`)",
                         field="checkpoint")
-    recipe, model, device, checkpoint = _restore(args.checkpoint, args.device, _max_detections(args))
-    if args.model is not None and args.model != checkpoint["model_name"]:
-        raise DataError(f"the checkpoint holds model {checkpoint['model_name']!r}, not {args.model!r}",
+    model = load(args.checkpoint, args.device, **_max_detections(args))
+    if args.model is not None and args.model != model.name:
+        raise DataError(f"the checkpoint holds model {model.name!r}, not {args.model!r}",
                         file=args.checkpoint, field="model_name")
-    dataset = _load_model_data(args.data, args.split, recipe, args.images, args.seed)
-    metrics = recipe.evaluate(model, dataset, device)
+    dataset = model.load_data(args.data, args.split, images=args.images, seed=args.seed)
+    metrics = model.evaluate(dataset)
     if args.explain:
-        import numpy as np
-        import torch
-
-        from scenekit.data.transforms import load_image
-
-        with torch.no_grad():
-            found = recipe.predict(model, [load_image(dataset, r) for r in dataset.records], device)
-        if not all("boxes" in f and "scores" in f for f in found):
-            raise DataError(f"--explain explains detections; {recipe.model_name} does not detect", field="explain")
-        results = [{"image_id": int(r.image_id), "category_id": int(label), "score": float(score),
-                    "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]}
-                   for r, f in zip(dataset.records, found)
-                   for (x1, y1, x2, y2), score, label in zip(np.asarray(f["boxes"], np.float64).reshape(-1, 4),
-                                                             np.asarray(f["scores"]), np.asarray(f["labels"]))]
-        metrics = {**metrics, "explain": _explain(args, dataset, results)}
+        metrics = {**metrics, "explain": _explain(args, dataset, _dataset_detections(model, dataset))}
     if args.json:
         print(json.dumps(metrics))
     else:
-        print(f"{checkpoint['model_name']} on {args.data} ({args.split}, {len(dataset)} images)")
+        print(f"{model.name} on {args.data} ({args.split}, {len(dataset)} images)")
         for key, value in metrics.items():
             print(f"  {key:<16} {value:.4f}" if isinstance(value, float) else f"  {key:<16} {value}")
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "stats.json").write_text(json.dumps(metrics, indent=1))
     return 0
+
+
+def _dataset_detections(model, dataset) -> list[dict]:
+    """`evaluate --explain` of a checkpoint: the model's detections on every image of `dataset`, as COCO records
+    (with masks for Mask R-CNN, which `--iou-type segm` explains)."""
+    from scenekit.data.transforms import load_image
+    from scenekit.errors import DataError
+
+    if model.task != "image":
+        raise DataError(f"--explain explains detections; {model.name} does not detect", field="explain")
+    images = [load_image(dataset, record) for record in dataset.records]
+    found = model.predict(images, batch_size=max(1, len(images)))          # one batch, as the metrics ran
+    return [record for r, result in zip(dataset.records, found) for record in result.to_coco(r.image_id)]
 
 
 def run_evaluate(args):
@@ -921,10 +822,9 @@ def add_caption_parser(sub):
 def run_caption(args):
     import json
 
-    import torch
+    from PIL import Image
 
     from scenekit.errors import DataError
-    from scenekit.models.captioner import Captioner, caption_images, draw_attention, prepare_image
 
     if args.beam < 1 or args.max_length < 1:
         raise DataError("--beam and --max-length must be >= 1", field="beam")
@@ -932,34 +832,17 @@ def run_caption(args):
         raise DataError("--attention-out draws one image; give exactly one", field="attention_out")
     if (args.checkpoint is None) == (args.onnx is None):
         raise DataError("give exactly one of --checkpoint FILE and --onnx FILE", field="checkpoint")
-    if args.onnx:                       # the encoder and the decoder step in onnxruntime, the decoding loop here
-        from scenekit.export import load_onnx
-
-        predictor = load_onnx(args.onnx, make_recipe)
-        model, device = predictor.module, torch.device("cpu")
-        source, model_name = args.onnx, predictor.metadata["model_name"]
-    else:
-        _, model, device, checkpoint = _restore(args.checkpoint, args.device)
-        source, model_name = args.checkpoint, checkpoint["model_name"]
-    if not isinstance(model, Captioner):
-        raise DataError(f"the file holds {model_name!r}, not a captioner", file=source)
-    if args.attention_out and model.config.kind != "showattendtell":
-        raise DataError(f"{model.config.kind} has no attention; --attention-out needs showattendtell",
-                        field="attention_out")
-    generator = torch.Generator().manual_seed(args.seed)
-    rows = []
-    for name in args.images:
-        image = _read_rgb(name)
-        tensor = prepare_image(image, model.config.image_size)[None].to(device)
-        text, words, alphas = caption_images(model, tensor, beam_size=args.beam, max_length=args.max_length,
-                                             length_penalty=args.length_penalty, temperature=args.temperature,
-                                             generator=generator)[0]
-        rows.append({"image": name, "caption": text})
-        if args.attention_out:
-            columns = min(5, len(words) + 1)                            # the sheet >= 512 px wide
-            draw_attention(image, words, alphas if alphas is not None else torch.zeros(0, model.grid ** 2),
-                           cell=max(128, -(-512 // columns)), columns=columns) \
-                .save(args.attention_out)
+    model = _load_model(args)           # --onnx: the encoder and the decoder step in onnxruntime, the loop here
+    if model.task != "caption":
+        raise DataError(f"the file holds {model.name!r}, not a captioner", file=args.checkpoint or args.onnx)
+    results = model.predict(args.images, beam=args.beam, length_penalty=args.length_penalty,
+                            temperature=args.temperature, max_length=args.max_length, seed=args.seed)
+    if args.attention_out:
+        if results[0].attention is None:
+            raise DataError(f"{model.name} has no attention; --attention-out needs showattendtell",
+                            field="attention_out")
+        Image.fromarray(results[0].plot_attention()).save(args.attention_out)
+    rows = [{"image": result.file_name, "caption": result.caption} for result in results]
     if args.json:
         print(json.dumps(rows))
     else:
@@ -989,29 +872,27 @@ def add_ask_parser(sub):
 def run_ask(args):
     import json
 
-    from scenekit.errors import DataError
-    from scenekit.models.captioner import draw_attention
-    from scenekit.models.vqa import VQAModel, answer_question
+    from PIL import Image
 
-    _, model, device, checkpoint = _restore(args.checkpoint, args.device)
-    if not isinstance(model, VQAModel):
-        raise DataError(f"the checkpoint holds {checkpoint['model_name']!r}, not a VQA model", file=args.checkpoint)
-    image = _read_rgb(args.image)
-    result = answer_question(model, image, args.question, args.choices, device)
+    from scenekit.api import load
+    from scenekit.errors import DataError
+
+    model = load(args.checkpoint, args.device)
+    if model.task != "vqa":
+        raise DataError(f"the checkpoint holds {model.name!r}, not a VQA model", file=args.checkpoint)
+    result = model.predict(args.image, question=args.question, choices=args.choices)[0]
     if args.attention_out:
-        if result["attention"] is None:
+        if result.attention is None:
             raise DataError("this VQA model was trained without attention", field="attention_out")
-        draw_attention(image, [result["answer"]], result["attention"][None], cell=256,
-                       columns=2).save(args.attention_out)                # >= 512 px
-    candidates = args.choices or model.config.answers                  # open-ended: the answer classes
-    ranked = list(zip(candidates, result["probabilities"]))
+        Image.fromarray(result.plot_attention()).save(args.attention_out)          # >= 512 px
+    ranked = list(zip(result.choices, result.probabilities.tolist()))     # open-ended: over the answer classes
     if not args.choices:                                                # the ten likeliest answer classes
         ranked = sorted(ranked, key=lambda pair: -pair[1])
     if args.json:
-        print(json.dumps({"answer": result["answer"], "index": result["index"],
-                          "probabilities": dict(zip(candidates, result["probabilities"]))}))
+        print(json.dumps({"answer": result.answer, "index": int(result.probabilities.argmax()),
+                          "probabilities": dict(zip(result.choices, result.probabilities.tolist()))}))
     else:
-        print(result["answer"])
+        print(result.answer)
         for choice, probability in ranked[:10]:
             print(f"  {probability:6.3f}  {choice}")
     return 0
@@ -1036,7 +917,7 @@ def run_sample(args):
     from scenekit.errors import DataError
     from scenekit.models.language import CharLM, sample_text
 
-    _, model, _, checkpoint = _restore(args.checkpoint, args.device)
+    _, model, _, checkpoint = registry.restore(args.checkpoint, args.device)
     if not isinstance(model, CharLM):
         raise DataError(f"the checkpoint holds {checkpoint['model_name']!r}, not charlm", file=args.checkpoint)
     try:
@@ -1070,34 +951,22 @@ def add_export_parser(sub):
 def run_export(args):
     import json
 
-    import torch
-
     from scenekit import export
+    from scenekit.api import load
 
-    recipe, model, _, _ = _restore(args.checkpoint, "cpu")
-    path = export.export_onnx(recipe, model, args.out, opset=args.opset)
-    summary = {"onnx": str(path), "model": recipe.model_name, "bytes": path.stat().st_size}
+    model = load(args.checkpoint, "cpu")
+    path = model.export(args.out, opset=args.opset)
+    summary = {"onnx": str(path), "model": model.name, "bytes": path.stat().st_size}
     metadata = export.read_metadata(path)
     summary.update({"outputs": metadata["outputs"], "runnable": metadata["runnable"],
                     "dynamic_size": metadata["dynamic_size"], "parts": list(metadata["parts"]),
                     "part_files": [str(export.part_path(path, name)) for name in metadata["parts"]]})
     if not args.no_check:
-        graph = export.export_graph(recipe, model)
-        with torch.no_grad():
-            expected = graph.network(graph.example)
-        expected = expected if isinstance(expected, tuple) else (expected,)
-        got = export.OnnxSession(path).run(graph.example)
-        differences = [float(abs(g - e.numpy()).max()) for g, e in zip(got, expected)]
-        for part in graph.parts:                # the RoI heads / decoder step on their traced examples
-            with torch.no_grad():
-                expected = part.network(*part.example)                 # a tuple
-            got = export.OnnxSession(export.part_path(path, part.name)).run(*part.example)
-            differences += [float(abs(g - e.numpy()).max()) for g, e in zip(got, expected)]
-        summary["max_abs_difference"] = max(differences)
+        summary["max_abs_difference"] = _onnx_difference(model, path)
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"exported {recipe.model_name} to {path} ({summary['bytes'] / 2 ** 20:.2f} MiB; outputs "
+        print(f"exported {model.name} to {path} ({summary['bytes'] / 2 ** 20:.2f} MiB; outputs "
               f"{', '.join(summary['outputs'])}; {'batch, height, width' if summary['dynamic_size'] else 'batch'} "
               "dynamic)")
         if "max_abs_difference" in summary:
@@ -1107,16 +976,25 @@ def run_export(args):
     return 0
 
 
-def _restore_onnx(args):
-    """(recipe, predict(images) -> predictions) for `predict --onnx FILE`."""
-    from scenekit.errors import DataError
-    from scenekit.export import load_onnx
+def _onnx_difference(model, path) -> float:
+    """Largest |onnxruntime - PyTorch| over the outputs of the exported file and its parts, on the examples they
+    were traced with."""
+    import torch
 
-    if args.stream is not None:
-        raise DataError("--stream runs a checkpoint; give --checkpoint instead of --onnx", field="stream")
-    overrides = _max_detections(args)
-    predictor = load_onnx(args.onnx, lambda name, categories, **kw: make_recipe(name, categories, overrides, **kw))
-    return predictor.recipe, predictor.predict
+    from scenekit import export
+
+    graph = export.export_graph(model.recipe, model.module)
+    with torch.no_grad():
+        expected = graph.network(graph.example)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    got = export.OnnxSession(path).run(graph.example)
+    differences = [float(abs(g - e.numpy()).max()) for g, e in zip(got, expected)]
+    for part in graph.parts:                # the RoI heads / decoder step on their traced examples
+        with torch.no_grad():
+            expected = part.network(*part.example)                 # a tuple
+        got = export.OnnxSession(export.part_path(path, part.name)).run(*part.example)
+        differences += [float(abs(g - e.numpy()).max()) for g, e in zip(got, expected)]
+    return max(differences)
 
 
 # ---------------------------------------------------------------------------------------------------- serve
@@ -1157,22 +1035,12 @@ def run_serve(args):
     except ImportError as error:
         raise ScenekitError(str(error)) from None
     torch.manual_seed(args.seed)
-    if args.onnx:
-        from scenekit.export import load_onnx
-
-        predictor = load_onnx(args.onnx, make_recipe)
-        recipe, predict = predictor.recipe, predictor.predict
-    else:
-        recipe, model, device, _ = _restore(args.checkpoint, args.device)
-
-        def predict(images):
-            with torch.no_grad():
-                return recipe.predict(model, images, device)
-    check_servable(predict, recipe.model_name, args.checkpoint or args.onnx)   # refuse now, not 500 per request
+    model = _load_model(args)
+    check_servable(model, args.checkpoint or args.onnx)             # refuse now, not 500 per request
     config = ServeConfig(max_upload_bytes=int(args.max_upload_mb * 2 ** 20), max_pixels=args.max_pixels,
                          timeout_s=args.timeout, workers=args.workers, max_pending=args.max_pending)
-    app = create_app(predict, model_name=recipe.model_name, categories=recipe.categories, config=config)
-    print(f"serving {recipe.model_name} on http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
+    app = create_app(model, config=config)
+    print(f"serving {model.name} on http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
     serve(app, args.host, args.port)
     return 0
 
@@ -1180,13 +1048,15 @@ def run_serve(args):
 # ---------------------------------------------------------------------------------------------------- trace
 def add_trace_parser(sub):
     p = sub.add_parser("trace", help="pictures of every step of a method on one image, labelled with the paper",
-                       formatter_class=_formatter,
+                       formatter_class=_formatter, add_help=False,
                        description="Writes OUT/NN-step.png, one picture per step of the method (each titled with the "
                                    "paper and section it implements), and OUT/index.html listing them in order. "
                                    "Give a trained --checkpoint, or a MODEL name for an untrained model of that "
                                    "family (selective-search: the proposals alone).")
+    p.add_argument("-h", "--help", action=_HelpWithOptions,
+                   help="show this help (after MODEL: MODEL's options too) and exit")
     p.add_argument("model", metavar="MODEL", nargs="?", default=None,
-                   help=f"without --checkpoint: selective-search or one of {', '.join(MODELS)}")
+                   help=f"without --checkpoint: selective-search or one of {', '.join(registry.FAMILIES)}")
     p.add_argument("image", metavar="IMAGE", nargs="?", default=None,
                    help="image file (PNG, JPEG, ...); charlm traces --text instead")
     p.add_argument("--checkpoint", default=None, help="a checkpoint written by `scenekit train` (best.pt)")
@@ -1213,18 +1083,19 @@ def run_trace(args):
     if args.checkpoint:                          # `trace --checkpoint C IMAGE`: the one positional is the image
         if args.image is None:
             args.model, args.image = None, args.model
-        recipe, model, device, _ = _restore(args.checkpoint, args.device)
+        recipe, model, device, _ = registry.restore(args.checkpoint, args.device)
     elif args.model is None:
         raise DataError("give --checkpoint FILE or a MODEL name", field="model")
     elif args.model == "selective-search":
         recipe, model, device = None, None, torch.device("cpu")
-    elif args.model not in MODELS:
-        raise DataError(f"unknown model {args.model!r}; known: selective-search, {', '.join(MODELS)}", field="model")
+    elif args.model not in registry.FAMILIES:
+        raise DataError(f"unknown model {args.model!r}; known: selective-search, {', '.join(registry.FAMILIES)}",
+                        field="model")
     else:
         from scenekit.data.world import CATEGORIES
         from scenekit.engine.train import resolve_device
 
-        recipe = make_recipe(args.model, dict(CATEGORIES), _parse_options(args.option, args.model))
+        recipe = registry.make_recipe(args.model, dict(CATEGORIES), registry.parse_options(args.option, args.model))
         device = resolve_device(args.device)
         model = recipe.build_model(recipe.model_config).to(device).eval()
     name = recipe.model_name if recipe is not None else "selective-search"
@@ -1280,7 +1151,9 @@ def run_plot(args):
 
 
 # ---------------------------------------------------------------------------------------------------- main
-PARSERS = [add_demo_parser, add_data_parser, add_train_parser, add_predict_parser, add_propose_parser, add_segment_parser, add_evaluate_parser, add_caption_parser, add_ask_parser, add_sample_parser, add_export_parser, add_serve_parser, add_trace_parser, add_plot_parser]
+PARSERS = [add_demo_parser, add_data_parser, add_train_parser, add_predict_parser, add_propose_parser,
+           add_segment_parser, add_evaluate_parser, add_caption_parser, add_ask_parser, add_sample_parser,
+           add_export_parser, add_serve_parser, add_trace_parser, add_plot_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

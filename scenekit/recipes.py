@@ -58,6 +58,8 @@ class Recipe:
     - `evaluate(model, dataset, device) -> {metric: float}`; `best_metric` / `best_mode` pick the best checkpoint.
     - `predict(model, images, device) -> [{"boxes" [N, 4] xyxy, "scores" [N], "labels" [N] category ids}]` for a
       list of [H, W, 3] uint8 images of any size.
+    - `export(model)` / `from_onnx(skeleton, graphs)`: the family's ONNX graphs and its onnxruntime stand-in
+      (`scenekit.models.export_parts`), so `scenekit.export` runs any family that gives them.
     """
 
     model_name: str
@@ -74,6 +76,11 @@ class Recipe:
     best_mode: str = "min"            # "min" | "max"
     world: dict[str, Any] = field(default_factory=dict)   # make_world options for `--data world`
     batch_size: int = 32              # the global batch `scenekit train` uses unless --batch-size says otherwise
+    # ONNX (scenekit.export, types in scenekit.models.export_parts): `export(model) -> ExportGraph`, the graphs
+    # the family exports (None: it does not export); `from_onnx(skeleton, graphs) -> module` that `predict` runs
+    # with onnxruntime answering its tensor stages (None: the whole `model(images)` is the main graph).
+    export: Callable | None = None
+    from_onnx: Callable | None = None
 
     def describe(self) -> dict:
         return {"model_name": self.model_name, "options": self.options, "model_config": self.model_config,

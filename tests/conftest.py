@@ -150,7 +150,7 @@ def coco_ap50():
 def _untrained_checkpoint(path, model_name: str, categories: dict, options: dict):
     """A checkpoint of an untrained model of `model_name` (seeded: the same weights every run), as `train` writes
     one, for CLI tests that need a model file but not a trained model."""
-    from scenekit.cli import make_recipe
+    from scenekit.models.registry import make_recipe
     from scenekit.engine.checkpoint import save_checkpoint
 
     recipe = make_recipe(model_name, categories, options)

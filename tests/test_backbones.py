@@ -214,3 +214,61 @@ def test_inference_copy_sees_replaced_parameters_and_buffers_anywhere_in_the_tre
     assert third is not second
     with torch.no_grad():
         torch.testing.assert_close(third(images), model(images), rtol=1e-5, atol=1e-5)
+
+
+def test_a_truncated_weights_file_is_one_line_naming_it(tmp_path):
+    path = tmp_path / "resnet18-f37072fd.pth"
+    _save_layout(path, resnet_layout(False, (2, 2, 2, 2)))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])          # a download cut off half way
+    with pytest.raises(DataError, match=r"^.*resnet18-f37072fd.pth: cannot read backbone weights \(") as caught:
+        backbones.build_backbone("resnet18", weights=path)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("name, count, frozen_names, trained_name", [
+    ("resnet18", 1, ["conv1", "bn1"], "layer1"),                       # Detectron2's FREEZE_AT=1: the stem
+    ("resnet18", 2, ["conv1", "bn1", "layer1"], "layer2"),            # FREEZE_AT=2: stem and res2
+    ("vgg16", 2, ["features.0", "features.2", "features.5", "features.7"], "features.10"),   # conv1_x, conv2_x
+])
+def test_freezing_the_first_stages_fixes_exactly_their_parameters(name, count, frozen_names, trained_name):
+    model = _on_meta(lambda: backbones.build_backbone(name, freeze=count))
+    for key, parameter in model.named_parameters():
+        fixed = any(key == n or key.startswith(n + ".") for n in frozen_names)
+        assert parameter.requires_grad is not fixed, key
+    assert any(k.startswith(trained_name + ".") and p.requires_grad for k, p in model.named_parameters())
+    assert all(getattr(m, "frozen", False) for m in backbones.frozen_modules(model))
+    frozen_params = {id(p) for m in backbones.frozen_modules(model) for p in m.parameters()}
+    assert frozen_params == {id(p) for p in model.parameters() if not p.requires_grad}
+
+
+def test_small_cnn_stages_are_its_conv_blocks_and_a_bad_count_is_one_line():
+    net = backbones.SmallCNN(channels=(4, 8, 8))
+    assert len(backbones.backbone_stages(net)) == 3
+    backbones.freeze_stages(net, 1)
+    assert [p.requires_grad for p in net.parameters()] == [False, False, False, True, True, True, True, True, True]
+    with pytest.raises(DataError, match="freeze_stages must be an integer from 0 to 3"):
+        backbones.freeze_stages(backbones.SmallCNN(channels=(4, 8, 8)), 4)
+
+
+def test_the_engine_keeps_frozen_stages_fixed_and_their_batch_norm_statistics(tmp_path):
+    from scenekit.engine.train import prepare_phase, set_train_mode
+    from scenekit.recipes import Phase
+
+    torch.manual_seed(0)
+    net = backbones.SmallCNN(channels=(4, 8))
+    with torch.no_grad():
+        net.features[1].running_mean.fill_(0.5)                  # "loaded" statistics of the first stage
+    backbones.freeze_stages(net, 1)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    phase = Phase("all", epochs=1, lr=0.1)                      # trains=None: the whole model
+    trainable = prepare_phase(net, phase)
+    set_train_mode(net, phase)
+    assert len(trainable) == 3                                  # the second stage's conv + norm weight and bias
+    optimizer = torch.optim.SGD(trainable, lr=0.1)
+    net(torch.randn(2, 3, 20, 20)).square().mean().backward()
+    optimizer.step()
+    after = net.state_dict()
+    for key in ("features.0.weight", "features.1.weight", "features.1.running_mean", "features.1.running_var"):
+        assert torch.equal(after[key], before[key]), key
+    assert not torch.equal(after["features.4.weight"], before["features.4.weight"])
+    assert not torch.equal(after["features.5.running_mean"], before["features.5.running_mean"])

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from scenekit.cli import main, make_recipe
+from scenekit.cli import main
+from scenekit.models.registry import make_recipe
 from scenekit.data.records import Dataset, Record
 from scenekit.data.world import CATEGORIES, make_world
 from scenekit.errors import DataError

@@ -401,3 +401,38 @@ def test_coco_captions_spec_reads_a_captions_file(tmp_path):
     dataset = load_language_data(f"coco-captions:{tmp_path}", "val")
     assert dataset.records[0].captions == ["A cat.", "Cat"]
     assert caption_vocabulary(dataset).words[4:] == ["cat", ".", "a"]         # by count, ties alphabetical
+
+
+# ------------------------------------------------------------------------------------------------ options
+def _stored_before_options_dataclass(kind):
+    """The options a captioner checkpoint stored before they were declared once (`CaptionerOptions`)."""
+    from scenekit.data.captions import world_vocabulary
+
+    return {"kind": kind, "vocabulary": list(world_vocabulary().words), "min_count": 1, "image_size": 64,
+            "channels": [16, 32, 64], "feature": 128, "embedding": 64, "hidden": 128, "attention": 64,
+            "doubly_stochastic": 0.03, "dropout": 0.2, "coords": True, "epochs": None, "lr": None, "clip": 5.0,
+            "max_words": 20, "beam_size": 1, "pretrain_epochs": 5, "concept_loss": False}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_captioner_default_recipe_stores_the_options_checkpoints_always_stored(kind):
+    from scenekit.models.registry import make_recipe
+
+    stored = make_recipe(kind, {}).options
+    assert list(stored.items()) == list(_stored_before_options_dataclass(kind).items())
+    again = make_recipe(kind, {}, stored=stored)
+    assert again.options == stored and again.model_config == make_recipe(kind, {}).model_config
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_captioner_kind_defaults_to_the_model_name(kind):
+    from scenekit.models.registry import model_options
+
+    assert recipe(name=kind, vocabulary=WORDS).model_config["kind"] == kind
+    assert model_options(kind)["kind"].default == kind
+    assert all(spec.help and "\n" not in spec.help for spec in model_options(kind).values())
+
+
+def test_captioner_recipe_names_a_misspelt_option_with_its_close_match():
+    with pytest.raises(DataError, match="did you mean beam_size"):
+        recipe(vocabulary=WORDS, beam_sise=3)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from scenekit import cli
+from scenekit.models import registry
 from scenekit.data.world import write_world
 from scenekit.engine.checkpoint import save_checkpoint
 
@@ -39,7 +40,7 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, world):
     categories = {c["id"]: c["name"] for c in json.loads((world / "instances_val.json").read_text())["categories"]}
-    recipe = cli.make_recipe("localizer", categories, {"image_size": 32, "channels": [4, 8], "hidden": 16})
+    recipe = registry.make_recipe("localizer", categories, {"image_size": 32, "channels": [4, 8], "hidden": 16})
     torch.manual_seed(0)
     model = recipe.build_model(recipe.model_config)
     path = tmp_path_factory.mktemp("run") / "tiny.pt"

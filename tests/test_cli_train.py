@@ -15,8 +15,7 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from scenekit import cli
-from scenekit.cli import main, make_recipe
+from scenekit.cli import main
 from scenekit.data.records import Dataset, Record
 from scenekit.data.splits import hold_out, read_split, write_split
 from scenekit.data.world import CATEGORIES, write_world
@@ -24,6 +23,8 @@ from scenekit.engine import train as engine
 from scenekit.engine.checkpoint import load_checkpoint, save_checkpoint
 from scenekit.engine.runs import choose_run_folder
 from scenekit.errors import DataError
+from scenekit.models import registry
+from scenekit.models.registry import make_recipe
 from scenekit.recipes import Phase, Recipe, check_options
 
 TINY_YOLO = ["--image-size", "64", "--batch-size", "2", "--option", "channels=[4,8,8,8,8]", "--option",
@@ -55,21 +56,21 @@ def test_option_value_that_is_not_json_names_the_option_the_value_and_the_kind_e
 
 def test_option_values_of_another_json_kind_are_refused_and_numbers_pass_as_floats():
     with pytest.raises(DataError, match="option hidden: expected an integer .*got true"):
-        cli._parse_options(["hidden=true"], "yolo2")
+        registry.parse_options(["hidden=true"], "yolo2")
     with pytest.raises(DataError, match="option flip: expected true or false .*got 1"):
-        cli._parse_options(["flip=1"], "yolo2")
+        registry.parse_options(["flip=1"], "yolo2")
     with pytest.raises(DataError, match="option lr: expected a number or null"):
-        cli._parse_options(["lr=[0.1]"], "yolo2")
-    assert cli._parse_options(["lr=1", "flip=False", "batch-norm=null"], "yolo2") == \
+        registry.parse_options(["lr=[0.1]"], "yolo2")
+    assert registry.parse_options(["lr=1", "flip=False", "batch-norm=null"], "yolo2") == \
         {"lr": 1, "flip": False, "batch_norm": None}
 
 
 def test_string_options_keep_the_text_as_typed_and_untyped_ones_still_take_json():
-    options = cli._parse_options(["backbone=123", "proposal_cache=2024", "backbone_weights=null", 'norm="group"'],
+    options = registry.parse_options(["backbone=123", "proposal_cache=2024", "backbone_weights=null", 'norm="group"'],
                                  "fast-rcnn")
     assert options == {"backbone": "123", "proposal_cache": "2024", "backbone_weights": None, "norm": "group"}
-    assert cli._parse_options(["anchors=hand"], "yolo2") == {"anchors": "hand"}            # a mode or a list
-    assert cli._parse_options(["anchors=[[0.1, 0.2]]"], "yolo2") == {"anchors": [[0.1, 0.2]]}
+    assert registry.parse_options(["anchors=hand"], "yolo2") == {"anchors": "hand"}            # a mode or a list
+    assert registry.parse_options(["anchors=[[0.1, 0.2]]"], "yolo2") == {"anchors": [[0.1, 0.2]]}
 
 
 def test_make_recipe_checks_options_of_library_callers_too():
@@ -82,9 +83,9 @@ def test_make_recipe_checks_options_of_library_callers_too():
 
 
 def test_every_models_own_stored_options_pass_its_checks():
-    for name in cli.MODELS:
+    for name in registry.FAMILIES:
         recipe = make_recipe(name, dict(CATEGORIES))
-        assert check_options(recipe.options, cli.model_options(name), name) == recipe.options, name
+        assert check_options(recipe.options, registry.model_options(name), name) == recipe.options, name
 
 
 def test_checkpoint_of_an_older_version_with_a_removed_option_still_loads(tmp_path, capsys):
@@ -93,12 +94,12 @@ def test_checkpoint_of_an_older_version_with_a_removed_option_still_loads(tmp_pa
     state = {"model_name": "localizer", "categories": recipe.categories, "model_config": recipe.model_config,
              "model": model.state_dict(), "options": {**recipe.options, "old_knob": 3}}
     save_checkpoint(tmp_path / "old.pt", state)
-    restored, restored_model, _, _ = cli._restore(str(tmp_path / "old.pt"), "cpu")
+    restored, restored_model, _, _ = registry.restore(str(tmp_path / "old.pt"), "cpu")
     assert restored.options == recipe.options
     assert "old_knob" in capsys.readouterr().err
     save_checkpoint(tmp_path / "bad.pt", {**state, "options": {**recipe.options, "hidden": "wide"}})
     with pytest.raises(DataError, match=r"bad\.pt: field option hidden: expected an integer"):
-        cli._restore(str(tmp_path / "bad.pt"), "cpu")
+        registry.restore(str(tmp_path / "bad.pt"), "cpu")
 
 
 def test_list_options_prints_each_option_with_its_default(capsys):

@@ -13,7 +13,9 @@ import onnx  # noqa: F401
 import onnxruntime  # noqa: F401
 
 from scenekit import export
-from scenekit.cli import main, make_recipe
+from scenekit.cli import main
+from scenekit.models.export_parts import Tupled
+from scenekit.models.registry import make_recipe
 from scenekit.data.world import CATEGORIES, make_world
 from scenekit.errors import DataError
 
@@ -149,7 +151,7 @@ def test_onnx_roi_operators_equal_scenekit_roi(tmp_path, align):
     boxes = torch.cat([corners.min(dim=1).values, corners.max(dim=1).values], dim=1)
     boxes[:50, 2:] = boxes[:50, :2] + torch.rand(50, 2, generator=generator) * 3              # tiny boxes too
     rois = torch.cat([torch.randint(0, 2, (300, 1), generator=generator).float(), boxes], dim=1)
-    module = export._Tupled(torch.nn.Identity(), lambda f, r: export.roi_features(f, r, 5, 1 / 8, align))
+    module = Tupled(torch.nn.Identity(), lambda f, r: export.roi_features(f, r, 5, 1 / 8, align))
     path = tmp_path / "roi.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")          # the tracer's notes on scenekit.roi's forward, which it replaces
@@ -384,3 +386,133 @@ def test_cli_predict_without_a_model_is_a_one_line_error(tmp_path, world_images,
     assert main(["predict", str(image)]) == 2
     error = capsys.readouterr().err
     assert "--checkpoint" in error and len(error.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------------------ the recipe's hooks
+def test_export_names_no_family():
+    """scenekit/export.py reaches every family through its recipe's hooks: its code imports no model file and
+    names no family, no model class and none of their methods."""
+    import ast
+    from pathlib import Path
+
+    from scenekit.models.registry import FAMILIES
+
+    tree = ast.parse(Path(export.__file__).read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)) and node.body
+                  and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    words, modules = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            words.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            words.add(node.attr)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            words.update(node.value.replace("'", " ").replace('"', " ").split())
+        elif isinstance(node, ast.ImportFrom):
+            modules.add(node.module)
+        elif isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+    family_modules = {row.module for row in FAMILIES.values()}
+    assert not modules & family_modules
+    named = words & (set(FAMILIES) | {"Localizer", "FullyConvolutionalLocalizer", "Yolo1", "Yolo2", "FCN",
+                                      "DeconvNet", "FastRCNN", "FasterRCNN", "MaskRCNN", "Captioner", "rpn",
+                                      "classify_regions", "mask_logits", "feature_maps", "start", "step"})
+    assert not named
+
+
+class _Means(torch.nn.Module):
+    """A model no family has: per-image channel means, scaled."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, images):
+        return images.mean(dim=(2, 3)) * self.scale                     # [B, 3, H, W] -> [B, 3]
+
+
+def _means_recipe(calls):
+    from scenekit.models.export_parts import ExportGraph, OnnxModule
+    from scenekit.recipes import Recipe
+
+    def predict(model, images, device):
+        tensors = [torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)[None] for image in images]
+        return [{"scores": model(t)[0]} for t in tensors]
+
+    def from_onnx(skeleton, graphs):
+        calls.append((type(skeleton).__name__, graphs.metadata["family"], sorted(graphs.parts)))
+        return OnnxModule(graphs.main, skeleton)
+
+    return Recipe(model_name="means", categories={1: "thing"}, options={}, model_config={},
+                  build_model=lambda config: _Means(), phases=[], make_dataset=None, collate=None, evaluate=None,
+                  predict=predict, best_metric="x",
+                  export=lambda model: ExportGraph("means", model, torch.rand(1, 3, 8, 8), ["means"], True),
+                  from_onnx=from_onnx)
+
+
+def test_a_family_exports_and_predicts_through_its_recipe_hooks_alone(tmp_path):
+    calls = []
+    recipe = _means_recipe(calls)
+    model = _Means()
+    path = export.export_onnx(recipe, model, tmp_path / "means.onnx")
+    assert export.read_metadata(path)["family"] == "means"
+    predictor = export.load_onnx(path, lambda name, categories, **kw: recipe)
+    assert calls == [("_Means", "means", [])]                 # the hook got the weightless model and the sessions
+    images = [np.random.default_rng(k).integers(0, 255, (5 + k, 7, 3)).astype(np.uint8) for k in range(2)]
+    with torch.no_grad():
+        expected = recipe.predict(model, images, torch.device("cpu"))
+    for got, want in zip(predictor.predict(images), expected):
+        np.testing.assert_allclose(got["scores"], want["scores"], rtol=1e-6)
+
+
+def test_a_recipe_without_an_export_hook_is_a_one_line_error(tmp_path):
+    from scenekit.errors import ScenekitError
+
+    recipe = make_recipe("sliding-window", dict(CATEGORIES))
+    assert recipe.export is None
+    model = recipe.build_model(recipe.model_config)
+    with pytest.raises(ScenekitError, match=r"^exporting 'sliding-window' \(WindowClassifier\) to ONNX is not "
+                                            r"supported: its recipe gives no export graph$"):
+        export.export_onnx(recipe, model, tmp_path / "window.onnx")
+    assert not (tmp_path / "window.onnx").exists()
+
+
+@pytest.mark.parametrize("name, why", [("faster-rcnn", "RoiAlign's half_pixel mode"),
+                                       ("deconvnet", "ScatterElements' reduction")])
+def test_an_opset_below_what_the_graphs_need_is_an_error_saying_which_operators(tmp_path, name, why):
+    from scenekit.errors import ScenekitError
+
+    recipe, model = build(name)
+    with pytest.raises(ScenekitError, match=rf"{name} needs ONNX opset >= 16 \({why}\), got 15"):
+        export.export_onnx(recipe, model, tmp_path / "old.onnx", opset=15)
+
+
+def test_loading_and_exporting_default_to_the_registrys_recipes(exported, world_images, tmp_path):
+    """`make_recipe` is optional (scenekit.models.registry's); given positionally, as before, it is still used."""
+    recipe, model, path = exported("yolo2")
+    with torch.no_grad():
+        expected = recipe.predict(model, world_images, torch.device("cpu"))
+    for got in (export.load_onnx(path).predict(world_images), export.predict_onnx(path, world_images)):
+        for g, e in zip(got, expected):
+            np.testing.assert_allclose(g["boxes"], e["boxes"], atol=1e-4, rtol=0)
+    asked = []
+
+    def counting(name, categories, **kw):
+        asked.append(name)
+        return make_recipe(name, categories, **kw)
+    checkpoint = _checkpoint(tmp_path, "yolo1")
+    written = export.export_checkpoint(checkpoint, tmp_path / "yolo1.onnx", counting)
+    assert export.load_onnx(written, counting).recipe.model_name == "yolo1" and asked == ["yolo1", "yolo1"]
+    assert export.read_metadata(export.export_checkpoint(checkpoint, tmp_path / "again.onnx"))["family"] == "yolo1"
+
+
+def test_overfeat_through_onnxruntime_keeps_the_recipes_max_detections(exported, world_images):
+    recipe, model, path = exported("overfeat")
+    fewer = export.load_onnx(path, lambda name, categories, **kw: make_recipe(name, categories,
+                                                                                {"max_detections": 2}, **kw))
+    with torch.no_grad():
+        expected = recipe.predict(model, world_images, torch.device("cpu"))       # the default: 5
+    for got, e in zip(fewer.predict(world_images), expected):
+        assert len(got["scores"]) == min(2, len(e["scores"])) and len(e["scores"]) > 2
+        np.testing.assert_allclose(got["boxes"], e["boxes"][:2], atol=1e-4, rtol=0)

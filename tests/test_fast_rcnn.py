@@ -150,9 +150,10 @@ def test_fast_rcnn_overfits_one_image_and_detects_its_objects(one_thread, train_
 
 def test_image_without_proposals_or_objects_gives_empty_detections(one_thread):
     model = FastRCNN(FastRCNNConfig(num_classes=3, image_size=64)).eval()
-    found, seconds = model.detect(torch.zeros(1, 3, 64, 64), [(64, 64)], [torch.zeros(0, 4)])
-    assert found[0]["boxes"].shape == (0, 4) and found[0]["scores"].shape == (0,)
-    assert found[0]["labels"].shape == (0,) and set(seconds) == {"conv", "proposals", "region"}
+    found = model.detect(torch.zeros(1, 3, 64, 64), [(64, 64)], [torch.zeros(0, 4)])
+    assert found[0]["boxes"].shape == (0, 4) and found[0]["scores"].shape == (0,) and found[0]["labels"].shape == (0,)
+    found, seconds = fast_rcnn.timed_detect(model, torch.zeros(1, 3, 64, 64), [(64, 64)], [torch.zeros(0, 4)])
+    assert found[0]["boxes"].shape == (0, 4) and set(seconds) == {"conv", "proposals", "region"}
     # Training on an image without objects: only background RoIs, a finite loss.
     target = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
               "proposals": torch.tensor([[0.0, 0.0, 20.0, 20.0]]), "size": torch.tensor([64, 64])}
@@ -174,3 +175,45 @@ def test_forward_without_targets_explains_that_proposals_are_needed():
     model = FastRCNN(FastRCNNConfig(num_classes=2, image_size=32))
     with pytest.raises(ValueError, match="proposals"):
         model(torch.zeros(1, 3, 32, 32))
+
+
+# ------------------------------------------------------------------------------------------------ options
+def test_fast_rcnn_default_recipe_stores_the_options_checkpoints_always_stored():
+    """The keys, values and types of the hand-written dict stored before `FastRCNNOptions` (epochs and lr
+    resolved); the order of the keys may differ (the shared `TwoStageOptions` come first)."""
+    from scenekit.models.registry import make_recipe
+
+    before = {"image_size": 160, "backbone": "small", "backbone_weights": None, "channels": [16, 32, 64],
+              "extra_convs": 2, "norm": "batch", "hidden": 256, "rois_per_image": 64, "bg_low": 0.1, "epochs": 6,
+              "lr": 0.001, "flip": True, "proposal_mode": "fast", "proposal_cache": None, "max_proposals": 1000,
+              "max_detections": 100, "slice_factor": 2.5}
+    stored = make_recipe("fast-rcnn", {1: "a", 2: "b"}).options
+    assert stored == before and {k: type(v) for k, v in stored.items()} == {k: type(v) for k, v in before.items()}
+    assert make_recipe("fast-rcnn", {1: "a", 2: "b"}, stored=stored).options == stored
+    given = fast_rcnn.recipe({1: "a"}, image_size=64, channels=(8, 16), epochs=2, lr=0.01)
+    assert given.options["channels"] == [8, 16] and (given.options["epochs"], given.options["lr"]) == (2, 0.01)
+    assert given.model_config["channels"] == [8, 16] and given.phases[0].epochs == 2
+
+
+def test_fast_rcnn_recipe_names_a_misspelt_option():
+    from scenekit.errors import DataError
+    from scenekit.models.registry import model_options
+
+    with pytest.raises(DataError, match="did you mean max_proposals"):
+        fast_rcnn.recipe({1: "a"}, max_proposal=10)
+    assert all(spec.help and "\n" not in spec.help for spec in model_options("fast-rcnn").values())
+
+
+def test_timed_detect_gives_detects_detections_and_the_three_stage_times(one_thread):
+    torch.manual_seed(0)
+    model = FastRCNN(FastRCNNConfig(num_classes=3, image_size=64, channels=(8, 16, 16), hidden=32)).eval()
+    images = torch.rand(2, 3, 64, 64)
+    proposals = [torch.tensor([[4.0, 4.0, 40.0, 30.0], [10.0, 20.0, 60.0, 60.0]]), torch.tensor([[0.0, 0.0, 9.0, 9.0]])]
+    found = model.detect(images, [(64, 64)] * 2, proposals)
+    timed, seconds = fast_rcnn.timed_detect(model, images, [(64, 64)] * 2, proposals)
+    assert [d.keys() for d in timed] == [d.keys() for d in found]
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(found, timed) for k in a)
+    assert set(seconds) == {"conv", "proposals", "region"} and seconds["proposals"] == 0.0   # searched outside
+    assert seconds["conv"] > 0 and seconds["region"] > 0
+    with pytest.raises(ValueError, match="proposals"):
+        fast_rcnn.timed_detect(model, images, [(64, 64)] * 2)

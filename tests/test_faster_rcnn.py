@@ -158,3 +158,51 @@ def test_cli_trains_validates_and_predicts_with_pictures(tmp_path, one_thread, c
         bottom = changed[max(y1, y2 - 3):y2, x1:x2].any(axis=0)      # the 2 px line on its bottom and right sides,
         right = changed[y1:y2, max(x1, x2 - 3):x2].any(axis=1)       # with a pixel's slack for rounding
         assert np.concatenate([bottom, right]).mean() > 0.8
+
+
+# ------------------------------------------------------------------------------------------------ options
+def test_faster_rcnn_default_recipe_stores_the_options_checkpoints_always_stored():
+    """The keys, values and types of the hand-written dict stored before `FasterRCNNOptions` (epochs and lr
+    resolved); the order of the keys may differ (the shared `TwoStageOptions` come first)."""
+    from scenekit.models.registry import make_recipe
+
+    before = {"image_size": 160, "backbone": "small", "backbone_weights": None, "channels": [16, 32, 64],
+              "extra_convs": 2, "norm": "batch", "hidden": 256, "rois_per_image": 64, "bg_low": 0.0,
+              "anchor_sizes": [20.0, 46.0, 106.0], "anchor_ratios": [0.5, 1.0, 2.0], "roi_op": "align", "epochs": 12,
+              "lr": 0.001, "flip": True, "max_detections": 100, "slice_factor": 2.5, "augment": "world"}
+    stored = make_recipe("faster-rcnn", {1: "a", 2: "b"}).options
+    assert stored == before and {k: type(v) for k, v in stored.items()} == {k: type(v) for k, v in before.items()}
+    assert make_recipe("faster-rcnn", {1: "a", 2: "b"}, stored=stored).options == stored
+    given = faster_rcnn.recipe({1: "a"}, image_size=64, anchor_sizes=(16, 32), roi_op="pool")
+    assert given.options["anchor_sizes"] == [16, 32] and given.model_config["anchor_sizes"] == [16, 32]
+    assert given.model_config["roi_op"] == "pool" and given.world == {"image_size": 64}
+
+
+def test_faster_rcnn_recipe_names_a_misspelt_or_mistyped_option():
+    from scenekit.errors import DataError
+    from scenekit.models.registry import model_options
+
+    with pytest.raises(DataError, match="did you mean anchor_sizes"):
+        faster_rcnn.recipe({1: "a"}, anchor_size=(16, 32))
+    with pytest.raises(DataError, match="anchor_ratios"):
+        faster_rcnn.recipe({1: "a"}, anchor_ratios=1.0)                 # a list of ratios, not one
+    with pytest.raises(DataError, match="proposal_mode"):
+        faster_rcnn.recipe({1: "a"}, proposal_mode="fast")             # Fast R-CNN's, not an RPN detector's
+    assert all(spec.help and "\n" not in spec.help for spec in model_options("faster-rcnn").values())
+
+
+def test_faster_rcnn_detect_has_no_clocks_and_timed_detect_times_its_three_stages(one_thread):
+    from scenekit.models.fast_rcnn import timed_detect
+
+    torch.manual_seed(0)
+    model = FasterRCNN(FasterRCNNConfig(num_classes=3, image_size=64, channels=(8, 16, 16), hidden=32,
+                                        roi_op="align")).eval()
+    assert model.mask_head is None and model.fine_level is None          # boxes only
+    images = torch.rand(2, 3, 64, 64)
+    found = model.detect(images, [(64, 64)] * 2)
+    assert isinstance(found, list) and len(found) == 2 and set(found[0]) == {"boxes", "scores", "labels"}
+    timed, seconds = timed_detect(model, images, [(64, 64)] * 2)
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(found, timed) for k in a)
+    assert set(seconds) == {"conv", "proposals", "region"} and all(v > 0 for v in seconds.values())
+    with torch.no_grad():
+        assert all(torch.equal(a[k], b[k]) for a, b in zip(found, model(images)) for k in a)   # forward, no targets

@@ -559,3 +559,39 @@ def test_cli_trains_fcn_and_segments_an_image_with_a_coloured_overlay(tmp_path, 
     for category, bbox in boxes.items():
         ys, xs = np.nonzero(class_map == category)
         assert bbox == pytest.approx([xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()])
+
+
+# ------------------------------------------------------------------------------------------------ options
+def test_fcn_default_recipes_store_the_options_checkpoints_always_stored():
+    """Keys, values and order as the hand-written dicts stored them before `FCNOptions` / `WindowOptions`: epochs
+    resolved (25; the sliding window 10), lr as given; the sliding window never stored backbone options."""
+    from scenekit.models.registry import make_recipe
+
+    fcn = {"architecture": "fcn8s", "upsample": "unpool", "downsample": "pool", "image_size": 96, "world_size": 128,
+           "channels": [16, 32, 64, 128, 128], "convs_per_stage": None, "head": 128, "backbone": "small",
+           "backbone_weights": None, "block": "plain", "aux_weight": 0.0, "epochs": 25, "lr": None,
+           "warmup_steps": 20, "superpixel_scale": 0.0, "superpixel_sigma": 0.5, "superpixel_min_size": 20,
+           "weight_decay": 0.0001, "flip": True, "box_masks": False}
+    window = {"image_size": 128, "window": 32, "channels": [16, 32, 64], "hidden": 128, "windows_per_image": 64,
+              "val_images": 10, "epochs": 10, "lr": None, "weight_decay": 0.0001, "flip": True, "box_masks": False}
+    for name, before in (("fcn", fcn), ("fcn-32s", {**fcn, "architecture": "fcn32s"}),
+                         ("deconvnet-transposed", {**fcn, "architecture": "deconvnet", "upsample": "transposed"}),
+                         ("sliding-window", window)):
+        stored = make_recipe(name, {1: "a", 2: "b"}).options
+        assert list(stored.items()) == list(before.items())
+        assert [type(v) for v in stored.values()] == [type(v) for v in before.values()]
+        assert make_recipe(name, {1: "a", 2: "b"}, stored=stored).options == stored
+    from scenekit.models.fcn import recipe
+    assert recipe({1: "a"}, convs_per_stage=(1, 2, 2, 2, 2)).options["convs_per_stage"] == [1, 2, 2, 2, 2]
+
+
+def test_fcn_recipes_name_a_misspelt_option():
+    from scenekit.models.fcn import recipe, window_recipe
+    from scenekit.models.registry import model_options
+
+    with pytest.raises(DataError, match="did you mean superpixel_scale"):
+        recipe({1: "a"}, superpixel_scal=800)
+    with pytest.raises(DataError, match="did you mean windows_per_image"):
+        window_recipe({1: "a"}, windows_per_imag=8)
+    for name in ("fcn", "sliding-window"):
+        assert all(spec.help and "\n" not in spec.help for spec in model_options(name).values())

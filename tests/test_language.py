@@ -350,3 +350,33 @@ def test_the_step_loop_runs_on_one_thread_and_restores_the_thread_count():
     assert torch.get_num_threads() == 2
     sample_text(_tiny_model(""), length=5, generator=torch.Generator().manual_seed(0))
     assert torch.get_num_threads() == 2
+
+
+# ------------------------------------------------------------------------------------------------ options
+# The options a charlm checkpoint stored before they were declared once (`CharLMOptions`): keys, values, order.
+CHARLM_STORED = {"hidden": 256, "layers": 1, "embedding": 64, "bptt": 128, "seq_length": 128, "cell": "lstm",
+                 "dropout": 0.0, "epochs": None, "lr": None, "clip": 1.0, "blocks_per_epoch": 4096, "warmup": 100}
+
+
+def test_charlm_default_recipe_stores_the_options_checkpoints_always_stored():
+    from scenekit.models.registry import make_recipe
+
+    stored = make_recipe("charlm", {}).options
+    assert list(stored.items()) == list(CHARLM_STORED.items())
+    again = make_recipe("charlm", {}, stored=stored)
+    assert again.options == stored and again.model_config == make_recipe("charlm", {}).model_config
+
+
+def test_charlm_options_have_one_line_of_help_each():
+    from scenekit.models.registry import model_options
+
+    specs = model_options("charlm")
+    assert list(specs) == list(CHARLM_STORED)
+    assert all(spec.help and "\n" not in spec.help for spec in specs.values())
+
+
+def test_char_lm_recipe_names_a_misspelt_option_with_its_close_match():
+    with pytest.raises(DataError, match="did you mean hidden"):
+        char_lm_recipe(hiden=32)
+    with pytest.raises(DataError, match="option layers"):
+        char_lm_recipe(layers=1.5)

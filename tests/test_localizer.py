@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from scenekit import cli
+from scenekit.models import registry
 from scenekit.boxes import box_iou
 from scenekit.data.records import Dataset, Record
 from scenekit.engine.train import TrainConfig, train
@@ -128,7 +129,7 @@ def test_predict_cli_writes_pictures_and_coco_results(tmp_path, capsys):
     # a box of IoU 0.78 to 0.88 with the object's under each CPU kernel (ATEN_CPU_CAPABILITY default, avx2, avx512);
     # after 1 + 1 epochs every top guess is the wrong category, its box of IoU 0.
     data = make_world(16, seed=0, split="train", image_size=64, single_object=True)
-    recipe = cli.make_recipe("localizer", data.categories, {"image_size": 32, "channels": [4, 8], "hidden": 16,
+    recipe = registry.make_recipe("localizer", data.categories, {"image_size": 32, "channels": [4, 8], "hidden": 16,
                                                               "epochs": 15, "regress_epochs": 40})
     train(recipe, data, None, TrainConfig(out=str(tmp_path / "run"), batch_size=8, log_every=0, tensorboard=False))
     files = []
@@ -160,3 +161,32 @@ def test_predict_cli_writes_pictures_and_coco_results(tmp_path, capsys):
     bad = cli.main(["predict", str(tmp_path / "missing.png"), "--checkpoint", str(tmp_path / "run" / "best.pt"),
                     "--out", str(tmp_path / "pred")])
     assert bad == 2 and "missing.png" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ options
+def test_localizer_default_recipes_store_the_options_checkpoints_always_stored():
+    """Keys, values and order as the hand-written dict stored them before `LocalizerOptions`: epochs and
+    regress_epochs resolved (8), lr as given."""
+    from scenekit.models.registry import make_recipe
+
+    localizer = {"class_specific": True, "image_size": 64, "backbone": "small", "backbone_weights": None,
+                 "channels": [16, 32, 64], "norm": "batch", "hidden": 256, "epochs": 8, "lr": None,
+                 "regress_epochs": 8, "regress_lr": 0.03, "flip": True, "inference": "whole", "scales": [1.0, 1.25],
+                 "max_detections": 5}
+    for name, before in (("localizer", localizer), ("localizer-agnostic", {**localizer, "class_specific": False}),
+                         ("overfeat", {**localizer, "inference": "overfeat"})):
+        stored = make_recipe(name, {1: "a", 2: "b"}).options
+        assert list(stored.items()) == list(before.items())
+        assert [type(v) for v in stored.values()] == [type(v) for v in before.values()]
+        assert make_recipe(name, {1: "a", 2: "b"}, stored=stored).options == stored
+    assert loc.recipe({1: "a"}, epochs=3).options["regress_epochs"] == 3
+
+
+def test_localizer_recipe_names_a_misspelt_option():
+    from scenekit.errors import DataError
+    from scenekit.models.registry import model_options
+
+    with pytest.raises(DataError, match="did you mean regress_lr"):
+        loc.recipe({1: "a"}, regress_rate=0.1)
+    assert all(spec.help and "\n" not in spec.help for spec in model_options("overfeat").values())
+    assert model_options("overfeat")["inference"].default == "overfeat"

@@ -126,7 +126,8 @@ def test_recipe_reads_masks_from_the_stride_4_level_and_older_configs_from_the_s
     assert r.model_config["mask_stride"] == 4 and r.build_model(r.model_config).mask_stride == 4
     older = {k: v for k, v in r.model_config.items() if k != "mask_stride"}     # checkpoints before the option
     model = r.build_model(older)
-    assert model.mask_stride == 8 and not hasattr(model, "fine_level")
+    assert model.mask_stride == 8 and model.fine_level is None
+    assert not any(key.startswith("fine_level.") for key in model.state_dict())
     with pytest.raises(ValueError, match="small backbone"):
         MaskRCNN(MaskRCNNConfig(num_classes=6, backbone="vgg16", mask_stride=16))
 
@@ -143,3 +144,83 @@ def test_fine_mask_level_is_fpns_top_down_sum_of_the_stride_4_stage_and_the_upsa
         top = level.top(features).repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)   # nearest x2
         expected = level.smooth(level.lateral(stride_4) + top)
     assert fine.shape == (2, 64, 16, 16) and torch.allclose(fine, expected, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ the mask head
+def _twins(mask_stride: int):
+    """A Mask R-CNN recipe and model, and the Faster R-CNN of the same options built from the same seed."""
+    from scenekit.models import faster_rcnn
+
+    small = {"image_size": 64, "channels": (8, 16, 16), "hidden": 32, "flip": False}
+    r = mask_rcnn.recipe(CATEGORIES, **small, mask_convs=1, mask_channels=8, mask_stride=mask_stride)
+    torch.manual_seed(0)
+    mask = r.build_model(r.model_config)
+    plain = faster_rcnn.recipe(CATEGORIES, **small)
+    torch.manual_seed(0)
+    return r, mask, plain.build_model(plain.model_config)
+
+
+@pytest.mark.parametrize("mask_stride", [8, 4])
+def test_mask_rcnn_is_faster_rcnn_plus_the_mask_head_under_the_checkpoint_keys_it_always_had(one_thread,
+                                                                                             mask_stride):
+    r, mask, faster = _twins(mask_stride)
+    assert faster.mask_head is None and mask.mask_head is not None
+    head = {"mask_head.convs.0.weight", "mask_head.convs.0.bias", "mask_head.upsample.weight",
+            "mask_head.upsample.bias", "mask_head.predictor.weight", "mask_head.predictor.bias"}
+    fine = {f"fine_level.{layer}.{kind}" for layer in ("lateral", "top", "smooth") for kind in ("weight", "bias")}
+    assert set(mask.state_dict()) - set(faster.state_dict()) == head | (fine if mask_stride == 4 else set())
+    assert all(torch.equal(value, mask.state_dict()[key]) for key, value in faster.state_dict().items())
+    # The branch runs in parallel with the box head (He et al. 2017, sec. 3): the same sample, the same four
+    # losses plus "mask", the same boxes, each with its mask.
+    data = r.make_dataset(make_world(2, seed=3, image_size=64, min_objects=2), True)
+    images, targets = r.collate([data[0], data[1]])
+    torch.manual_seed(1)
+    losses = mask.train()(images, targets)
+    torch.manual_seed(1)
+    four = faster.train()(images, targets)
+    assert set(losses) == set(four) | {"mask"} and all(torch.equal(losses[k], four[k]) for k in four)
+    mask.eval(), faster.eval()
+    with_masks, boxes_only = mask.detect(images, [(64, 64)] * 2), faster.detect(images, [(64, 64)] * 2)
+    for a, b in zip(with_masks, boxes_only):
+        assert set(a) == set(b) | {"mask_probs"} and all(torch.equal(a[k], b[k]) for k in b)
+        assert a["mask_probs"].shape == (len(a["boxes"]), 14, 14)
+
+
+def test_timed_detect_of_mask_rcnn_gives_detects_masks(one_thread):
+    from scenekit.models.fast_rcnn import timed_detect
+
+    _, model, _ = _twins(4)
+    images = torch.rand(1, 3, 64, 64)
+    found = model.eval().detect(images, [(64, 64)])
+    timed, seconds = timed_detect(model, images, [(64, 64)])
+    assert len(found[0]["mask_probs"]) and torch.equal(found[0]["mask_probs"], timed[0]["mask_probs"])
+    assert set(seconds) == {"conv", "proposals", "region"}
+
+
+# ------------------------------------------------------------------------------------------------ options
+def test_mask_rcnn_default_recipe_stores_the_options_checkpoints_always_stored():
+    """The keys, values and types of the hand-written dict stored before `MaskRCNNOptions` (epochs, lr and
+    mask_stride resolved); the order of the keys may differ (the shared `TwoStageOptions` come first)."""
+    from scenekit.models.registry import make_recipe
+
+    before = {"image_size": 160, "backbone": "small", "backbone_weights": None, "channels": [16, 32, 64],
+              "extra_convs": 2, "norm": "batch", "hidden": 256, "rois_per_image": 64, "bg_low": 0.0,
+              "anchor_sizes": [20.0, 46.0, 106.0], "anchor_ratios": [0.5, 1.0, 2.0], "mask_size": 14, "mask_convs": 4,
+              "mask_channels": 64, "mask_stride": 4, "epochs": 12, "lr": 0.001, "flip": True, "box_masks": False,
+              "max_detections": 100, "slice_factor": 2.5, "augment": "world"}
+    stored = make_recipe("mask-rcnn", {1: "a", 2: "b"}).options
+    assert stored == before and {k: type(v) for k, v in stored.items()} == {k: type(v) for k, v in before.items()}
+    assert make_recipe("mask-rcnn", {1: "a", 2: "b"}, stored=stored).options == stored
+    assert mask_rcnn.recipe({1: "a"}, channels=(8, 16, 16, 32)).options["mask_stride"] == 8
+    assert mask_rcnn.recipe({1: "a"}, backbone="resnet18").options["mask_stride"] is None     # its shared map
+
+
+def test_mask_rcnn_recipe_names_a_misspelt_option_and_has_no_roi_op():
+    from scenekit.errors import DataError
+    from scenekit.models.registry import model_options
+
+    with pytest.raises(DataError, match="did you mean mask_stride"):
+        mask_rcnn.recipe({1: "a"}, mask_strid=4)
+    with pytest.raises(DataError, match="roi_op"):
+        mask_rcnn.recipe({1: "a"}, roi_op="pool")                   # RoIAlign always (He et al. 2017, sec. 3)
+    assert all(spec.help and "\n" not in spec.help for spec in model_options("mask-rcnn").values())

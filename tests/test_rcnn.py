@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from scenekit import cli
+from scenekit.models import registry
 from scenekit.data.world import make_world
 from scenekit.models import rcnn
 
@@ -210,7 +211,7 @@ def trained(tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     assert code == 0
-    recipe, model, device, checkpoint = cli._restore(str(out / "run" / "best.pt"), "cpu")
+    recipe, model, device, checkpoint = registry.restore(str(out / "run" / "best.pt"), "cpu")
     return out, recipe, model, checkpoint
 
 
@@ -265,3 +266,32 @@ def test_detect_refuses_an_image_that_is_not_rgb_uint8():
     model = rcnn.RCNN(rcnn.RCNNConfig(num_classes=2, input_size=16, channels=(4, 8), hidden=8))
     with pytest.raises(ValueError, match="uint8"):
         rcnn.detect(model, np.zeros((8, 8, 3), dtype=np.float32), torch.zeros(1, 4))
+
+
+# ------------------------------------------------------------------------------------------------ options
+def test_rcnn_default_recipe_stores_the_options_checkpoints_always_stored():
+    """The keys, values, types and order of the hand-written dict stored before `RCNNOptions` (epochs and lr
+    resolved)."""
+    from scenekit.models.registry import make_recipe
+
+    before = {"image_size": 160, "input_size": 32, "padding": None, "backbone": "small", "backbone_weights": None,
+              "channels": [16, 32, 64], "norm": "batch", "hidden": 256, "dropout": 0.5, "epochs": 10, "lr": 0.02,
+              "regions_per_batch": 128, "flip": True, "svm_C": 0.01, "svm_positive_weight": 2.0, "ridge": 1000.0,
+              "proposal_mode": "fast", "proposal_max_side": None, "max_proposals": 2000, "score_threshold": -1.0,
+              "nms_threshold": 0.3, "cache": None, "max_detections": 100}
+    stored = make_recipe("rcnn", {1: "a", 2: "b"}).options
+    assert list(stored.items()) == list(before.items())
+    assert [type(v) for v in stored.values()] == [type(v) for v in before.values()]
+    assert make_recipe("rcnn", {1: "a", 2: "b"}, stored=stored).options == stored
+    given = rcnn.recipe({1: "a"}, input_size=24, padding=1, channels=(8, 16), epochs=2)
+    assert given.model_config["padding"] == 1 and given.options["channels"] == [8, 16]
+    assert given.phases[0].epochs == 2
+
+
+def test_rcnn_recipe_names_a_misspelt_option():
+    from scenekit.errors import DataError
+    from scenekit.models.registry import model_options
+
+    with pytest.raises(DataError, match="did you mean svm_C"):
+        rcnn.recipe({1: "a"}, svm_c=0.1)
+    assert all(spec.help and "\n" not in spec.help for spec in model_options("rcnn").values())

@@ -225,7 +225,7 @@ def test_decode_upload_returns_rgb_pixels():
 def test_a_real_model_answers_what_its_recipe_predicts():
     import torch
 
-    from scenekit.cli import make_recipe
+    from scenekit.models.registry import make_recipe
     from scenekit.data.world import CATEGORIES, make_world
 
     recipe = make_recipe("yolo2", dict(CATEGORIES), {"channels": [8, 8, 16, 16, 16], "head_channels": 32,

@@ -6,7 +6,8 @@ import pytest
 pytest.importorskip("fastapi")
 
 import scenekit.serve.app as serve_app  # noqa: E402
-from scenekit.cli import main, make_recipe  # noqa: E402
+from scenekit.cli import main  # noqa: E402
+from scenekit.models.registry import make_recipe  # noqa: E402
 from scenekit.data.world import CATEGORIES  # noqa: E402
 from scenekit.errors import ScenekitError  # noqa: E402
 

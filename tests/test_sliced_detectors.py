@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from scenekit import cli
+from scenekit.models import registry
 from scenekit.data.records import Dataset, Record
 from scenekit.data.tiling import crop_target, merge_tiles, tile_windows
 from scenekit.data.transforms import record_masks
@@ -223,7 +223,7 @@ def test_options_survive_a_checkpoint_and_max_detections_can_be_overridden_for_o
     save_checkpoint(path, {"model_name": name, "options": recipe.options, "categories": recipe.categories,
                            "model_config": recipe.model_config, "model": model.state_dict()})
     checkpoint = load_checkpoint(path)
-    restored = cli.make_recipe(name, checkpoint["categories"], stored=checkpoint["options"], source=str(path))
+    restored = registry.make_recipe(name, checkpoint["categories"], stored=checkpoint["options"], source=str(path))
     assert restored.options["max_detections"] == 300 and restored.options["slice_factor"] == 0
     model = restore_model(restored, checkpoint, CPU)
     big = _noise(200, 230, seed=7)                                    # slice_factor 0: fitted whole
@@ -232,7 +232,7 @@ def test_options_survive_a_checkpoint_and_max_detections_can_be_overridden_for_o
     if module is faster_rcnn:
         _assert_same(found, fast_rcnn.run_detector(model, [big], CPU, CLASS_IDS, max_detections=300)[0][0])
     # What `scenekit predict/evaluate --max-detections N` does: the stored options, one overridden.
-    once = cli.make_recipe(name, checkpoint["categories"], {"max_detections": 7}, stored=checkpoint["options"])
+    once = registry.make_recipe(name, checkpoint["categories"], {"max_detections": 7}, stored=checkpoint["options"])
     assert len(once.predict(model, [big], CPU)[0]["scores"]) == 7 and once.options["slice_factor"] == 0
 
 

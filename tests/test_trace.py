@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from scenekit.cli import make_recipe
+from scenekit.models.registry import make_recipe
 from scenekit.data.captions import caption_vocabulary
 from scenekit.data.world import make_world
 from scenekit.errors import DataError
@@ -122,7 +122,7 @@ def test_trace_writes_a_picture_per_step_and_an_index(name, world, tmp_path):
 
 
 def test_every_model_of_the_cli_has_a_trace():
-    from scenekit.cli import MODELS
+    from scenekit.models.registry import FAMILIES as MODELS
 
     assert set(MODELS) <= set(FAMILIES)
     assert set(MODELS) <= set(TINY)

@@ -74,7 +74,7 @@ def test_train_on_user_data_stores_the_recommended_options_under_the_users(tmp_p
 
 
 def test_world_training_derives_nothing_from_the_data():
-    from scenekit.cli import _data_defaults
+    from scenekit.api import data_defaults as _data_defaults
     from scenekit.data.world import make_world
 
     # captioners and other non-detectors get nothing; detectors on data without boxes neither
@@ -118,7 +118,7 @@ def test_augment_presets_name_the_augment_modules_defaults():
 
 
 def test_world_preset_keeps_the_plain_data_pipeline():
-    from scenekit.cli import make_recipe
+    from scenekit.models.registry import make_recipe
 
     data = in_memory()
     for model in ("faster-rcnn", "mask-rcnn", "yolo2"):
@@ -129,7 +129,7 @@ def test_world_preset_keeps_the_plain_data_pipeline():
 
 
 def test_user_preset_augments_training_images_only():
-    from scenekit.cli import make_recipe
+    from scenekit.models.registry import make_recipe
 
     data = in_memory()
     two_stage = make_recipe("faster-rcnn", data.categories, {"image_size": 160, "augment": "user"})
@@ -145,7 +145,7 @@ def test_user_preset_augments_training_images_only():
 
 @pytest.mark.parametrize("model", ["faster-rcnn", "yolo2"])
 def test_a_training_step_runs_on_augmented_images(model):
-    from scenekit.cli import make_recipe
+    from scenekit.models.registry import make_recipe
 
     torch.manual_seed(0)
     data = in_memory(images=4)

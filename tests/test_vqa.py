@@ -267,3 +267,33 @@ def test_checkpoints_keep_the_input_size_they_were_trained_at():
     model = recipe(vocabulary=words).build_model(old.model_config)
     assert model.grid == 8
     model.load_state_dict(old.build_model(old.model_config).state_dict())
+
+
+# ------------------------------------------------------------------------------------------------ options
+def test_vqa_default_recipe_stores_the_options_checkpoints_always_stored():
+    """Keys, values and order as stored before the options were declared once (`VQAOptions`); `count_glimpse`
+    stored resolved (from `attention`), `answers` as given."""
+    from scenekit.data.captions import resolve_vocabulary
+    from scenekit.models.registry import make_recipe
+
+    before = {"vocabulary": list(resolve_vocabulary(None, with_questions=True).words), "min_count": 1,
+              "image_size": 96, "channels": [16, 32, 64], "feature": 128, "embedding": 64, "hidden": 128,
+              "attention_size": 64, "joint": 128, "attention": True, "coords": True, "context_layers": 2,
+              "dense": True, "count_glimpse": True, "answers": None, "top_answers": 1000, "concepts": True,
+              "epochs": None, "lr": None, "clip": 5.0, "pretrain_epochs": 4}
+    default = make_recipe("vqa", {})
+    assert list(default.options.items()) == list(before.items())
+    assert default.from_data == ("vocabulary", "answers")
+    again = make_recipe("vqa", {}, stored=default.options)
+    assert again.options == default.options and again.model_config == default.model_config
+    assert again.from_data == ("answers",)             # the stored vocabulary is a word list, answers None
+
+
+def test_vqa_recipe_stores_count_glimpse_resolved_and_answers_as_a_list():
+    from scenekit.models.registry import model_options
+
+    options = recipe(vocabulary=WORDS, attention=False, answers=("red", "blue")).options
+    assert options["count_glimpse"] is False and options["answers"] == ["red", "blue"]
+    assert all(spec.help and "\n" not in spec.help for spec in model_options("vqa").values())
+    with pytest.raises(DataError, match="did you mean top_answers"):
+        recipe(vocabulary=WORDS, top_answer=3)

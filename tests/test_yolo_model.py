@@ -501,3 +501,47 @@ def test_cli_trains_yolo2_and_streams_a_folder_with_frames_per_second(tmp_path, 
                       torch.tensor(record.boxes[same_class]))
         assert float(iou.max()) >= 0.5, (name, best)
     assert main(["predict", "--stream", str(tmp_path / "missing"), "--checkpoint", str(out / "best.pt")]) == 2
+
+
+# ------------------------------------------------------------------------------------------------ options
+def _yolo2_stored_before_options_dataclass():
+    """The options a yolo2 checkpoint stored before they were declared once (`YoloOptions`), read off the old
+    hand-written dict: resolved from the version (image_size, batch_norm, dropout, multi_scale, sizes, precise_bn,
+    nms_threshold), epochs and lr as given; backbone and backbone_weights are checked, never stored."""
+    return {"version": 2, "image_size": 160, "channels": [16, 32, 64, 128, 256], "batch_norm": True,
+            "strided_stem": False, "grid": 7, "boxes_per_cell": 2, "hidden": 512, "dropout": 0.0,
+            "anchors": "kmeans", "num_anchors": 5, "head_channels": 256, "direct_location": True,
+            "passthrough": True, "passthrough_channels": None, "multi_scale": True, "scale_every": 10,
+            "sizes": [128, 160, 192, 224], "test_size": None, "epochs": None, "lr": None, "optimizer": "adamw",
+            "weight_decay": 0.0005, "warmup_steps": 50, "flip": True, "precise_bn": 512, "seed": 0,
+            "slice_factor": 2.5, "augment": "world", "score_threshold": 0.005, "nms_threshold": 0.45,
+            "max_detections": 100}
+
+
+def test_yolo_default_recipes_store_the_options_checkpoints_always_stored():
+    from scenekit.models.registry import make_recipe
+
+    yolo2 = _yolo2_stored_before_options_dataclass()
+    yolo1 = {**yolo2, "version": 1, "image_size": 128, "batch_norm": False, "dropout": 0.5, "multi_scale": False,
+             "sizes": [96, 128, 160, 192], "precise_bn": 0, "nms_threshold": 0.5}
+    for name, before in (("yolo2", yolo2), ("yolo1", yolo1)):
+        stored = make_recipe(name, CATEGORIES).options
+        assert list(stored.items()) == list(before.items())
+        assert [type(v) for v in stored.values()] == [type(v) for v in before.values()]    # 0.0 not 0, lists
+        again = make_recipe(name, CATEGORIES, stored=stored)
+        assert again.options == stored and again.model_config == make_recipe(name, CATEGORIES).model_config
+    options = yolo.recipe({1: "a"}, name="yolo2", anchors=[[1, 2]], sizes=(64, 96)).options
+    assert options["anchors"] == [[1.0, 2.0]] and options["sizes"] == [64, 96]
+    assert yolo.recipe({1: "a"}, name="yolo2", anchors="hand").options["anchors"] == "hand"
+
+
+def test_yolo_recipe_names_a_misspelt_or_mistyped_option():
+    from scenekit.models.registry import model_options
+
+    with pytest.raises(DataError, match="did you mean image_size"):
+        yolo.recipe({1: "a"}, name="yolo2", image_sise=64)
+    with pytest.raises(DataError, match="sizes"):
+        yolo.recipe({1: "a"}, name="yolo2", sizes=128)                  # a list of sides, not one
+    specs = model_options("yolo1")
+    assert specs["version"].default == 1 and specs["anchors"].kind is None and specs["sizes"].kind == "list"
+    assert all(spec.help and "\n" not in spec.help for spec in specs.values())

@@ -1,16 +1,15 @@
 """Evaluation: a model's recipe runs it over a dataset into scenekit.metrics.
 
 Each recipe names its metrics (`Recipe.evaluate`): the localizers report ILSVRC localization errors and IoU
-statistics, detectors COCO AP. The engine calls it after every epoch; `evaluate_checkpoint` does the same for a
-saved model, given the recipe the checkpoint was trained with.
+statistics, detectors COCO AP. The engine calls it after every epoch; for a saved model, `restore_model` rebuilds
+the network from its checkpoint, and `scenekit.load(path).evaluate(data=...)` (scenekit.api) runs the same metrics.
+The recipe of a checkpoint comes from the registry (`scenekit.models.registry.restore`), which sits above the engine:
+the families' own training stages (R-CNN, VQA) call the engine, so the engine names no family and takes no table.
 """
 
 from __future__ import annotations
 
 import torch
-
-from scenekit.engine.checkpoint import load_checkpoint
-from scenekit.engine.train import resolve_device
 
 
 def restore_model(recipe, checkpoint: dict, device: torch.device) -> torch.nn.Module:
@@ -18,17 +17,3 @@ def restore_model(recipe, checkpoint: dict, device: torch.device) -> torch.nn.Mo
     model = recipe.build_model(checkpoint["model_config"])
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval()
-
-
-def evaluate_checkpoint(path, make_recipe, dataset, device: str = "auto") -> dict:
-    """Metrics of the model saved at `path` on `dataset`.
-
-    `make_recipe(model_name, categories, stored=options, source=file)` rebuilds the recipe (the CLI passes its
-    table's function).
-    """
-    checkpoint = load_checkpoint(path)
-    recipe = make_recipe(checkpoint["model_name"], checkpoint["categories"], stored=checkpoint["options"],
-                         source=str(path))
-    target = resolve_device(device)
-    with torch.no_grad():
-        return recipe.evaluate(restore_model(recipe, checkpoint, target), dataset, target)

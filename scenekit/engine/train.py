@@ -21,6 +21,11 @@ after its regression phase has run), training goes back to it with a fresh optim
 runs again from its start on the weights the extension produced. A phase made shorter than what was trained
 is finished: nothing is trained again.
 
+Reading order: `train` sets up (`_set_up`, `_resume`), then for each phase `_start_phase` (its optimiser; on
+resume `_restore_phase`) and its epochs: `_train_epoch` (`_train_step`, `_show_progress`) and `_end_epoch`
+(`_validate`, metrics.csv, best.pt, last.pt, curves.png); `_finish` closes the run. What they share is a `_Run`
+(set up once, plus the position), a `_Stage` (one phase) and a `_Tally` (one epoch's loss sums).
+
 Multi-process: started by `torchrun --nproc_per_node N` (or with a process group already initialised), the model
 is wrapped in DistributedDataParallel and each process takes every N-th sample of the epoch's permutation
 (torch's DistributedSampler); `config.batch_size` is the global batch, split evenly between processes, so the
@@ -191,17 +196,26 @@ def prepare_phase(model: torch.nn.Module, phase: Phase) -> list[torch.nn.Paramet
     for module in modules:
         for parameter in module.parameters():
             parameter.requires_grad_(True)
+    for module in _fixed_modules(model):                # stages the recipe fixed (backbones.freeze_stages)
+        module.requires_grad_(False)
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def _fixed_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Modules marked `frozen = True` (scenekit.models.backbones.freeze_stages): fixed in every phase."""
+    return [m for m in model.modules() if getattr(m, "frozen", False)]
 
 
 def set_train_mode(model: torch.nn.Module, phase: Phase) -> None:
     """Frozen modules stay in eval mode so BatchNorm keeps its statistics and dropout is off."""
     if phase.trains is None:
         model.train()
-        return
-    model.eval()
-    for name in phase.trains:
-        getattr(model, name).train()
+    else:
+        model.eval()
+        for name in phase.trains:
+            getattr(model, name).train()
+    for module in _fixed_modules(model):                # a frozen BatchNorm keeps its loaded statistics
+        module.eval()
 
 
 def epoch_indices(num_samples: int, seed: int, epoch: int, rank: int, world_size: int) -> list[int]:
@@ -276,18 +290,121 @@ def _format(value):
 
 
 # ------------------------------------------------------------------------------------------------ train
+LOG_AT_LEAST_EVERY_S = 30.0   # without a terminal, a progress line at least this often (slow steps stay visible)
+CURVES_EVERY_S = 5.0          # redraw OUT/curves.png after an epoch at most this often (and at the end of a run)
+
+
 def train(recipe: Recipe, train_data, val_data=None, config: TrainConfig | None = None, *,
           resume: bool = False) -> TrainResult:
-    """Train `recipe`'s model on `train_data` (a scenekit Dataset); see the module docstring."""
-    config = config or TrainConfig()
+    """Train `recipe`'s model on `train_data` (a scenekit Dataset); see the module docstring.
+
+    Set up (and resume), then each phase from where the run stands: its optimiser, then its epochs, each one a
+    pass over the data followed by the end of an epoch (evaluate, log, checkpoint)."""
+    run = _set_up(recipe, train_data, val_data, config or TrainConfig(), resume)
+    for phase_index in range(run.phase_index, len(recipe.phases)):
+        run.phase_index = phase_index
+        stage = _start_phase(run)
+        for epoch in range(run.epoch_in_phase, stage.phase.epochs):
+            tally = _train_epoch(run, stage, epoch)
+            _end_epoch(run, stage, epoch, tally)
+        run.epoch_in_phase = 0
+    return _finish(run)
+
+
+@dataclass
+class _Run:
+    """One training run, as its pieces share it: what was set up once, and where training stands.
+
+    The position (`phase_index`, `epoch_in_phase`, `batch_in_epoch`, `step`) is where the next batch starts:
+    all 0 for a new run, last.pt's for a resumed one. `checkpoint` is that last.pt until the phase it stopped
+    in has taken back its optimiser and RNG states; `resumed_totals` / `resumed_seen` are the loss sums of the
+    epoch it stopped in, so that epoch's means cover all its batches, not just the rest."""
+
+    recipe: Recipe
+    config: TrainConfig
+    val_data: object
+    out: Path
+    device: torch.device
+    distributed: bool
+    rank: int
+    world_size: int
+    model: torch.nn.Module
+    train_set: object
+    log: _MetricsLog | None                  # rank 0 only: metrics.csv (and TensorBoard)
+    curves_drawn: float                      # when OUT/curves.png was last drawn (perf_counter seconds)
+    show_bars: bool = False                  # tqdm bars instead of plain log lines
+    history: list[dict] = field(default_factory=list)
+    phase_index: int = 0
+    epoch_in_phase: int = 0
+    batch_in_epoch: int = 0
+    step: int = 0
+    best: float | None = None
+    checkpoint: dict | None = None
+    resumed_totals: dict[str, float] = field(default_factory=dict)
+    resumed_seen: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def local_batch(self) -> int:
+        return self.config.batch_size // self.world_size
+
+    @property
+    def use_amp(self) -> bool:
+        return self.config.amp and self.device.type == "cuda"
+
+    @property
+    def last_path(self) -> Path:
+        return self.out / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.out / "best.pt"
+
+
+@dataclass
+class _Stage:
+    """One phase, as its epochs share it: what it trains, the (DDP-wrapped) network, optimiser, schedule, scaler."""
+
+    index: int
+    phase: Phase
+    parameters: list[torch.nn.Parameter]
+    network: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    steps_per_epoch: int
+    epochs_before: int                       # epochs of the earlier phases: the data order counts on from there
+
+
+@dataclass
+class _Tally:
+    """One epoch's loss sums and the batches they cover (a resumed epoch starts from last.pt's)."""
+
+    totals: dict[str, float]
+    seen: int
+    started: float                           # perf_counter seconds when this process took the epoch up
+    seen_before: int = 0                     # batches the epoch had by then
+    last_line: float = 0.0                   # when the last plain progress line was printed
+
+    def add(self, losses: dict[str, torch.Tensor], loss: torch.Tensor) -> None:
+        self.seen += 1
+        for name, value in losses.items():
+            self.totals[name] = self.totals.get(name, 0.0) + float(value.detach())
+        self.totals["loss"] = self.totals.get("loss", 0.0) + float(loss.detach())
+
+
+# --------------------------------------------------------------------------------------- setup and resume
+def _set_up(recipe: Recipe, train_data, val_data, config: TrainConfig, resume: bool) -> _Run:
+    """Device and processes, the model (built right after seeding), the training set, OUT/, and where to start:
+    the beginning, or the position stored in OUT/last.pt when resuming."""
     out = Path(config.out)
     device = resolve_device(config.device)
     distributed, rank, world_size = join_processes(device)
-    is_main = rank == 0
     if config.batch_size % world_size:
         raise ValueError(f"batch_size {config.batch_size} must be divisible by the {world_size} processes")
-    local_batch = config.batch_size // world_size
-    use_amp = config.amp and device.type == "cuda"
 
     seed_everything(config.seed)
     model = recipe.build_model(recipe.model_config).to(device)
@@ -295,185 +412,249 @@ def train(recipe: Recipe, train_data, val_data=None, config: TrainConfig | None 
     if len(train_set) < world_size:
         raise DataError(f"{len(train_set)} training images for {world_size} processes", field="data")
 
-    # Where to start: the beginning, or the position stored in last.pt.
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    phase_index, epoch_in_phase, batch_in_epoch, step = 0, 0, 0, 0
-    resumed_totals, resumed_seen = {}, 0
-    best, checkpoint = None, None
-    if is_main:
+    if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-    log = _MetricsLog(out, config.tensorboard) if is_main else None
-    curves_drawn = [-CURVES_EVERY_S]                 # when OUT/curves.png was last drawn (perf_counter seconds)
-    if resume and last_path.is_file():
-        checkpoint = load_checkpoint(last_path)
-        if checkpoint["model_name"] != recipe.model_name or checkpoint["model_config"] != recipe.model_config:
-            raise DataError(f"checkpoint is for model {checkpoint['model_name']!r} with another configuration; "
-                            "use a new --out folder or the same options", file=str(last_path))
-        model.load_state_dict(checkpoint["model"])
-        phase_index, epoch_in_phase = checkpoint["phase_index"], checkpoint["epoch_in_phase"]
-        batch_in_epoch, step, best = checkpoint["batch_in_epoch"], checkpoint["step"], checkpoint["best"]
-        # The loss sums of the epoch so far, so the resumed epoch's mean covers all its batches, not just the rest.
-        resumed_totals = dict(checkpoint.get("epoch_totals", {}))
-        resumed_seen = int(checkpoint.get("epoch_seen", 0))
-        if is_main:
-            log.truncate_after(step)
-            print(f"resuming from {last_path}: phase {phase_index}, epoch {epoch_in_phase}, "
-                  f"batch {batch_in_epoch}, step {step}", flush=True)
-        grown = extended_phase(checkpoint, recipe.phases)
-        if grown is not None and grown < phase_index:    # back to an earlier phase made longer (module docstring)
-            phase_index, epoch_in_phase, batch_in_epoch = grown, checkpoint["phase_epochs"][grown], 0
-            resumed_totals, resumed_seen = {}, 0
-        if grown is not None and is_main:
-            phase = recipe.phases[grown]
-            print(f"extending phase {phase.name} from {checkpoint['phase_epochs'][grown]} to {phase.epochs} epochs: "
-                  f"its {phase.schedule} schedule is recomputed for {phase.epochs} epochs and goes on from epoch "
-                  f"{epoch_in_phase + 1}" + ("; the phases after it run again" if grown < len(recipe.phases) - 1
-                                             else ""), flush=True)
-    elif is_main:
+    run = _Run(recipe=recipe, config=config, val_data=val_data, out=out, device=device, distributed=distributed,
+               rank=rank, world_size=world_size, model=model, train_set=train_set,
+               log=_MetricsLog(out, config.tensorboard) if rank == 0 else None, curves_drawn=-CURVES_EVERY_S)
+    if resume and run.last_path.is_file():
+        _resume(run, load_checkpoint(run.last_path))
+    elif run.is_main:
         (out / "config.json").write_text(json.dumps({"recipe": recipe.describe(), "train": asdict(config)},
                                                     indent=2, default=str))
+    run.show_bars = run.is_main and (config.progress if config.progress is not None else sys.stderr.isatty())
+    run.history = run.log.rows() if run.is_main else []
+    return run
 
-    show_bars = is_main and (config.progress if config.progress is not None else sys.stderr.isatty())
-    history = log.rows() if is_main else []
-    for phase_index in range(phase_index, len(recipe.phases)):
-        phase = recipe.phases[phase_index]
-        parameters = prepare_phase(model, phase)
-        network = model
-        if distributed:
-            network = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None)
-        optimizer = make_optimizer(phase, parameters)
-        num_local = len(epoch_indices(len(train_set), config.seed, 0, rank, world_size))
-        steps_per_epoch = math.ceil(num_local / local_batch)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s, p=phase, n=steps_per_epoch: learning_rate_factor(p, s, n))
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-        if checkpoint is not None and checkpoint.get("optimizer_phase") == phase_index:
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            scheduler.load_state_dict(checkpoint["scheduler"])
-            scaler.load_state_dict(checkpoint["scaler"])
-        if checkpoint is not None:
-            # The rate of the phase as planned now (see "Extending a run" in the module docstring).
-            place_schedule(scheduler, phase, epoch_in_phase * steps_per_epoch + batch_in_epoch)
-            set_rng_states(checkpoint["rng"][rank] if isinstance(checkpoint["rng"], list) else checkpoint["rng"])
-            checkpoint = None
-        epochs_before = sum(p.epochs for p in recipe.phases[:phase_index])
 
-        def snapshot(epoch_position, batch_position, totals=None, seen=0):
-            return {
-                "model_name": recipe.model_name, "options": recipe.options, "categories": recipe.categories,
-                "model_config": recipe.model_config, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "optimizer_phase": phase_index, "phase_index": phase_index,
-                "epoch_in_phase": epoch_position, "batch_in_epoch": batch_position, "step": step, "best": best,
-                "rng": _gather_rng_states(distributed, world_size), "train_config": asdict(config),
-                "epoch_totals": dict(totals or {}), "epoch_seen": seen,
-                "phase_epochs": [p.epochs for p in recipe.phases],
-            }
+def _resume(run: _Run, checkpoint: dict) -> None:
+    """Take up `checkpoint` (OUT/last.pt): its weights and position now, its optimiser and RNG states when its
+    phase starts (`_restore_phase`). A phase grown since moves the position back (module docstring)."""
+    recipe = run.recipe
+    if checkpoint["model_name"] != recipe.model_name or checkpoint["model_config"] != recipe.model_config:
+        raise DataError(f"checkpoint is for model {checkpoint['model_name']!r} with another configuration; "
+                        "use a new --out folder or the same options", file=str(run.last_path))
+    run.model.load_state_dict(checkpoint["model"])
+    run.checkpoint = checkpoint
+    run.phase_index, run.epoch_in_phase = checkpoint["phase_index"], checkpoint["epoch_in_phase"]
+    run.batch_in_epoch, run.step = checkpoint["batch_in_epoch"], checkpoint["step"]
+    run.best = checkpoint_best(checkpoint)
+    run.resumed_totals = dict(checkpoint.get("epoch_totals", {}))
+    run.resumed_seen = int(checkpoint.get("epoch_seen", 0))
+    if run.is_main:
+        run.log.truncate_after(run.step)
+        print(f"resuming from {run.last_path}: phase {run.phase_index}, epoch {run.epoch_in_phase}, "
+              f"batch {run.batch_in_epoch}, step {run.step}", flush=True)
+    grown = extended_phase(checkpoint, recipe.phases)
+    if grown is not None and grown < run.phase_index:    # back to an earlier phase made longer
+        run.phase_index, run.epoch_in_phase, run.batch_in_epoch = grown, checkpoint["phase_epochs"][grown], 0
+        run.resumed_totals, run.resumed_seen = {}, 0
+    if grown is not None and run.is_main:
+        phase = recipe.phases[grown]
+        print(f"extending phase {phase.name} from {checkpoint['phase_epochs'][grown]} to {phase.epochs} epochs: "
+              f"its {phase.schedule} schedule is recomputed for {phase.epochs} epochs and goes on from epoch "
+              f"{run.epoch_in_phase + 1}" + ("; the phases after it run again" if grown < len(recipe.phases) - 1
+                                             else ""), flush=True)
 
-        for epoch in range(epoch_in_phase, phase.epochs):
-            set_train_mode(model, phase)
-            indices = epoch_indices(len(train_set), config.seed, epochs_before + epoch, rank, world_size)
-            indices = indices[batch_in_epoch * local_batch:]
-            # A private generator: the loader must not draw from the global RNG, or a run resumed mid-epoch
-            # would leave the global generator one draw behind the uninterrupted run.
-            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epochs_before + epoch)
-            loader = DataLoader(train_set, batch_size=local_batch, sampler=indices, collate_fn=recipe.collate,
-                                num_workers=config.workers, generator=generator,
-                                pin_memory=device.type == "cuda")
-            totals: dict[str, float] = resumed_totals
-            seen, started = resumed_seen, time.perf_counter()
-            seen_before_this_run = seen
-            last_line = [time.perf_counter()]
-            resumed_totals, resumed_seen = {}, 0
-            bar = None
-            if show_bars:
-                from tqdm.auto import tqdm
-                bar = tqdm(total=steps_per_epoch, initial=batch_in_epoch, unit="it", leave=False,
-                           desc=f"{phase.name} {epoch + 1}/{phase.epochs}")
-            for batch_index, (images, targets) in enumerate(loader, start=batch_in_epoch):
-                images, targets = _to_device(images, device), _to_device(targets, device)
-                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                    losses = network(images, targets)
-                terms = phase.loss_terms or tuple(losses)
-                loss = sum(losses[name].float() for name in terms)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at step {step} (phase {phase.name}, "
-                                             f"epoch {epoch + 1}); lower the learning rate")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if phase.clip_grad_norm:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(parameters, phase.clip_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                step += 1
-                seen += 1
-                for name, value in losses.items():
-                    totals[name] = totals.get(name, 0.0) + float(value.detach())
-                totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{scheduler.get_last_lr()[0]:.3g}")
-                elif is_main and config.log_every and (step % config.log_every == 0 or seen - seen_before_this_run == 1
-                                                       or time.perf_counter() - last_line[0] >= LOG_AT_LEAST_EVERY_S):
-                    last_line[0] = time.perf_counter()      # the first step, every log_every steps, and every 30 s
-                    rate = (seen - seen_before_this_run) / max(1e-9, time.perf_counter() - started)
-                    eta = (steps_per_epoch - batch_index - 1) / max(rate, 1e-9)
-                    print(f"[{phase.name}] epoch {epoch + 1}/{phase.epochs} step {step} "
-                          f"batch {batch_index + 1}/{steps_per_epoch} loss {float(loss.detach()):.4f} "
-                          f"lr {scheduler.get_last_lr()[0]:.3g} {rate:.1f} it/s eta {eta:.0f}s", flush=True)
-                if config.checkpoint_every and step % config.checkpoint_every == 0 \
-                        and batch_index + 1 < steps_per_epoch:
-                    state = snapshot(epoch, batch_index + 1, totals, seen)
-                    if is_main:
-                        save_checkpoint(last_path, state)
-            if bar is not None:
-                bar.close()
-            batch_in_epoch = 0
 
-            # End of epoch: evaluate, log, keep the best, checkpoint.
-            row = {"phase": phase.name, "epoch": epochs_before + epoch + 1, "step": step,
-                   "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - started}
-            row.update({f"train_{name}": total / max(1, seen) for name, total in totals.items()})
-            improved = False
-            if is_main and val_data is not None:
-                metrics = recipe.evaluate(model, val_data, device)
-                row.update({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
-                value = metrics.get(recipe.best_metric)
-                if value is not None and (best is None or (value < best if recipe.best_mode == "min"
-                                                           else value > best)):
-                    best, improved = float(value), True
-            if distributed:
-                dist.barrier()
-            state = snapshot(epoch + 1, 0)
-            if is_main:
-                log.append(row)
-                history.append(row)
-                shown = " ".join(f"{k} {_format(v)}" for k, v in row.items() if k not in ("phase", "epoch"))
-                print(f"[{phase.name}] epoch {epoch + 1}/{phase.epochs} done: {shown}", flush=True)
-                if improved:
-                    save_checkpoint(best_path, state)
-                save_checkpoint(last_path, state)
-                if config.curves and time.perf_counter() - curves_drawn[0] >= CURVES_EVERY_S:
-                    curves_drawn[0] = _draw_curves(log.path, out, recipe)
-        epoch_in_phase = 0
+def checkpoint_best(checkpoint: dict) -> float | None:
+    """The best value of the recipe's `best_metric` that `checkpoint` recorded (None before any evaluation)."""
+    return checkpoint["best"]
 
-    if is_main and config.curves and log.path.is_file():
-        _draw_curves(log.path, out, recipe)              # the whole run, whatever the last epoch's timing
-    if is_main and not best_path.is_file() and last_path.is_file():
-        # No validation data: the last weights are the best we know.
-        save_checkpoint(best_path, load_checkpoint(last_path))
-    if distributed:
+
+# --------------------------------------------------------------------------------------------- a phase
+def _start_phase(run: _Run) -> _Stage:
+    """Phase `run.phase_index`: freeze what it does not train, wrap the model for DDP, a fresh optimiser with
+    its learning-rate schedule and grad scaler; resuming, the checkpoint's states on top (`_restore_phase`)."""
+    phase = run.recipe.phases[run.phase_index]
+    parameters = prepare_phase(run.model, phase)
+    network = run.model
+    if run.distributed:
+        network = torch.nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+    optimizer = make_optimizer(phase, parameters)
+    num_local = len(epoch_indices(len(run.train_set), run.config.seed, 0, run.rank, run.world_size))
+    steps_per_epoch = math.ceil(num_local / run.local_batch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s, p=phase, n=steps_per_epoch: learning_rate_factor(p, s, n))
+    scaler = torch.amp.GradScaler("cuda", enabled=run.use_amp)
+    stage = _Stage(index=run.phase_index, phase=phase, parameters=parameters, network=network,
+                   optimizer=optimizer, scheduler=scheduler, scaler=scaler, steps_per_epoch=steps_per_epoch,
+                   epochs_before=sum(p.epochs for p in run.recipe.phases[:run.phase_index]))
+    if run.checkpoint is not None:
+        _restore_phase(run, stage)
+    return stage
+
+
+def _restore_phase(run: _Run, stage: _Stage) -> None:
+    """The checkpoint's optimiser, schedule and scaler when it stopped in this phase; then the rate of the phase
+    as planned now ("Extending a run" in the module docstring) and this process's RNG states. Done once."""
+    checkpoint = run.checkpoint
+    if checkpoint.get("optimizer_phase") == stage.index:
+        stage.optimizer.load_state_dict(checkpoint["optimizer"])
+        stage.scheduler.load_state_dict(checkpoint["scheduler"])
+        stage.scaler.load_state_dict(checkpoint["scaler"])
+    place_schedule(stage.scheduler, stage.phase, run.epoch_in_phase * stage.steps_per_epoch + run.batch_in_epoch)
+    rng = checkpoint["rng"]
+    set_rng_states(rng[run.rank] if isinstance(rng, list) else rng)
+    run.checkpoint = None
+
+
+def _snapshot(run: _Run, stage: _Stage, epoch_position: int, batch_position: int, totals=None, seen=0) -> dict:
+    """A checkpoint of the run resuming at (`epoch_position`, `batch_position`) of the current phase. Every
+    process calls it (the RNG states are gathered from all); rank 0 writes it."""
+    recipe = run.recipe
+    return {
+        "model_name": recipe.model_name, "options": recipe.options, "categories": recipe.categories,
+        "model_config": recipe.model_config, "model": run.model.state_dict(),
+        "optimizer": stage.optimizer.state_dict(), "scheduler": stage.scheduler.state_dict(),
+        "scaler": stage.scaler.state_dict(), "optimizer_phase": stage.index, "phase_index": stage.index,
+        "epoch_in_phase": epoch_position, "batch_in_epoch": batch_position, "step": run.step, "best": run.best,
+        "rng": _gather_rng_states(run.distributed, run.world_size), "train_config": asdict(run.config),
+        "epoch_totals": dict(totals or {}), "epoch_seen": seen,
+        "phase_epochs": [p.epochs for p in recipe.phases],
+    }
+
+
+# ---------------------------------------------------------------------------------------------- an epoch
+def _train_epoch(run: _Run, stage: _Stage, epoch: int) -> _Tally:
+    """One pass over this process's share of the epoch's data, from `run.batch_in_epoch` on; with
+    `checkpoint_every`, last.pt is also written inside the epoch. Returns the epoch's loss sums."""
+    set_train_mode(run.model, stage.phase)
+    loader = _epoch_loader(run, stage, epoch)
+    tally = _Tally(totals=run.resumed_totals, seen=run.resumed_seen, started=time.perf_counter())
+    tally.seen_before, tally.last_line = tally.seen, time.perf_counter()
+    run.resumed_totals, run.resumed_seen = {}, 0
+    bar = None
+    if run.show_bars:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=stage.steps_per_epoch, initial=run.batch_in_epoch, unit="it", leave=False,
+                   desc=f"{stage.phase.name} {epoch + 1}/{stage.phase.epochs}")
+    every = run.config.checkpoint_every
+    for batch_index, (images, targets) in enumerate(loader, start=run.batch_in_epoch):
+        losses, loss = _train_step(run, stage, epoch, images, targets)
+        tally.add(losses, loss)
+        _show_progress(run, stage, epoch, batch_index, tally, loss, bar)
+        if every and run.step % every == 0 and batch_index + 1 < stage.steps_per_epoch:
+            state = _snapshot(run, stage, epoch, batch_index + 1, tally.totals, tally.seen)
+            if run.is_main:
+                save_checkpoint(run.last_path, state)
+    if bar is not None:
+        bar.close()
+    run.batch_in_epoch = 0
+    return tally
+
+
+def _epoch_loader(run: _Run, stage: _Stage, epoch: int) -> DataLoader:
+    """This process's batches of `epoch`, in the order fixed by (seed, epoch), the first `run.batch_in_epoch`
+    skipped (they were trained before the checkpoint)."""
+    epoch_number = stage.epochs_before + epoch
+    indices = epoch_indices(len(run.train_set), run.config.seed, epoch_number, run.rank, run.world_size)
+    indices = indices[run.batch_in_epoch * run.local_batch:]
+    # A private generator: the loader must not draw from the global RNG, or a run resumed mid-epoch
+    # would leave the global generator one draw behind the uninterrupted run.
+    generator = torch.Generator().manual_seed(run.config.seed * 1_000_003 + epoch_number)
+    return DataLoader(run.train_set, batch_size=run.local_batch, sampler=indices, collate_fn=run.recipe.collate,
+                      num_workers=run.config.workers, generator=generator, pin_memory=run.device.type == "cuda")
+
+
+def _train_step(run: _Run, stage: _Stage, epoch: int, images, targets) -> tuple[dict, torch.Tensor]:
+    """One iteration: forward in autocast (CUDA only), the phase's loss terms summed, backward through the grad
+    scaler, optional gradient-norm clipping, the optimiser step and the learning-rate step. Returns
+    (the model's loss terms, the summed loss)."""
+    phase, optimizer, scaler = stage.phase, stage.optimizer, stage.scaler
+    images, targets = _to_device(images, run.device), _to_device(targets, run.device)
+    with torch.autocast(device_type=run.device.type, dtype=torch.float16, enabled=run.use_amp):
+        losses = stage.network(images, targets)
+    terms = phase.loss_terms or tuple(losses)
+    loss = sum(losses[name].float() for name in terms)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()} at step {run.step} (phase {phase.name}, "
+                                 f"epoch {epoch + 1}); lower the learning rate")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if phase.clip_grad_norm:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(stage.parameters, phase.clip_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    stage.scheduler.step()
+    run.step += 1
+    return losses, loss
+
+
+def _show_progress(run: _Run, stage: _Stage, epoch: int, batch_index: int, tally: _Tally, loss: torch.Tensor,
+                   bar) -> None:
+    """The bar moves one step; without one, rank 0 prints a line at this process's first step of the epoch,
+    every `log_every` steps and at least every LOG_AT_LEAST_EVERY_S seconds (slow steps stay visible)."""
+    phase, config = stage.phase, run.config
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{stage.scheduler.get_last_lr()[0]:.3g}")
+        return
+    trained_here = tally.seen - tally.seen_before
+    if not (run.is_main and config.log_every and (run.step % config.log_every == 0 or trained_here == 1
+                                                   or time.perf_counter() - tally.last_line >= LOG_AT_LEAST_EVERY_S)):
+        return
+    tally.last_line = time.perf_counter()
+    rate = trained_here / max(1e-9, time.perf_counter() - tally.started)
+    eta = (stage.steps_per_epoch - batch_index - 1) / max(rate, 1e-9)
+    print(f"[{phase.name}] epoch {epoch + 1}/{phase.epochs} step {run.step} "
+          f"batch {batch_index + 1}/{stage.steps_per_epoch} loss {float(loss.detach()):.4f} "
+          f"lr {stage.scheduler.get_last_lr()[0]:.3g} {rate:.1f} it/s eta {eta:.0f}s", flush=True)
+
+
+# ----------------------------------------------------------------------------------- the end of an epoch
+def _end_epoch(run: _Run, stage: _Stage, epoch: int, tally: _Tally) -> None:
+    """Evaluate (rank 0), then a row to metrics.csv and the log, best.pt when the recipe's metric improved,
+    last.pt, and OUT/curves.png at most every CURVES_EVERY_S seconds."""
+    phase = stage.phase
+    row = {"phase": phase.name, "epoch": stage.epochs_before + epoch + 1, "step": run.step,
+           "lr": stage.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - tally.started}
+    row.update({f"train_{name}": total / max(1, tally.seen) for name, total in tally.totals.items()})
+    improved = run.is_main and run.val_data is not None and _validate(run, row)
+    if run.distributed:
         dist.barrier()
-    return TrainResult(model=model, history=history, best=best,
-                       last_checkpoint=last_path if is_main else None,
-                       best_checkpoint=best_path if is_main else None)
+    state = _snapshot(run, stage, epoch + 1, 0)
+    if not run.is_main:
+        return
+    run.log.append(row)
+    run.history.append(row)
+    shown = " ".join(f"{k} {_format(v)}" for k, v in row.items() if k not in ("phase", "epoch"))
+    print(f"[{phase.name}] epoch {epoch + 1}/{phase.epochs} done: {shown}", flush=True)
+    if improved:
+        save_checkpoint(run.best_path, state)
+    save_checkpoint(run.last_path, state)
+    if run.config.curves and time.perf_counter() - run.curves_drawn >= CURVES_EVERY_S:
+        run.curves_drawn = _draw_curves(run.log.path, run.out, run.recipe)
 
 
-LOG_AT_LEAST_EVERY_S = 30.0   # without a terminal, a progress line at least this often (slow steps stay visible)
-CURVES_EVERY_S = 5.0          # redraw OUT/curves.png after an epoch at most this often (and at the end of a run)
+def _validate(run: _Run, row: dict) -> bool:
+    """The recipe's evaluation on the validation data, its numbers added to `row`; True when its best metric
+    improved on `run.best` (which then holds the new value)."""
+    recipe = run.recipe
+    metrics = recipe.evaluate(run.model, run.val_data, run.device)
+    row.update({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+    value = metrics.get(recipe.best_metric)
+    if value is not None and (run.best is None or (value < run.best if recipe.best_mode == "min"
+                                                   else value > run.best)):
+        run.best = float(value)
+        return True
+    return False
+
+
+def _finish(run: _Run) -> TrainResult:
+    """The whole run's curves, best.pt when nothing was evaluated (the last weights), and the result."""
+    if run.is_main and run.config.curves and run.log.path.is_file():
+        _draw_curves(run.log.path, run.out, run.recipe)   # the whole run, whatever the last epoch's timing
+    if run.is_main and not run.best_path.is_file() and run.last_path.is_file():
+        # No validation data: the last weights are the best we know.
+        save_checkpoint(run.best_path, load_checkpoint(run.last_path))
+    if run.distributed:
+        dist.barrier()
+    return TrainResult(model=run.model, history=run.history, best=run.best,
+                       last_checkpoint=run.last_path if run.is_main else None,
+                       best_checkpoint=run.best_path if run.is_main else None)
 
 
 def _draw_curves(csv_path: Path, out: Path, recipe: Recipe) -> float:

@@ -251,11 +251,14 @@ def vgg16(num_classes: int = 1000, include_classifier: bool = True) -> VGG16:
     return VGG16(num_classes, include_classifier)
 
 
-def build_backbone(name: str = "small", *, weights: str | Path | None = None, **small_kwargs) -> nn.Module:
+def build_backbone(name: str = "small", *, weights: str | Path | None = None, freeze: int = 0,
+                   **small_kwargs) -> nn.Module:
     """A feature extractor by name: "small" (SmallCNN(**small_kwargs)), "vgg16", "resnet18", "resnet50".
 
-    The big ones come without their ImageNet classifier; `weights` loads a torchvision-format state dict.
-    Every backbone has `.out_channels` and `.stride` and maps [B, 3, H, W] to [B, out_channels, H', W'].
+    The big ones come without their ImageNet classifier; `weights` loads a torchvision-format state dict, the
+    file torchvision itself downloads (see `TORCHVISION_FILES`). `freeze` keeps the first stages fixed while the
+    rest trains (`freeze_stages`). Every backbone has `.out_channels` and `.stride` and maps [B, 3, H, W] to
+    [B, out_channels, H', W'].
     """
     if name == "small":
         model = SmallCNN(**small_kwargs)
@@ -269,7 +272,63 @@ def build_backbone(name: str = "small", *, weights: str | Path | None = None, **
         raise ValueError(f"backbone must be 'small', 'vgg16', 'resnet18' or 'resnet50', got {name!r}")
     if weights is not None:
         load_backbone_weights(model, weights)
+    if freeze:
+        freeze_stages(model, freeze)
     return model
+
+
+# ------------------------------------------------------------------------------------------------ freezing
+def backbone_stages(model: nn.Module) -> list[list[nn.Module]]:
+    """The backbone's stages, input first: what `freeze_stages` counts.
+
+    ResNet: the stem (conv1, bn1) and layer1 ... layer4, as Detectron2 counts them for its FREEZE_AT (1: the stem,
+    2: the stem and res2, ...). VGG-16: its five blocks of convolutions between max-pools. SmallCNN: each
+    [conv -> norm -> ReLU -> pool] stage.
+    """
+    if isinstance(model, ResNet):
+        return [[model.conv1, model.bn1]] + [[getattr(model, f"layer{k}")] for k in range(1, 5)]
+    layers = list(model.features)
+    stages, current = [], []
+    for layer in layers:
+        current.append(layer)
+        if isinstance(layer, nn.MaxPool2d):
+            stages.append(current)
+            current = []
+    return stages + ([current] if current else [])
+
+
+def freeze_stages(model: nn.Module, count: int) -> nn.Module:
+    """Fix the first `count` stages (`backbone_stages`) of a backbone: fine-tuning only the later ones, as Fast
+    R-CNN's VGG-16 keeps conv1 and conv2 fixed (Girshick 2015, sec. 4.5: "which layers to fine-tune?").
+
+    Their parameters stop taking gradients and their modules are marked `frozen = True`, which the training
+    engine honours: it never unfreezes them in a phase and keeps them in eval mode, so BatchNorm uses the loaded
+    statistics (a frozen BatchNorm, as Detectron2's) instead of re-estimating them on small batches.
+    """
+    stages = backbone_stages(model)
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= len(stages):
+        raise DataError(f"freeze_stages must be an integer from 0 to {len(stages)} (the backbone's stages), "
+                        f"got {count!r}", field="freeze_stages")
+    for stage in stages[:count]:
+        for module in stage:
+            for sub in module.modules():
+                sub.frozen = True
+            module.requires_grad_(False)
+    return model
+
+
+def frozen_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules `freeze_stages` fixed, anywhere in `model`."""
+    return [m for m in model.modules() if getattr(m, "frozen", False)]
+
+
+# The files torchvision downloads for its ImageNet weights (torchvision.models, `IMAGENET1K_V1`), which
+# `--backbone NAME --backbone-weights FILE` loads as they are: download them once on a machine with internet.
+TORCHVISION_FILES = {
+    "vgg16": "vgg16-397923af.pth (https://download.pytorch.org/models/vgg16-397923af.pth)",
+    "resnet18": "resnet18-f37072fd.pth (https://download.pytorch.org/models/resnet18-f37072fd.pth)",
+    "resnet50": "resnet50-0676ba61.pth (https://download.pytorch.org/models/resnet50-0676ba61.pth)",
+}
 
 
 # ------------------------------------------------------------------------------------------------ weights

@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ from scenekit.data.vocab import Vocabulary
 from scenekit.errors import DataError
 from scenekit.models.backbones import SmallCNN
 from scenekit.models.language import LSTMCell, RNNCell
-from scenekit.recipes import Phase, Recipe
+from scenekit.recipes import Phase, Recipe, option, read_options, stored_options
 
 KINDS = ("deepimagesent", "showtell", "showattendtell")
 
@@ -451,17 +452,107 @@ def draw_attention(image, words, alphas, *, cell: int = 96, columns: int = 5):
     return canvas
 
 
+# ------------------------------------------------------------------------------------------------ ONNX export
+START_OUTPUTS = {"deepimagesent": ["h", "image_bias"], "showtell": ["h", "c"],
+                 "showattendtell": ["h", "c", "annotations", "projected_annotations"]}
+
+
+def captioner_graph(model: Captioner):
+    """A captioner's ONNX graphs (`scenekit.export`): `start` (the encoder) on the images, and `step` (one word of
+    the decoder) as the part "step"; the decoding loops (greedy, sampling, beam search) stay in Python."""
+    from scenekit.models.export_parts import ExportGraph, ExportPart, Tupled
+
+    kind, hidden, size = model.config.kind, model.config.hidden, model.config.image_size
+
+    def encoder(images):                   # Captioner.start, batch left symbolic (it uses len(images))
+        if kind == "showattendtell":
+            state, context = model.start(images)
+            return tuple(state) + tuple(context)                   # h, c [B, H]; a, W_a a [B, L, D], [B, L, A]
+        grid = model.encoder(images)                                # [B, 3, S, S] -> [B, C, g, g]
+        feature = model.image_feature(grid)                         # CNN(I) [B, F]
+        if kind == "deepimagesent":
+            bias = model.image_bias(feature)                        # b_v [B, H]
+            return torch.zeros_like(bias), bias
+        x = model.image_embed(feature)                              # x_{-1} [B, E]
+        zeros = torch.zeros_like(x[:, :1]) * torch.zeros(1, hidden)  # [B, H]
+        return tuple(model.cell(model.drop(x), (zeros, zeros)))    # the image step, t = -1
+    names = START_OUTPUTS[kind]
+    images = torch.rand(2, 3, size, size)
+    graph = ExportGraph("captioner", Tupled(model, encoder), images, names, False)
+
+    def step(tokens, *tensors):            # Captioner.step with its (state, context) tuples flattened
+        logits, state, alpha = model.step(tokens, tuple(tensors[:2]), tuple(tensors[2:]))
+        return (logits, *state) + (() if alpha is None else (alpha,))
+    with torch.no_grad():
+        encoded = tuple(o.contiguous() for o in graph.network(images))
+    tokens = torch.full((2,), model.start_id, dtype=torch.int64)
+    outputs = ["logits", f"{names[0]}_next", f"{names[1]}_next"] + (["alpha"] if kind == "showattendtell" else [])
+    graph.parts.append(ExportPart("step", Tupled(model, step), (tokens, *encoded), ["tokens", *names], outputs,
+                                  {n: {0: "rows"} for n in ["tokens", *names, *outputs]}))
+    return graph
+
+
+def captioner_from_onnx(skeleton: Captioner, graphs) -> Captioner:
+    """The captioner whose `start` and `step` onnxruntime answers: its own decoding loops (greedy, sampling, beam
+    search; `caption_images`) call start() once and step() per word."""
+    skeleton.start, skeleton.step = _OnnxStart(graphs.main), _OnnxStep(graphs.parts["step"])
+    return skeleton
+
+
+class _OnnxStart:
+    """`Captioner.start(images)` -> (state, context) from the main graph's flat outputs."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def __call__(self, images):
+        outputs = self.session.tensors(images)
+        return outputs[:2], outputs[2:]
+
+
+class _OnnxStep:
+    """`Captioner.step(tokens, state, context)` -> (logits, state, alpha or None) from the "step" graph."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def __call__(self, tokens, state, context):
+        outputs = self.session.tensors(tokens, *state, *context)
+        return outputs[0], outputs[1:3], (outputs[3] if len(outputs) > 3 else None)
+
+
 # ------------------------------------------------------------------------------------------------ recipe
 WORLD_OPTIONS = {"image_size": 96, "max_objects": 4}   # the world the captioners train on by default
 
 
-def recipe(categories=None, *, name: str = "showtell", kind: str | None = None, vocabulary=None,
-           min_count: int = 1, image_size: int = 64, channels=(16, 32, 64), feature: int = 128,
-           embedding: int = 64, hidden: int = 128, attention: int = 64, doubly_stochastic: float = 0.03,
-           dropout: float = 0.2, coords: bool = True, epochs: int | None = None, lr: float | None = None,
-           clip: float = 5.0, max_words: int = 20, beam_size: int = 1, pretrain_epochs: int = 5,
-           concept_loss: bool = False) -> Recipe:
-    """A captioner's training recipe: Adam, cosine schedule, gradient-norm clipping, teacher forcing.
+@dataclass
+class CaptionerOptions:
+    """A captioner's options (`recipe`; `scenekit train showtell --option KEY=VALUE`)."""
+
+    kind: str | None = option(None, "decoder: deepimagesent | showtell | showattendtell (None: the model's name)")
+    vocabulary: Any = option(None, "a word list, a vocabulary JSON or a captions spec (None: the world's words)")
+    min_count: int = option(1, "fewest occurrences of a word kept when a captions spec is counted")
+    image_size: int = option(64, "side images are resized to, px")
+    channels: tuple[int, ...] = option((16, 32, 64), "widths of the small CNN's stages, each halving the grid")
+    feature: int = option(128, "size of the global image feature CNN(I)")
+    embedding: int = option(64, "size of a word's (and the image's) embedding")
+    hidden: int = option(128, "size of the recurrent state")
+    attention: int = option(64, "hidden size of Show Attend and Tell's attention network f_att")
+    doubly_stochastic: float = option(0.03, "weight lambda of Xu et al. 2015's eq. (14) penalty (0: none)")
+    dropout: float = option(0.2, "dropout probability on the decoder's inputs and outputs")
+    coords: bool = option(True, "append each grid cell's (x, y) to its annotation vector")
+    epochs: int | None = option(None, "captioning epochs, after the pre-training (None: 15)")
+    lr: float | None = option(None, "Adam's learning rate of the captioning phase (None: 2e-3)")
+    clip: float = option(5.0, "largest gradient norm of the captioning phase")
+    max_words: int = option(20, "words a caption is cut to in training and decoding")
+    beam_size: int = option(1, "beam width of validation and prediction (1: greedy decoding)")
+    pretrain_epochs: int = option(5, "epochs of the encoder alone on the caption words (0: none)")
+    concept_loss: bool = option(False, "keep the concept loss as an auxiliary term while captioning")
+
+
+def recipe(categories=None, *, name: str = "showtell", **options) -> Recipe:
+    """A captioner's training recipe (options: `CaptionerOptions`): Adam, cosine schedule, gradient-norm clipping,
+    teacher forcing.
 
     Two phases: `pretrain_epochs` of the encoder alone (CNN + fc feature + concept classifier, binary
     cross-entropy on `concept_targets`; the decoder is frozen and not run), then `epochs` of the whole captioner
@@ -475,29 +566,31 @@ def recipe(categories=None, *, name: str = "showtell", kind: str | None = None, 
 
     `vocabulary`: None (the world's words), a word list, a vocabulary JSON or a captions spec
     (`coco-captions:PATH`, `flickr8k:PATH`) counted with `min_count`. Validation reports CIDEr-D etc. with
-    greedy decoding (or beam search of `beam_size`)."""
+    greedy decoding (or beam search of `beam_size`). The stored options hold the kind and the word list."""
     from scenekit.data.captions import resolve_vocabulary
 
-    kind = kind or name
+    o = read_options(CaptionerOptions, options, name)
+    kind = o.kind or name
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    words = resolve_vocabulary(vocabulary, min_count=min_count).words
-    config = CaptionerConfig(kind=kind, words=list(words), image_size=image_size, channels=tuple(channels),
-                             feature=feature, embedding=embedding, hidden=hidden, attention=attention,
-                             doubly_stochastic=doubly_stochastic, dropout=dropout, coords=coords)
+    words = resolve_vocabulary(o.vocabulary, min_count=o.min_count).words
+    o = replace(o, kind=kind, vocabulary=list(words), channels=tuple(o.channels))
+    config = CaptionerConfig(kind=kind, words=list(words), image_size=o.image_size, channels=o.channels,
+                             feature=o.feature, embedding=o.embedding, hidden=o.hidden, attention=o.attention,
+                             doubly_stochastic=o.doubly_stochastic, dropout=o.dropout, coords=o.coords)
     phases = []
-    if pretrain_epochs:
-        phases.append(Phase("concepts", epochs=pretrain_epochs, lr=2e-3, optimizer="adam", schedule="cosine",
+    if o.pretrain_epochs:
+        phases.append(Phase("concepts", epochs=o.pretrain_epochs, lr=2e-3, optimizer="adam", schedule="cosine",
                             warmup_steps=20, trains=("encoder", "image_feature", "concepts"),
                             loss_terms=("concepts",)))
     caption_terms = ("cross_entropy",) + (("doubly_stochastic",) if kind == "showattendtell" and
-                                          doubly_stochastic > 0 else ())
+                                          o.doubly_stochastic > 0 else ())
     unused = ("concepts",) + (("image_feature",) if kind == "showattendtell" else ())
     decoder = tuple(name for name, _ in Captioner(config).named_children() if name not in unused)
-    phases.append(Phase("train", epochs=15 if epochs is None else epochs, lr=2e-3 if lr is None else lr,
-                        optimizer="adam", schedule="cosine", warmup_steps=20, clip_grad_norm=clip,
-                        trains=None if concept_loss else decoder,
-                        loss_terms=None if concept_loss else caption_terms))
+    phases.append(Phase("train", epochs=15 if o.epochs is None else o.epochs, lr=2e-3 if o.lr is None else o.lr,
+                        optimizer="adam", schedule="cosine", warmup_steps=20, clip_grad_norm=o.clip,
+                        trains=None if o.concept_loss else decoder,
+                        loss_terms=None if o.concept_loss else caption_terms))
     vocab = Vocabulary(list(words))
 
     def build(model_config: dict) -> Captioner:
@@ -507,27 +600,24 @@ def recipe(categories=None, *, name: str = "showtell", kind: str | None = None, 
 
     def make_dataset(dataset, train):
         _check_coverage(vocab, dataset)
-        return CaptionData(dataset, vocab, image_size, max_words)
+        return CaptionData(dataset, vocab, o.image_size, o.max_words)
 
     def predict(model, images, device):
-        tensors = torch.stack([prepare_image(image, image_size) for image in images]).to(device)
-        captions = caption_images(model, tensors, beam_size=beam_size, max_length=max_words + 1)
+        tensors = torch.stack([prepare_image(image, o.image_size) for image in images]).to(device)
+        captions = caption_images(model, tensors, beam_size=o.beam_size, max_length=o.max_words + 1)
         return [{"boxes": torch.zeros(0, 4, dtype=torch.float64), "scores": torch.zeros(0, dtype=torch.float64),
                  "labels": torch.zeros(0, dtype=torch.int64), "caption": text} for text, _, _ in captions]
 
-    options = {"kind": kind, "vocabulary": list(words), "min_count": min_count, "image_size": image_size,
-               "channels": list(channels), "feature": feature, "embedding": embedding, "hidden": hidden,
-               "attention": attention, "doubly_stochastic": doubly_stochastic, "dropout": dropout,
-               "coords": coords, "epochs": epochs, "lr": lr, "clip": clip, "max_words": max_words,
-               "beam_size": beam_size, "pretrain_epochs": pretrain_epochs, "concept_loss": concept_loss}
     model_config = asdict(config)
     model_config["channels"] = list(config.channels)
-    return Recipe(model_name=name, categories=dict(categories or {}), options=options, model_config=model_config,
-                  build_model=build, phases=phases, make_dataset=make_dataset, collate=collate_captions,
+    return Recipe(model_name=name, categories=dict(categories or {}), options=stored_options(o),
+                  model_config=model_config, build_model=build, phases=phases, make_dataset=make_dataset,
+                  collate=collate_captions,
                   evaluate=lambda model, dataset, device: evaluate_captioner(
-                      model, dataset, device, beam_size=beam_size, max_length=max_words + 1),
+                      model, dataset, device, beam_size=o.beam_size, max_length=o.max_words + 1),
                   predict=predict, best_metric="CIDEr-D", best_mode="max", world=dict(WORLD_OPTIONS),
-                  batch_size=8)        # the decoder's small steps dominate: 4x the updates of 32 for the same time
+                  batch_size=8,        # the decoder's small steps dominate: 4x the updates of 32 for the same time
+                  export=captioner_graph, from_onnx=captioner_from_onnx)
 
 
 def _check_coverage(vocabulary: Vocabulary, dataset, limit: float = 0.05) -> None:

@@ -64,7 +64,7 @@ from scenekit.errors import DataError
 from scenekit.models.backbones import SmallCNN, build_backbone, inference_copy
 from scenekit.models.detection_targets import label_regions, sample_labels
 from scenekit.nms import batched_nms
-from scenekit.recipes import Phase, Recipe
+from scenekit.recipes import Phase, Recipe, option, read_options, stored_options
 from scenekit.roi import paste_masks, roi_align, roi_pool
 
 
@@ -278,24 +278,14 @@ class FastRCNN(nn.Module):
 
     @torch.no_grad()
     def detect(self, images: torch.Tensor, image_sizes: list[tuple[int, int]],
-               proposals: list[torch.Tensor] | None = None,
-               max_detections: int | None = None) -> tuple[list[dict], dict]:
-        """Detections per image and the seconds spent in {"conv", "proposals", "region"}."""
+               proposals: list[torch.Tensor] | None = None, max_detections: int | None = None) -> list[dict]:
+        """Test time (sec. 3): one pass of the CNN over each image, then every proposal's RoI scored and refined,
+        per-class NMS -> per image {"boxes", "scores", "labels"} in input pixels (`timed_detect` times the steps)."""
         if proposals is None:
             raise ValueError("FastRCNN.detect needs the proposals of every image")
-        started = clock(images)
-        features = self.features(images)
-        convolved = clock(images)
-        detections = self.detect_regions(features, [p.to(features.dtype) for p in proposals], image_sizes,
-                                         max_detections)
-        return detections, {"conv": convolved - started, "proposals": 0.0, "region": clock(images) - convolved}
-
-
-def clock(tensor: torch.Tensor) -> float:
-    """perf_counter after the device has finished its queued work (CUDA runs asynchronously)."""
-    if tensor.is_cuda:
-        torch.cuda.synchronize(tensor.device)
-    return time.perf_counter()
+        features = self.features(images)                                   # [B, 3, S, S] -> [B, C, S/8, S/8]
+        return self.detect_regions(features, [p.to(features.dtype) for p in proposals], image_sizes,
+                                   max_detections)
 
 
 def postprocess_detections(class_logits: torch.Tensor, box_deltas: torch.Tensor, proposals: torch.Tensor,
@@ -587,7 +577,7 @@ def run_detector(model: FastRCNN, images: list[np.ndarray], device, class_ids: l
                 seconds["proposals"] += spent
                 given.append(select_proposals(boxes, scale, model.config.max_proposals).to(device))
         # Batch norms folded into the convolutions: the same detections, one pass fewer per layer.
-        detections, spent = inference_copy(model).detect(batch, sizes, given, max_detections=max_detections)
+        detections, spent = timed_detect(inference_copy(model), batch, sizes, given, max_detections)
         for key, value in spent.items():
             seconds[key] += value
         for image, (_, scale, _), found in zip(chunk, fitted, detections):
@@ -600,6 +590,53 @@ def run_detector(model: FastRCNN, images: list[np.ndarray], device, class_ids: l
                 result["masks"] = masks if lazy_masks else masks.paste()
             results.append(result)
     return results, seconds
+
+
+@torch.no_grad()
+def timed_detect(model: FastRCNN, images: torch.Tensor, image_sizes, proposals=None,
+                 max_detections: int | None = None) -> tuple[list[dict], dict]:
+    """`model.detect`'s steps, each timed -> (its detections, seconds in {"conv": the shared convolutions,
+    "proposals": the RPN and its proposal layer (0 with given proposals: the caller times Selective Search),
+    "region": RoI pooling, the head, NMS and the mask head}): the break-down of Ren et al. 2015, Table 10, that
+    the evaluation reports. The clocks live here, not in the models, so that `detect` reads as the papers' steps.
+    """
+    clock = Stopwatch(images)
+    if hasattr(model, "rpn"):                                       # FasterRCNN.detect (and Mask R-CNN's)
+        features, mask_map = model.feature_maps(images)
+        conv = clock.lap()
+        if proposals is None:
+            _, _, proposals = model.region_proposals(features, image_sizes, training=False)
+        proposed = clock.lap()
+        detections = model.detect_regions(features, proposals, image_sizes, max_detections)
+        if model.mask_head is not None:
+            detections = model.add_masks(mask_map, detections)
+    else:                                                           # FastRCNN.detect
+        if proposals is None:
+            raise ValueError("FastRCNN.detect needs the proposals of every image")
+        features = model.features(images)
+        conv, proposed = clock.lap(), 0.0
+        detections = model.detect_regions(features, [p.to(features.dtype) for p in proposals], image_sizes,
+                                          max_detections)
+    return detections, {"conv": conv, "proposals": proposed, "region": clock.lap()}
+
+
+class Stopwatch:
+    """Seconds between laps, read after the device has finished its queued work (CUDA runs asynchronously)."""
+
+    def __init__(self, tensor: torch.Tensor):
+        self.device = tensor.device if tensor.is_cuda else None
+        self.last = self.now()
+
+    def now(self) -> float:
+        if self.device is not None:
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def lap(self) -> float:
+        """Seconds since the last lap (or the start)."""
+        now = self.now()
+        seconds, self.last = now - self.last, now
+        return seconds
 
 
 class TileMasks:
@@ -734,6 +771,122 @@ def evaluate_detector(model: FastRCNN, dataset, device, class_ids: list[int], *,
 SLICE_FACTOR = 2.5
 
 
+# ------------------------------------------------------------------------------------------------ ONNX export
+def two_stage_graph(model: FastRCNN):
+    """Fast/Faster/Mask R-CNN's ONNX graphs (`scenekit.export`): the images' graph -- the backbone, with the RPN's
+    objectness and deltas where the model has an RPN, and FPN's finer map where the mask branch reads one --
+    then the RoI heads on features + RoIs as parts ("head"; "mask_head" where the model has a mask branch),
+    their RoI operators as ONNX's (`export_parts.roi_features`). Proposals, NMS and mask pasting stay in Python."""
+    from scenekit.models.export_parts import ROI_ALIGN_OPSET, ExportGraph, ExportPart, Tupled, roi_features
+
+    c, scale = model.config, 1.0 / model.features.stride
+    images = torch.rand(1, 3, c.image_size, c.image_size)
+    masks = getattr(model, "mask_head", None) is not None
+    # A mask branch that reads FPN's finer level: the images' graph gives that map as a fourth output.
+    fine_mask_map = masks and model.mask_stride != model.features.stride
+    if hasattr(model, "rpn"):
+        def backbone_and_rpn(images):
+            if fine_mask_map:
+                features, mask_map = model.feature_maps(images)        # [B, C, H/8, W/8], [B, C, H/4, W/4]
+            else:
+                features = model.features(images)                     # [B, 3, H, W] -> [B, C, H/s, W/s]
+            objectness, deltas = model.rpn(features)                   # -> [B, HWA], [B, HWA, 4]
+            return (features, objectness, deltas) + ((mask_map,) if fine_mask_map else ())
+        graph = ExportGraph("two-stage", Tupled(model, backbone_and_rpn), images,
+                            ["features", "objectness", "deltas"] + (["mask_features"] if fine_mask_map else []),
+                            True)
+    else:
+        graph = ExportGraph("fast-rcnn", Tupled(model, model.features), images, ["features"], True)
+    with torch.no_grad():
+        features = model.features(images).contiguous()
+        mask_map = model.feature_maps(images)[1].contiguous() if fine_mask_map else features
+    boxes = torch.tensor([[4.0, 6.0, 60.0, 90.0], [30.0, 10.0, 150.0, 120.0], [0.0, 0.0, 12.0, 9.0]])
+    rois = torch.cat([torch.zeros(len(boxes), 1), boxes], dim=1)         # [R, 5] (image index, x1, y1, x2, y2)
+    inputs = {"features": {0: "batch", 2: "height", 3: "width"}, "rois": {0: "rois"}}
+
+    def classify_regions(features, rois):      # FastRCNN.classify_regions, its RoI operator as ONNX's
+        return model.box_head(roi_features(features, rois, c.roi_size, scale, c.roi_op == "align"))
+    graph.parts.append(ExportPart("head", Tupled(model, classify_regions), (features, rois), ["features", "rois"],
+                                  ["class_logits", "box_deltas"],
+                                  {**inputs, "class_logits": {0: "rois"}, "box_deltas": {0: "rois"}}))
+    if masks:
+        def mask_logits(mask_map, rois):       # MaskRCNN.mask_logits, its RoIAlign as ONNX's
+            return model.mask_head(roi_features(mask_map, rois, c.mask_size // 2, 1.0 / model.mask_stride, True))
+        graph.parts.append(ExportPart("mask_head", Tupled(model, mask_logits), (mask_map, rois),
+                                      ["features", "rois"], ["mask_logits"], {**inputs, "mask_logits": {0: "rois"}}))
+    if masks or c.roi_op == "align":
+        graph.min_opset, graph.min_opset_reason = ROI_ALIGN_OPSET, "RoiAlign's half_pixel mode"
+    return graph
+
+
+def two_stage_from_onnx(skeleton: FastRCNN, graphs) -> FastRCNN:
+    """The model's own `detect` with onnxruntime answering its tensor stages: the backbone (+ RPN) from the main
+    graph, `classify_regions` (and `mask_logits`) from the parts; proposals and NMS run here in Python."""
+    from scenekit.models.export_parts import OnnxFunction, OnnxModule
+
+    if hasattr(skeleton, "rpn"):
+        skeleton.features = _OnnxBackboneAndRPN(graphs.main, skeleton.features)
+        skeleton.rpn = _RPNOutputs(skeleton.features)
+        if "mask_features" in graphs.metadata["outputs"]:
+            skeleton.feature_maps = _OnnxFeatureMaps(skeleton.features)
+    else:
+        skeleton.features = OnnxModule(graphs.main, skeleton.features)
+    skeleton.classify_regions = OnnxFunction(graphs.parts["head"])
+    if "mask_head" in graphs.parts:
+        skeleton.mask_logits = OnnxFunction(graphs.parts["mask_head"])
+    return skeleton
+
+
+class _OnnxBackboneAndRPN(nn.Module):
+    """`model.features` of Faster/Mask R-CNN from ONNX: one onnxruntime call gives the features and the RPN's
+    outputs; it returns the features and keeps the rest for `_RPNOutputs`, which `model.rpn` becomes (per thread:
+    the web demo may predict in several at once). Other attributes (stride, ...) come from `skeleton`."""
+
+    def __init__(self, session, skeleton: nn.Module):
+        import threading
+
+        super().__init__()
+        self.session, self.skeleton = session, skeleton
+        self.kept = threading.local()
+
+    def forward(self, images: torch.Tensor):
+        self.kept.outputs = self.session.tensors(images)           # features, objectness, deltas (, mask map)
+        return self.kept.outputs[0]
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["skeleton"], name)
+
+
+class _RPNOutputs(nn.Module):
+    """`model.rpn(features)` answered from the backbone's onnxruntime call on the same images."""
+
+    def __init__(self, backbone: _OnnxBackboneAndRPN):
+        super().__init__()
+        self.backbone = [backbone]                                  # a list: not registered as a child module
+
+    def forward(self, features: torch.Tensor):
+        last = getattr(self.backbone[0].kept, "outputs", ())
+        if not last or features is not last[0]:
+            from scenekit.errors import ScenekitError
+
+            raise ScenekitError("the ONNX RPN answers only for the features its backbone call just returned")
+        return last[1], last[2]
+
+
+class _OnnxFeatureMaps:
+    """`MaskRCNN.feature_maps(images)` (shared map, FPN's finer map for the mask branch) from one backbone call."""
+
+    def __init__(self, backbone: _OnnxBackboneAndRPN):
+        self.backbone = backbone
+
+    def __call__(self, images: torch.Tensor):
+        features = self.backbone(images)
+        return features, self.backbone.kept.outputs[3]
+
+
 def tiled_epoch(dataset, size: int, factor: float):
     """`dataset` with each record that `needs_slicing` at `size` repeated once per tile prediction cuts from it
     (`tiling.tile_windows` at `predict_any_size`'s overlap of a quarter tile), so that an epoch of random windows
@@ -778,11 +931,11 @@ def check_max_detections(max_detections) -> int:
     return max_detections
 
 
-def two_stage_recipe(name: str, categories: dict, config, *, epochs: int, lr: float, flip: bool,
-                     build, proposals: ProposalCache | None = None, with_masks: bool = False,
-                     options: dict, world: dict, max_detections: int = 100,
-                     slice_factor: float = SLICE_FACTOR, augment: str = "world") -> Recipe:
-    """The recipe the three detectors share: one end-to-end phase (AdamW, warm-up, cosine decay).
+def two_stage_recipe(name: str, categories: dict, config, options: TwoStageOptions, *, build,
+                     proposals: ProposalCache | None = None, with_masks: bool = False,
+                     augment: str = "world") -> Recipe:
+    """The recipe the three detectors share: one end-to-end phase (AdamW, warm-up, cosine decay), `options`
+    resolved (epochs and lr set) and stored in the recipe as they are.
 
     Images larger than `slice_factor` x S train on random S x S windows and are predicted and evaluated by
     tiles (`detect_any_size`), at most `max_detections` per image; both are recipe options, stored in every
@@ -790,10 +943,10 @@ def two_stage_recipe(name: str, categories: dict, config, *, epochs: int, lr: fl
     `max_detections`, as `scenekit predict --max-detections` does, caps at that instead).
     """
     class_ids = sorted(int(c) for c in categories)
-    factor, max_detections = slicing_factor(slice_factor), check_max_detections(max_detections)
-    augmentation = augment_options(augment)
-    phases = [Phase("detect", epochs=epochs, lr=lr, optimizer="adamw", weight_decay=1e-4, schedule="cosine",
-                    warmup_steps=50, clip_grad_norm=10.0)]
+    factor, max_detections = slicing_factor(options.slice_factor), check_max_detections(options.max_detections)
+    flip, augmentation = options.flip, augment_options(augment)
+    phases = [Phase("detect", epochs=options.epochs, lr=options.lr, optimizer="adamw", weight_decay=1e-4,
+                    schedule="cosine", warmup_steps=50, clip_grad_norm=10.0)]
     model_config = asdict(config)
     model_config = {k: list(v) if isinstance(v, tuple) else v for k, v in model_config.items()}
 
@@ -822,10 +975,12 @@ def two_stage_recipe(name: str, categories: dict, config, *, epochs: int, lr: fl
         return evaluate_detector(model, dataset, device, class_ids, proposals=proposals,
                                  max_detections=max_detections, factor=factor)
 
-    return Recipe(model_name=name, categories=dict(categories), options=options, model_config=model_config,
-                  build_model=build, phases=phases, make_dataset=make_dataset, collate=collate,
-                  evaluate=evaluate, predict=predict, best_metric="mAP50", best_mode="max", world=world,
-                  batch_size=4)        # few images per step, many RoIs each (Girshick 2015 uses N = 2 images)
+    return Recipe(model_name=name, categories=dict(categories), options=stored_options(options),
+                  model_config=model_config, build_model=build, phases=phases, make_dataset=make_dataset,
+                  collate=collate, evaluate=evaluate, predict=predict, best_metric="mAP50", best_mode="max",
+                  world={"image_size": options.image_size},
+                  batch_size=4,        # few images per step, many RoIs each (Girshick 2015 uses N = 2 images)
+                  export=two_stage_graph, from_onnx=two_stage_from_onnx)
 
 
 def config_from_dict(config_class, values: dict):
@@ -834,12 +989,37 @@ def config_from_dict(config_class, values: dict):
     return config_class(**values)
 
 
-def recipe(categories: dict, *, name: str = "fast-rcnn", image_size: int = 160, backbone: str = "small",
-           backbone_weights: str | None = None, channels=(16, 32, 64), extra_convs: int = 2, norm: str = "batch",
-           hidden: int = 256, rois_per_image: int = 64, bg_low: float = 0.1, epochs: int | None = None,
-           lr: float | None = None, flip: bool = True, proposal_mode: str = "fast",
-           proposal_cache: str | None = None, max_proposals: int = 1000, max_detections: int = 100,
-           slice_factor: float = SLICE_FACTOR) -> Recipe:
+@dataclass
+class TwoStageOptions:
+    """The options the two-stage detectors share (Fast, Faster and Mask R-CNN's recipes, `--option KEY=VALUE`)."""
+
+    image_size: int = option(160, "network input side S, px: the longer side is scaled to S, padded to S x S")
+    backbone: str = option("small", "'small' | 'vgg16' | 'resnet18' | 'resnet50'")
+    backbone_weights: str | None = option(None, "torchvision-format state dict of the backbone (None: from scratch)")
+    channels: tuple[int, ...] = option((16, 32, 64), "small backbone: stage widths (stride 2 ** stages)")
+    extra_convs: int = option(2, "small backbone: 3x3 convolutions after the last stage (receptive field)")
+    norm: str = option("batch", "small backbone: normalisation, 'batch' | 'group' | 'none'")
+    hidden: int = option(256, "width of the box head's two fully connected layers (4096 in the paper)")
+    rois_per_image: int = option(64, "RoIs sampled per training image, 25% foreground (the paper: 128 / 2)")
+    bg_low: float = option(0.1, "background RoIs have IoU in [bg_low, 0.5) with every object")
+    epochs: int | None = option(None, "training epochs (None: the recipe's)")
+    lr: float | None = option(None, "peak learning rate of AdamW (None: 0.001)")
+    flip: bool = option(True, "random horizontal flip in training")
+    max_detections: int = option(100, "detections per image (after merging the tiles of a photograph)")
+    slice_factor: float = option(SLICE_FACTOR, "images longer than this x image_size are tiled (0: never)")
+
+
+@dataclass
+class FastRCNNOptions(TwoStageOptions):
+    """Fast R-CNN's options: the shared ones, and its Selective Search proposals."""
+
+    epochs: int | None = option(None, "training epochs (None: 6)")
+    proposal_mode: str = option("fast", "Selective Search mode: 'fast' (as in the paper) | 'quality' | 'single'")
+    proposal_cache: str | None = option(None, "folder where each image's proposals are kept (.npz)")
+    max_proposals: int = option(1000, "Selective Search's best proposals per image fed to the head")
+
+
+def recipe(categories: dict, *, name: str = "fast-rcnn", **options) -> Recipe:
     """Fast R-CNN on Selective Search proposals ("fast" mode), trained end to end with the multitask loss.
 
     `proposal_cache`: a folder where each image's proposals are stored (.npz), so later runs skip the search.
@@ -847,20 +1027,13 @@ def recipe(categories: dict, *, name: str = "fast-rcnn", image_size: int = 160, 
     times `image_size` train on windows and are predicted by tiles; 2.5 keeps every world image (<= 320 px)
     whole as before, 0 never slices (module docstring). Selective Search runs once per photograph.
     """
-    config = FastRCNNConfig(num_classes=len(categories), image_size=image_size, backbone=backbone,
-                            channels=tuple(channels), extra_convs=extra_convs, norm=norm,
-                            backbone_weights=backbone_weights, hidden=hidden, rois_per_image=rois_per_image,
-                            bg_low=bg_low, max_proposals=max_proposals,
-                            detections_per_image=check_max_detections(max_detections))
-    epochs = 6 if epochs is None else epochs
-    lr = 1e-3 if lr is None else lr
-    options = {"image_size": image_size, "backbone": backbone, "backbone_weights": backbone_weights,
-               "channels": list(channels), "extra_convs": extra_convs, "norm": norm, "hidden": hidden,
-               "rois_per_image": rois_per_image, "bg_low": bg_low, "epochs": epochs, "lr": lr, "flip": flip,
-               "proposal_mode": proposal_mode, "proposal_cache": proposal_cache, "max_proposals": max_proposals,
-               "max_detections": max_detections, "slice_factor": slice_factor}
-    return two_stage_recipe(name, categories, config, epochs=epochs, lr=lr, flip=flip,
+    o = read_options(FastRCNNOptions, options, name)
+    o = replace(o, epochs=6 if o.epochs is None else o.epochs, lr=1e-3 if o.lr is None else o.lr)
+    config = FastRCNNConfig(num_classes=len(categories), image_size=o.image_size, backbone=o.backbone,
+                            channels=tuple(o.channels), extra_convs=o.extra_convs, norm=o.norm,
+                            backbone_weights=o.backbone_weights, hidden=o.hidden, rois_per_image=o.rois_per_image,
+                            bg_low=o.bg_low, max_proposals=o.max_proposals,
+                            detections_per_image=check_max_detections(o.max_detections))
+    return two_stage_recipe(name, categories, config, o,
                             build=lambda values: FastRCNN(config_from_dict(FastRCNNConfig, values)),
-                            proposals=ProposalCache(proposal_mode, directory=proposal_cache),
-                            options=options, world={"image_size": image_size}, max_detections=max_detections,
-                            slice_factor=slice_factor)
+                            proposals=ProposalCache(o.proposal_mode, directory=o.proposal_cache))

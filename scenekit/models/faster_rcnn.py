@@ -22,7 +22,7 @@ sec. 3.2): the four losses are summed and back-propagated together, the proposal
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -31,10 +31,10 @@ from torch import nn
 from scenekit.anchors import anchors_for_feature_map
 from scenekit.boxes import clip_boxes_to_image, decode_boxes, encode_boxes
 from scenekit.models.detection_targets import label_anchors, sample_labels
-from scenekit.models.fast_rcnn import (SLICE_FACTOR, FastRCNN, FastRCNNConfig, check_max_detections, clock,
+from scenekit.models.fast_rcnn import (FastRCNN, FastRCNNConfig, TwoStageOptions, check_max_detections,
                                        config_from_dict, smooth_l1_loss, two_stage_recipe)
 from scenekit.nms import nms
-from scenekit.recipes import Recipe
+from scenekit.recipes import Recipe, option, read_options
 
 # Sizes of the world's objects in a 160 px image run from ~11 px (small) to ~145 px (large, median ~54 px);
 # three sizes a factor ~2.3 apart cover them as the paper's 128/256/512 cover PASCAL's objects in a 600 px
@@ -128,12 +128,20 @@ def propose(objectness: torch.Tensor, deltas: torch.Tensor, anchors: torch.Tenso
 
 
 class FasterRCNN(FastRCNN):
-    """Backbone -> RPN -> proposals -> Fast R-CNN head; `model(images, targets)` -> the four losses."""
+    """Backbone -> RPN -> proposals -> Fast R-CNN head; `model(images, targets)` -> the four losses.
+
+    `mask_head`: Mask R-CNN's branch (`mask_rcnn.MaskHead`, He et al. 2017, sec. 3: "a branch for predicting an
+    object mask in parallel with the existing branch"), None here; where a model has one (`mask_rcnn.MaskRCNN`),
+    training adds its loss "mask" and `detect` a mask per detection. `fine_level`: the finer map the mask head
+    may read (FPN's stride-4 level, `mask_rcnn.TopDownLevel`), None: it reads the shared map.
+    """
 
     def __init__(self, config: FasterRCNNConfig):
         super().__init__(config)
         num_anchors = len(config.anchor_sizes) * len(config.anchor_ratios)
         self.rpn = RegionProposalNetwork(self.features.out_channels, config.rpn_channels, num_anchors)
+        self.fine_level: nn.Module | None = None
+        self.mask_head: nn.Module | None = None
         self._anchors: dict[tuple, torch.Tensor] = {}
 
     def anchors(self, features: torch.Tensor) -> torch.Tensor:
@@ -156,36 +164,71 @@ class FasterRCNN(FastRCNN):
 
     def forward(self, images: torch.Tensor, targets: list[dict] | None = None):
         if targets is None:
-            return self.detect(images, [tuple(images.shape[2:])] * len(images))[0]
-        features = self.features(images)                           # [B, 3, S, S] -> [B, C, S/8, S/8]
+            return self.detect(images, [tuple(images.shape[2:])] * len(images))
+        features, mask_map = self.feature_maps(images)             # [B, 3, S, S] -> [B, C, S/8, S/8] (, mask map)
         sizes = [tuple(int(v) for v in t["size"]) for t in targets]
         objectness, deltas, proposals = self.region_proposals(features, sizes, training=True)
         rpn_objectness, rpn_box = rpn_loss(objectness, deltas, self.anchors(features), targets, self.config)
-        losses, _ = self.head_losses(features, proposals, targets)
+        losses, sample = self.head_losses(features, proposals, targets)
+        if self.mask_head is not None:                             # Mask R-CNN: L_mask on the same sample
+            losses["mask"] = self.mask_head.loss(mask_map, sample, targets)
         return {"rpn_objectness": rpn_objectness, "rpn_box_regression": rpn_box, **losses}
 
     @torch.no_grad()
     def detect(self, images: torch.Tensor, image_sizes, proposals=None,
-               max_detections: int | None = None) -> tuple[list[dict], dict]:
-        """Detections per image (at most `max_detections`, default the config's) and the seconds in {"conv",
-        "proposals" (RPN + proposal layer), "region"}."""
-        started = clock(images)
-        features = self.features(images)
-        convolved = clock(images)
+               max_detections: int | None = None) -> list[dict]:
+        """Test time (sec. 3.3): the shared convolutions, the RPN's proposals, the Fast R-CNN head on them (at most
+        `max_detections` per image, default the config's), and Mask R-CNN's masks of the final boxes where the model
+        has a mask head (`fast_rcnn.timed_detect` times these steps)."""
+        features, mask_map = self.feature_maps(images)
         if proposals is None:
             _, _, proposals = self.region_proposals(features, image_sizes, training=False)
-        proposed = clock(images)
         detections = self.detect_regions(features, proposals, image_sizes, max_detections)
-        return detections, {"conv": convolved - started, "proposals": proposed - convolved,
-                            "region": clock(images) - proposed}
+        if self.mask_head is not None:
+            detections = self.add_masks(mask_map, detections)
+        return detections
+
+    # -- Mask R-CNN's branch, where the model has one (`mask_rcnn.MaskHead`)
+    def feature_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, 3, S, S] -> (the shared map [B, C, S/8, S/8], the mask head's map: `fine_level` [B, C, S/4, S/4]
+        where the model has it, else the shared map)."""
+        if self.fine_level is None:
+            features = self.features(images)
+            return features, features
+        stages, features = self.features.levels(images)
+        return features, self.fine_level(stages[-2], features)
+
+    def mask_logits(self, mask_map: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        """RoIAlign + the mask head: the mask head's map [B, C, H, W], rois [R, 5] -> mask logits [R, K, m, m]
+        (a method of the model so that the ONNX stand-in, `fast_rcnn.two_stage_from_onnx`, can answer it)."""
+        return self.mask_head.logits(mask_map, rois)
+
+    def add_masks(self, mask_map: torch.Tensor, detections: list[dict]) -> list[dict]:
+        """The mask head on the final boxes -> each detection's "mask_probs" [n, m, m] of its predicted class."""
+        rois = torch.cat([torch.cat([torch.full_like(d["boxes"][:, :1], i), d["boxes"]], dim=1)
+                          for i, d in enumerate(detections)])                        # [N, 5]
+        return self.mask_head.add_mask_probs(self.mask_logits(mask_map, rois.to(mask_map.dtype)), detections)
 
 
-def recipe(categories: dict, *, name: str = "faster-rcnn", image_size: int = 160, backbone: str = "small",
-           backbone_weights: str | None = None, channels=(16, 32, 64), extra_convs: int = 2, norm: str = "batch",
-           hidden: int = 256, rois_per_image: int = 64, bg_low: float = 0.0, anchor_sizes=WORLD_ANCHOR_SIZES,
-           anchor_ratios=(0.5, 1.0, 2.0), roi_op: str = "align", epochs: int | None = None, lr: float | None = None,
-           flip: bool = True, max_detections: int = 100, slice_factor: float = SLICE_FACTOR,
-           augment: str = "world") -> Recipe:
+@dataclass
+class RPNOptions(TwoStageOptions):
+    """The options of the detectors with a Region Proposal Network (Faster and Mask R-CNN's recipes)."""
+
+    bg_low: float = option(0.0, "background RoIs have IoU in [bg_low, 0.5) (the authors' end-to-end 0)")
+    epochs: int | None = option(None, "training epochs (None: 12)")
+    anchor_sizes: tuple[float, ...] = option(WORLD_ANCHOR_SIZES, "anchor sizes s (area s^2), px in the input image")
+    anchor_ratios: tuple[float, ...] = option((0.5, 1.0, 2.0), "anchor aspect ratios (height / width)")
+    augment: str = option("world", "training augmentation: 'world' (the flip) | 'user' | 'top-down' | 'none'")
+
+
+@dataclass
+class FasterRCNNOptions(RPNOptions):
+    """Faster R-CNN's options (`--option KEY=VALUE`, `scenekit train faster-rcnn --list-options`)."""
+
+    roi_op: str = option("align", "the region head's RoI features: 'align' (RoIAlign) | 'pool' (the paper's)")
+
+
+def recipe(categories: dict, *, name: str = "faster-rcnn", **options) -> Recipe:
     """Faster R-CNN trained end to end (approximate joint training) with the RPN's and the head's losses.
 
     `max_detections`: detections per image (100; after merging the tiles of a photograph). `slice_factor`:
@@ -203,23 +246,15 @@ def recipe(categories: dict, *, name: str = "faster-rcnn", image_size: int = 160
     with pooling vs 0.83 with RoIAlign, COCO AP 0.46 vs 0.59; benchmarks/rcnn_family.py). `roi_op="pool"` gives
     the paper's RoI max-pooling back.
     """
-    config = FasterRCNNConfig(num_classes=len(categories), image_size=image_size, backbone=backbone,
-                              channels=tuple(channels), extra_convs=extra_convs, norm=norm,
-                              backbone_weights=backbone_weights, hidden=hidden, rois_per_image=rois_per_image,
-                              bg_low=bg_low, anchor_sizes=tuple(anchor_sizes), anchor_ratios=tuple(anchor_ratios),
-                              roi_op=roi_op, detections_per_image=check_max_detections(max_detections))
+    o = read_options(FasterRCNNOptions, options, name)
     # 12 epochs: on 800 world images (batch 4, 2,400 iterations, ~5 CPU-minutes) test mAP@0.5 rose from 0.53
     # at 6 epochs to 0.75, and validation mAP was still rising at the end (benchmarks/rcnn_family.py).
-    epochs = 12 if epochs is None else epochs
-    lr = 1e-3 if lr is None else lr
-    options = {"image_size": image_size, "backbone": backbone, "backbone_weights": backbone_weights,
-               "channels": list(channels), "extra_convs": extra_convs, "norm": norm, "hidden": hidden,
-               "rois_per_image": rois_per_image, "bg_low": bg_low, "anchor_sizes": list(anchor_sizes),
-               "anchor_ratios": list(anchor_ratios), "roi_op": roi_op, "epochs": epochs, "lr": lr, "flip": flip,
-               "max_detections": max_detections, "slice_factor": slice_factor,
-               "augment": augment}
-    return two_stage_recipe(name, categories, config, epochs=epochs, lr=lr, flip=flip,
-                            build=lambda values: FasterRCNN(config_from_dict(FasterRCNNConfig, values)),
-                            options=options, world={"image_size": image_size}, max_detections=max_detections,
-                            slice_factor=slice_factor, augment=augment)
-
+    o = replace(o, epochs=12 if o.epochs is None else o.epochs, lr=1e-3 if o.lr is None else o.lr)
+    config = FasterRCNNConfig(num_classes=len(categories), image_size=o.image_size, backbone=o.backbone,
+                              channels=tuple(o.channels), extra_convs=o.extra_convs, norm=o.norm,
+                              backbone_weights=o.backbone_weights, hidden=o.hidden, rois_per_image=o.rois_per_image,
+                              bg_low=o.bg_low, anchor_sizes=tuple(o.anchor_sizes),
+                              anchor_ratios=tuple(o.anchor_ratios), roi_op=o.roi_op,
+                              detections_per_image=check_max_detections(o.max_detections))
+    return two_stage_recipe(name, categories, config, o, augment=o.augment,
+                            build=lambda values: FasterRCNN(config_from_dict(FasterRCNNConfig, values)))

@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ from torch import nn
 
 from scenekit.data.transforms import load_image, prepare_image
 from scenekit.errors import DataError
-from scenekit.recipes import Phase, Recipe
+from scenekit.recipes import Phase, Recipe, option, read_options, stored_options
 
 IGNORE_INDEX = 255
 ARCHITECTURES = ("fcn32s", "fcn16s", "fcn8s", "fcn4s", "deconvnet")
@@ -69,7 +70,8 @@ def max_unpool2d(values: torch.Tensor, indices: torch.Tensor, output_size) -> to
     """
     if values.shape != indices.shape:
         raise ValueError(f"values {tuple(values.shape)} and indices {tuple(indices.shape)} must have one shape")
-    height, width = int(output_size[-2]), int(output_size[-1])
+    # Not int(): under the ONNX exporter's tracer the size stays symbolic, so DeconvNet exports for any image size.
+    height, width = output_size[-2], output_size[-1]
     batch, channels = values.shape[:2]
     out = values.new_zeros(batch, channels, height * width)
     out.scatter_add_(2, indices.flatten(2), values.flatten(2))       # [B, C, h*w] -> [B, C, H*W]
@@ -115,7 +117,7 @@ def upsample_bilinear(scores: torch.Tensor, factor: int) -> torch.Tensor:
     at f j + (f - 1) / 2 in input units, the centre of the f x f block it came from."""
     if factor == 1:
         return scores
-    channels = scores.shape[1]
+    channels = int(scores.shape[1])         # a constant for the ONNX exporter: the kernel's shape must be static
     kernel = bilinear_kernel(2 * factor).to(scores)[None, None].expand(channels, 1, -1, -1)   # [C, 1, 2f, 2f]
     return F.conv_transpose2d(scores, kernel, stride=factor, padding=factor // 2, groups=channels)
 
@@ -818,14 +820,49 @@ def draw_semantic(image, class_map, names: dict | None = None, alpha: float = 0.
     return canvas
 
 
+# ------------------------------------------------------------------------------------------------ ONNX export
+def segmenter_graph(model: nn.Module, image_size: int):
+    """An FCN's or DeconvNet's ONNX graph (`scenekit.export`): the model itself, images [B, 3, H, W] of any size
+    -> scores [B, K + 1, H, W]. Max-unpooling scatters with ONNX's ScatterElements(reduction="add")."""
+    from scenekit.models.export_parts import ExportGraph
+
+    graph = ExportGraph("segmenter", model, torch.rand(2, 3, image_size, image_size), ["scores"], True)
+    if isinstance(model, DeconvNet) and model.config.upsample == "unpool":
+        graph.min_opset, graph.min_opset_reason = 16, "ScatterElements' reduction"
+    return graph
+
+
 # ------------------------------------------------------------------------------------------------ recipes
-def recipe(categories: dict[int, str], *, name: str = "fcn", architecture: str = "fcn8s",
-           upsample: str = "unpool", downsample: str = "pool", image_size: int = 96, world_size: int = 128,
-           channels=(16, 32, 64, 128, 128), convs_per_stage=None, head: int = 128, backbone: str = "small",
-           backbone_weights: str | None = None, block: str = "plain", aux_weight: float = 0.0,
-           epochs: int | None = None, lr: float | None = None, warmup_steps: int = 20,
-           weight_decay: float = 1e-4, flip: bool = True, superpixel_scale: float = 0.0,
-           superpixel_sigma: float = 0.5, superpixel_min_size: int = 20, box_masks: bool = False) -> Recipe:
+@dataclass
+class FCNOptions:
+    """The options of `recipe` (`--option KEY=VALUE`, `scenekit train fcn --list-options`)."""
+
+    architecture: str = option("fcn8s", "'fcn32s' | 'fcn16s' | 'fcn8s' | 'fcn4s' | 'deconvnet'")
+    upsample: str = option("unpool", "deconvnet's decoder: 'unpool' | 'transposed'")
+    downsample: str = option("pool", "encoder: 'pool' (2x2 max-pool) | 'stride' (stride-2 3x3 convolution)")
+    image_size: int = option(96, "network input side, px: images are resized to it, scores back to the image")
+    world_size: int = option(128, "side of the images `--data world` draws, px")
+    channels: tuple[int, ...] = option((16, 32, 64, 128, 128), "small encoder: stage widths (stride 2 ** len)")
+    convs_per_stage: Any = option(None, "3x3 convolutions per stage: one count or one per stage (None: 1, 1, 2, "
+                                        "2, ...)")
+    head: int = option(128, "width of the convolutionalized fc6 / fc7")
+    backbone: str = option("small", "encoder: 'small' | 'vgg16' (the paper's)")
+    backbone_weights: str | None = option(None, "torchvision-format VGG-16 state dict (None: from scratch)")
+    block: str = option("plain", "small encoder's units: 'plain' conv-BN-ReLU | 'residual'")
+    aux_weight: float = option(0.0, "FCN: weight of the coarser nets' losses (deep supervision; 0: off)")
+    epochs: int | None = option(None, "training epochs (None: 25)")
+    lr: float | None = option(None, "peak learning rate (None: 3e-3)")
+    warmup_steps: int = option(20, "linear warm-up, iterations")
+    superpixel_scale: float = option(0.0, "Felzenszwalb-Huttenlocher k: average the class scores within each "
+                                          "segment before the argmax (0: off)")
+    superpixel_sigma: float = option(0.5, "superpixels: Gaussian smoothing before segmenting, px")
+    superpixel_min_size: int = option(20, "superpixels: smallest segment, px")
+    weight_decay: float = option(1e-4, "AdamW weight decay")
+    flip: bool = option(True, "random horizontal flip in training")
+    box_masks: bool = option(False, "train images with boxes but no pixel labels on their boxes filled as masks")
+
+
+def recipe(categories: dict[int, str], *, name: str = "fcn", **options) -> Recipe:
     """Train an FCN or DeconvNet: one phase, AdamW with warm-up and a cosine schedule, per-pixel cross-entropy.
 
     Images are resized to `image_size` x `image_size` for the network, in training and in inference, and the
@@ -863,90 +900,100 @@ def recipe(categories: dict[int, str], *, name: str = "fcn", architecture: str =
     Training images need pixel labels: those with boxes only are left out (an error when none has any), unless
     `box_masks=True`, which trains on their boxes filled with the class and says how many (`SegmentationData`).
     """
-    if backbone not in ("small", "vgg16"):
-        raise DataError(f"FCN encoders are 'small' or 'vgg16' (the paper's), got {backbone!r}", field="backbone")
+    o = read_options(FCNOptions, options, name)
+    if o.backbone not in ("small", "vgg16"):
+        raise DataError(f"FCN encoders are 'small' or 'vgg16' (the paper's), got {o.backbone!r}", field="backbone")
     class_ids = sorted(int(c) for c in categories)
-    if not (np.isfinite(superpixel_scale) and superpixel_scale >= 0):
-        raise DataError(f"superpixel_scale must be >= 0 (0: no superpixel averaging), got {superpixel_scale!r}",
+    if not (np.isfinite(o.superpixel_scale) and o.superpixel_scale >= 0):
+        raise DataError(f"superpixel_scale must be >= 0 (0: no superpixel averaging), got {o.superpixel_scale!r}",
                         field="superpixel_scale")
-    superpixels = (float(superpixel_scale), float(superpixel_sigma), int(superpixel_min_size)) \
-        if superpixel_scale > 0 else None
-    config = FCNConfig(num_classes=len(class_ids), architecture=architecture, upsample=upsample,
-                       downsample=downsample, channels=tuple(channels), head=head,
-                       convs_per_stage=tuple(convs_per_stage) if isinstance(convs_per_stage, (list, tuple))
-                       else convs_per_stage,
-                       backbone=backbone, backbone_weights=backbone_weights, block=block,
-                       aux_weight=float(aux_weight))
-    epochs = 25 if epochs is None else epochs
-    phases = [Phase("segment", epochs=epochs, lr=3e-3 if lr is None else lr, optimizer="adamw",
-                    weight_decay=weight_decay, schedule="cosine", warmup_steps=warmup_steps, clip_grad_norm=10.0)]
+    superpixels = (float(o.superpixel_scale), float(o.superpixel_sigma), int(o.superpixel_min_size)) \
+        if o.superpixel_scale > 0 else None
+    config = FCNConfig(num_classes=len(class_ids), architecture=o.architecture, upsample=o.upsample,
+                       downsample=o.downsample, channels=tuple(o.channels), head=o.head,
+                       convs_per_stage=tuple(o.convs_per_stage) if isinstance(o.convs_per_stage, (list, tuple))
+                       else o.convs_per_stage,
+                       backbone=o.backbone, backbone_weights=o.backbone_weights, block=o.block,
+                       aux_weight=float(o.aux_weight))
+    o = replace(o, epochs=25 if o.epochs is None else o.epochs)          # as resolved, as checkpoints store it
+    phases = [Phase("segment", epochs=o.epochs, lr=3e-3 if o.lr is None else o.lr, optimizer="adamw",
+                    weight_decay=o.weight_decay, schedule="cosine", warmup_steps=o.warmup_steps,
+                    clip_grad_norm=10.0)]
 
     def build(model_config: dict) -> nn.Module:
         return build_segmenter(FCNConfig(**{**model_config, "channels": tuple(model_config["channels"])}))
 
-    options = {"architecture": architecture, "upsample": upsample, "downsample": downsample,
-               "image_size": image_size, "world_size": world_size, "channels": list(channels),
-               "convs_per_stage": list(convs_per_stage) if isinstance(convs_per_stage, (list, tuple))
-               else convs_per_stage,
-               "head": head, "backbone": backbone, "backbone_weights": backbone_weights, "block": block,
-               "aux_weight": aux_weight, "epochs": epochs, "lr": lr, "warmup_steps": warmup_steps,
-               "superpixel_scale": superpixel_scale, "superpixel_sigma": superpixel_sigma,
-               "superpixel_min_size": superpixel_min_size, "weight_decay": weight_decay, "flip": flip,
-               "box_masks": bool(box_masks)}
     model_config = {**asdict(config), "channels": list(config.channels),
                     "convs_per_stage": list(config.stage_convs)}
     said: list = []                                     # evaluation says once that it scores filled boxes
     return Recipe(
-        model_name=name, categories=dict(categories), options=options, model_config=model_config,
+        model_name=name, categories=dict(categories), options=stored_options(o), model_config=model_config,
         build_model=build, phases=phases,
-        make_dataset=lambda dataset, train: SegmentationData(dataset, class_ids, image_size, flip=flip and train,
-                                                             box_masks=box_masks),
+        make_dataset=lambda dataset, train: SegmentationData(dataset, class_ids, o.image_size,
+                                                             flip=o.flip and train, box_masks=o.box_masks),
         collate=collate,
-        evaluate=lambda model, dataset, device: evaluate_segmentation(model, dataset, device, class_ids, image_size,
-                                                                      superpixels=superpixels,
-                                                                      box_masks=_box_scored(dataset, box_masks, said)),
-        predict=lambda model, images, device: predict_semantic(model, images, device, class_ids, image_size,
+        evaluate=lambda model, dataset, device: evaluate_segmentation(
+            model, dataset, device, class_ids, o.image_size, superpixels=superpixels,
+            box_masks=_box_scored(dataset, o.box_masks, said)),
+        predict=lambda model, images, device: predict_semantic(model, images, device, class_ids, o.image_size,
                                                                superpixels),
         best_metric="mean_iou", best_mode="max",
-        world={"image_size": world_size},
+        world={"image_size": o.world_size},
         batch_size=4,                  # small batches learned far more per CPU-second (benchmarks/fcn.py)
+        export=lambda model: segmenter_graph(model, o.image_size or 128),
     )
 
 
-def window_recipe(categories: dict[int, str], *, name: str = "sliding-window", image_size: int = 128,
-                  window: int = 32, channels=(16, 32, 64), hidden: int = 128, windows_per_image: int = 64,
-                  val_images: int = 10, epochs: int | None = None, lr: float | None = None,
-                  weight_decay: float = 1e-4, flip: bool = True, backbone: str = "small",
-                  backbone_weights: str | None = None, box_masks: bool = False) -> Recipe:
+@dataclass
+class WindowOptions:
+    """The options of `window_recipe` (`scenekit train sliding-window --list-options`)."""
+
+    image_size: int = option(128, "side images are resized to, px")
+    window: int = option(32, "side of the window whose centre pixel is labelled, px")
+    channels: tuple[int, ...] = option((16, 32, 64), "stage widths of the window classifier")
+    hidden: int = option(128, "width of its hidden fully connected layer")
+    windows_per_image: int = option(64, "random windows drawn from each training image")
+    val_images: int = option(10, "images the (slow) dense sliding window scores in validation")
+    epochs: int | None = option(None, "training epochs (None: 10)")
+    lr: float | None = option(None, "peak learning rate (None: 3e-3)")
+    weight_decay: float = option(1e-4, "AdamW weight decay")
+    flip: bool = option(True, "random horizontal flip in training")
+    backbone: str = option("small", "checked only: the baseline has its own small CNN ('small')")
+    backbone_weights: str | None = option(None, "checked only: no pretrained weights (None)")
+    box_masks: bool = option(False, "train images with boxes but no pixel labels on their boxes filled as masks")
+
+
+def window_recipe(categories: dict[int, str], *, name: str = "sliding-window", **options) -> Recipe:
     """The sliding-window baseline: train on random windows, label images window by window.
 
     Validation runs the dense sliding window, which is slow by nature: it scores the first `val_images` images.
     """
-    if backbone != "small" or backbone_weights is not None:
+    o = read_options(WindowOptions, options, name)
+    if o.backbone != "small" or o.backbone_weights is not None:
         raise DataError("the sliding-window baseline has its own small CNN (no --backbone)", field="backbone")
     class_ids = sorted(int(c) for c in categories)
-    epochs = 10 if epochs is None else epochs
-    phases = [Phase("classify", epochs=epochs, lr=3e-3 if lr is None else lr, optimizer="adamw",
-                    weight_decay=weight_decay, schedule="cosine", warmup_steps=20, clip_grad_norm=10.0)]
-    model_config = {"num_classes": len(class_ids), "window": window, "channels": list(channels), "hidden": hidden}
-    options = {"image_size": image_size, "window": window, "channels": list(channels), "hidden": hidden,
-               "windows_per_image": windows_per_image, "val_images": val_images, "epochs": epochs, "lr": lr,
-               "weight_decay": weight_decay, "flip": flip, "box_masks": bool(box_masks)}
+    o = replace(o, epochs=10 if o.epochs is None else o.epochs)          # as resolved, as checkpoints store it
+    phases = [Phase("classify", epochs=o.epochs, lr=3e-3 if o.lr is None else o.lr, optimizer="adamw",
+                    weight_decay=o.weight_decay, schedule="cosine", warmup_steps=20, clip_grad_norm=10.0)]
+    model_config = {"num_classes": len(class_ids), "window": o.window, "channels": list(o.channels),
+                    "hidden": o.hidden}
+    # backbone and backbone_weights are only checked (the baseline has its own CNN), never stored
+    stored = {key: value for key, value in stored_options(o).items() if key not in ("backbone", "backbone_weights")}
 
     def make_dataset(dataset, train):
-        pixels = SegmentationData(dataset, class_ids, image_size, flip=flip and train, box_masks=box_masks)
-        return WindowData(pixels, window, windows_per_image, flip=False)
+        pixels = SegmentationData(dataset, class_ids, o.image_size, flip=o.flip and train, box_masks=o.box_masks)
+        return WindowData(pixels, o.window, o.windows_per_image, flip=False)
 
     said: list = []
 
     return Recipe(
-        model_name=name, categories=dict(categories), options=options, model_config=model_config,
+        model_name=name, categories=dict(categories), options=stored, model_config=model_config,
         build_model=lambda c: WindowClassifier(c["num_classes"], c["window"], tuple(c["channels"]), c["hidden"]),
         phases=phases, make_dataset=make_dataset, collate=collate_windows,
-        evaluate=lambda model, dataset, device: evaluate_segmentation(model, dataset, device, class_ids, image_size,
-                                                                      max_images=val_images,
-                                                                      box_masks=_box_scored(dataset, box_masks, said)),
-        predict=lambda model, images, device: predict_semantic(model, images, device, class_ids, image_size),
+        evaluate=lambda model, dataset, device: evaluate_segmentation(
+            model, dataset, device, class_ids, o.image_size, max_images=o.val_images,
+            box_masks=_box_scored(dataset, o.box_masks, said)),
+        predict=lambda model, images, device: predict_semantic(model, images, device, class_ids, o.image_size),
         best_metric="mean_iou", best_mode="max",
-        world={"image_size": image_size},
+        world={"image_size": o.image_size},
     )

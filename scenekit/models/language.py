@@ -48,7 +48,7 @@ from torch import nn
 
 from scenekit.data.text import START_CHAR, STOP_CHAR, TextCorpus, read_text, shakespeare  # noqa: F401
 from scenekit.errors import DataError
-from scenekit.recipes import Phase, Recipe
+from scenekit.recipes import Phase, Recipe, option, read_options, stored_options
 
 
 # ------------------------------------------------------------------------------------------------ cells
@@ -559,12 +559,28 @@ def evaluate_char_lm(model: CharLM, corpus: TextCorpus, device, length: int = 12
     return {"val_loss": nats, "val_bpc": nats / math.log(2)}
 
 
-def char_lm_recipe(categories=None, *, name: str = "charlm", hidden: int = 256, layers: int = 1, embedding: int = 64,
-                   bptt: int = 128, seq_length: int = 128, cell: str = "lstm", dropout: float = 0.0,
-                   epochs: int | None = None, lr: float | None = None, clip: float = 1.0,
-                   blocks_per_epoch: int = 4096, warmup: int = 100) -> Recipe:
-    """Recipe of the character model: blocks of `seq_length` characters at random places in the text, Adam with
-    a linear warm-up over `warmup` steps and a cosine decay, gradient-norm clipping, truncated BPTT (`bptt`).
+@dataclass
+class CharLMOptions:
+    """The character model's options (`char_lm_recipe`; `scenekit train charlm --option KEY=VALUE`)."""
+
+    hidden: int = option(256, "recurrent cells a layer")
+    layers: int = option(1, "stacked recurrent layers")
+    embedding: int = option(64, "size of a character's embedding")
+    bptt: int = option(128, "truncate backpropagation through time every this many characters")
+    seq_length: int = option(128, "characters a training or validation block")
+    cell: str = option("lstm", "recurrent cell: lstm | rnn")
+    dropout: float = option(0.0, "dropout probability on the recurrent outputs (0: none)")
+    epochs: int | None = option(None, "training epochs (None: 10)")
+    lr: float | None = option(None, "Adam's learning rate after the warm-up (None: 4e-3)")
+    clip: float = option(1.0, "largest gradient norm (L2 over all parameters)")
+    blocks_per_epoch: int = option(4096, "blocks of seq_length characters an epoch")
+    warmup: int = option(100, "linear learning-rate warm-up, steps")
+
+
+def char_lm_recipe(categories=None, *, name: str = "charlm", **options) -> Recipe:
+    """Recipe of the character model (options: `CharLMOptions`): blocks of `seq_length` characters at random places
+    in the text, Adam with a linear warm-up over `warmup` steps and a cosine decay, gradient-norm clipping,
+    truncated BPTT (`bptt`).
 
     Train on `--data text:FILE` or `--data text:shakespeare` (the bundled plays); the vocabulary is the fixed
     byte alphabet, so any text fits any model. An epoch is `blocks_per_epoch` blocks (see `CharBlocks`).
@@ -578,22 +594,20 @@ def char_lm_recipe(categories=None, *, name: str = "charlm", hidden: int = 256, 
     step), the gradient norm clipped at 1 (nanoGPT's), and 10 epochs of 4,096 blocks: 1,280 steps, 5.2 M
     characters (1.2 passes over the plays' training split), about half a CPU-minute an epoch.
     """
-    config = CharLMConfig(hidden=hidden, layers=layers, embedding=embedding, bptt=bptt,
-                          cell=cell, dropout=dropout)
-    phases = [Phase("train", epochs=10 if epochs is None else epochs, lr=4e-3 if lr is None else lr,
-                    optimizer="adam", schedule="cosine", warmup_steps=warmup, clip_grad_norm=clip)]
+    o = read_options(CharLMOptions, options, name)
+    config = CharLMConfig(hidden=o.hidden, layers=o.layers, embedding=o.embedding, bptt=o.bptt, cell=o.cell,
+                          dropout=o.dropout)
+    phases = [Phase("train", epochs=10 if o.epochs is None else o.epochs, lr=4e-3 if o.lr is None else o.lr,
+                    optimizer="adam", schedule="cosine", warmup_steps=o.warmup, clip_grad_norm=o.clip)]
 
     def make_dataset(data, train):
-        return CharBlocks(CharVocabulary().encode(_as_corpus(data, train).text), seq_length, blocks_per_epoch)
+        return CharBlocks(CharVocabulary().encode(_as_corpus(data, train).text), o.seq_length, o.blocks_per_epoch)
 
-    options = {"hidden": hidden, "layers": layers, "embedding": embedding, "bptt": bptt,
-               "seq_length": seq_length, "cell": cell, "dropout": dropout, "epochs": epochs, "lr": lr,
-               "clip": clip, "blocks_per_epoch": blocks_per_epoch, "warmup": warmup}
-    return Recipe(model_name=name, categories={}, options=options, model_config=asdict(config),
+    return Recipe(model_name=name, categories={}, options=stored_options(o), model_config=asdict(config),
                   build_model=lambda model_config: CharLM(CharLMConfig(**model_config)), phases=phases,
                   make_dataset=make_dataset, collate=_collate_chunks,
                   evaluate=lambda model, data, device: evaluate_char_lm(model, _as_corpus(data, False), device,
-                                                                        length=seq_length),
+                                                                        length=o.seq_length),
                   predict=_no_boxes, best_metric="val_loss", best_mode="min", batch_size=32)
 
 

@@ -22,7 +22,7 @@ scales, the per-window predictions are merged greedily (sec. 4.3, `scenekit.nms.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from torch import nn
 
 from scenekit.data.transforms import load_image, prepare_image
 from scenekit.models.backbones import build_backbone
-from scenekit.recipes import Phase, Recipe
+from scenekit.recipes import Phase, Recipe, option, read_options, stored_options
 
 
 @dataclass
@@ -346,7 +346,8 @@ def overfeat_detect(network: FullyConvolutionalLocalizer, image: torch.Tensor, s
 def predict_overfeat(model: Localizer, images: list[np.ndarray], device, class_ids: list[int],
                      scales=(1.0, 1.25), max_detections: int = 5) -> list[dict]:
     model.eval()
-    network = FullyConvolutionalLocalizer(model).to(device).eval()
+    # A Localizer, or its dense network already (the ONNX stand-in of `overfeat_from_onnx`)
+    network = FullyConvolutionalLocalizer(model).to(device).eval() if isinstance(model, Localizer) else model
     results = []
     for image in images:
         tensor = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div(255.0).to(device)
@@ -358,12 +359,65 @@ def predict_overfeat(model: Localizer, images: list[np.ndarray], device, class_i
     return results
 
 
+# ------------------------------------------------------------------------------------------------ ONNX export
+def localizer_graph(model: Localizer):
+    """The localizer's ONNX graph (`scenekit.export`): images [B, 3, S, S] -> logits [B, K], boxes [B, R, 4]."""
+    from scenekit.models.export_parts import ExportGraph, Tupled
+
+    size, rows = model.config.image_size, model.num_box_rows
+
+    def localize(images):                  # Localizer.forward, batch left symbolic (it uses len(images))
+        features = model.features(images)                          # [B, 3, S, S] -> [B, C, h, w]
+        return model.classifier(features), model.regressor(features).unflatten(1, (rows, 4))
+    return ExportGraph("localizer", Tupled(model, localize), torch.rand(2, 3, size, size), ["logits", "boxes"],
+                       False)
+
+
+def overfeat_graph(model: Localizer):
+    """Overfeat's ONNX graph: the dense network (`FullyConvolutionalLocalizer`) on images of any size ->
+    logits [B, K, H', W'], boxes [B, R, 4, H', W']; the multi-scale merge stays in Python."""
+    from scenekit.models.export_parts import ExportGraph, Tupled
+
+    dense = FullyConvolutionalLocalizer(model).eval()
+    size, rows = model.config.image_size, model.num_box_rows
+
+    def dense_windows(images):             # FullyConvolutionalLocalizer.forward, batch left symbolic
+        features = dense.features(images)
+        return dense.classifier(features), dense.regressor(features).unflatten(1, (rows, 4))
+    example = torch.rand(1, 3, size + 2 * dense.stride, size + dense.stride)
+    return ExportGraph("overfeat", Tupled(dense, dense_windows), example, ["logits", "boxes"], True)
+
+
+def overfeat_from_onnx(skeleton: Localizer, graphs) -> nn.Module:
+    """The dense network with onnxruntime running it, for `predict_overfeat` (its merge code runs as is)."""
+    from scenekit.models.export_parts import OnnxModule
+
+    return OnnxModule(graphs.main, FullyConvolutionalLocalizer(skeleton).eval())
+
+
 # ------------------------------------------------------------------------------------------------ recipe
-def recipe(categories: dict[int, str], *, name: str = "localizer", class_specific: bool = True, image_size: int = 64,
-           backbone: str = "small", backbone_weights: str | None = None, channels=(16, 32, 64),
-           norm: str = "batch", hidden: int = 256, epochs: int | None = None, lr: float | None = None,
-           regress_epochs: int | None = None, regress_lr: float = 0.03, flip: bool = True,
-           inference: str = "whole", scales=(1.0, 1.25), max_detections: int = 5) -> Recipe:
+@dataclass
+class LocalizerOptions:
+    """The options of `recipe` (`--option KEY=VALUE`, `scenekit train localizer --list-options`)."""
+
+    class_specific: bool = option(True, "one box per class (K x 4 outputs) or one box for all classes (4)")
+    image_size: int = option(64, "network input side S, px: images are resized to S x S")
+    backbone: str = option("small", "'small' | 'vgg16' | 'resnet18' | 'resnet50'")
+    backbone_weights: str | None = option(None, "torchvision-format state dict of the backbone (None: from scratch)")
+    channels: tuple[int, ...] = option((16, 32, 64), "small backbone: stage widths")
+    norm: str = option("batch", "small backbone: normalisation, 'batch' | 'group' | 'none'")
+    hidden: int = option(256, "width of each head's hidden fully connected layer")
+    epochs: int | None = option(None, "phase 1 (classify) epochs (None: 8)")
+    lr: float | None = option(None, "phase 1 peak learning rate (None: 0.05)")
+    regress_epochs: int | None = option(None, "phase 2 (regress) epochs (None: as epochs)")
+    regress_lr: float = option(0.03, "phase 2 peak learning rate")
+    flip: bool = option(True, "random horizontal flip in training")
+    inference: str = option("whole", "'whole' (the image at S x S) | 'overfeat' (the dense multi-scale pass)")
+    scales: tuple[float, ...] = option((1.0, 1.25), "overfeat: image scales of the dense pass, x S")
+    max_detections: int = option(5, "guesses per image, best first (ILSVRC's five)")
+
+
+def recipe(categories: dict[int, str], *, name: str = "localizer", **options) -> Recipe:
     """The classification + localization recipe; `inference="overfeat"` predicts with the dense FCN pass.
 
     Phase 1 "classify": features + classifier, cross-entropy, SGD with momentum, cosine schedule, warm-up.
@@ -374,23 +428,24 @@ def recipe(categories: dict[int, str], *, name: str = "localizer", class_specifi
     100: these models are scored by the top-1 and top-5 localization errors, which `evaluate` keeps measuring
     on five guesses whatever this is.
     """
-    if inference not in ("whole", "overfeat"):
-        raise ValueError(f"inference must be 'whole' or 'overfeat', got {inference!r}")
-    if isinstance(max_detections, bool) or not isinstance(max_detections, int) or max_detections < 1:
+    o = read_options(LocalizerOptions, options, name)
+    if o.inference not in ("whole", "overfeat"):
+        raise ValueError(f"inference must be 'whole' or 'overfeat', got {o.inference!r}")
+    if o.max_detections < 1:
         from scenekit.errors import DataError
-        raise DataError(f"max_detections must be a positive integer, got {max_detections!r}",
+        raise DataError(f"max_detections must be a positive integer, got {o.max_detections!r}",
                         field="max_detections")
+    epochs = 8 if o.epochs is None else o.epochs                        # as resolved, as checkpoints store it
+    o = replace(o, epochs=epochs, regress_epochs=epochs if o.regress_epochs is None else o.regress_epochs)
     class_ids = sorted(int(c) for c in categories)
-    config = LocalizerConfig(num_classes=len(class_ids), image_size=image_size, class_specific=class_specific,
-                             backbone=backbone, channels=tuple(channels), norm=norm, hidden=hidden,
-                             backbone_weights=backbone_weights)
-    epochs = 8 if epochs is None else epochs
-    regress_epochs = epochs if regress_epochs is None else regress_epochs
+    config = LocalizerConfig(num_classes=len(class_ids), image_size=o.image_size, class_specific=o.class_specific,
+                             backbone=o.backbone, channels=tuple(o.channels), norm=o.norm, hidden=o.hidden,
+                             backbone_weights=o.backbone_weights)
     phases = [
-        Phase("classify", epochs=epochs, lr=0.05 if lr is None else lr, optimizer="sgd", momentum=0.9,
+        Phase("classify", epochs=o.epochs, lr=0.05 if o.lr is None else o.lr, optimizer="sgd", momentum=0.9,
               weight_decay=5e-4, schedule="cosine", warmup_steps=20, clip_grad_norm=10.0,
               trains=("features", "classifier"), loss_terms=("classification",)),
-        Phase("regress", epochs=regress_epochs, lr=regress_lr, optimizer="sgd", momentum=0.9,
+        Phase("regress", epochs=o.regress_epochs, lr=o.regress_lr, optimizer="sgd", momentum=0.9,
               schedule="cosine", trains=("regressor",), loss_terms=("box_regression",)),
     ]
 
@@ -400,23 +455,22 @@ def recipe(categories: dict[int, str], *, name: str = "localizer", class_specifi
         return Localizer(LocalizerConfig(**values))
 
     def predict(model, images, device):
-        if inference == "overfeat":
-            return predict_overfeat(model, images, device, class_ids, scales=tuple(scales),
-                                    max_detections=max_detections)
-        return predict_whole_image(model, images, device, class_ids, k=max_detections)
+        if o.inference == "overfeat":
+            return predict_overfeat(model, images, device, class_ids, scales=tuple(o.scales),
+                                    max_detections=o.max_detections)
+        return predict_whole_image(model, images, device, class_ids, k=o.max_detections)
 
-    options = {"class_specific": class_specific, "image_size": image_size, "backbone": backbone,
-               "backbone_weights": backbone_weights, "channels": list(channels), "norm": norm, "hidden": hidden,
-               "epochs": epochs, "lr": lr, "regress_epochs": regress_epochs, "regress_lr": regress_lr,
-               "flip": flip, "inference": inference, "scales": list(scales), "max_detections": max_detections}
     model_config = asdict(config)
     model_config["channels"] = list(config.channels)
     return Recipe(
-        model_name=name, categories=dict(categories), options=options, model_config=model_config,
+        model_name=name, categories=dict(categories), options=stored_options(o), model_config=model_config,
         build_model=build, phases=phases,
-        make_dataset=lambda dataset, train: LocalizationData(dataset, class_ids, image_size, flip=flip and train),
+        make_dataset=lambda dataset, train: LocalizationData(dataset, class_ids, o.image_size,
+                                                             flip=o.flip and train),
         collate=collate,
         evaluate=lambda model, dataset, device: evaluate_localizer(model, dataset, device),
         predict=predict, best_metric="top1_loc_error", best_mode="min",
-        world={"single_object": True, "image_size": max(64, image_size)},   # the world draws >= 64 px
+        world={"single_object": True, "image_size": max(64, o.image_size)},   # the world draws >= 64 px
+        export=overfeat_graph if o.inference == "overfeat" else localizer_graph,
+        from_onnx=overfeat_from_onnx if o.inference == "overfeat" else None,
     )

@@ -25,17 +25,17 @@ P2 and larger ones to coarser levels; the world's objects are at most ~145 px, s
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from scenekit.errors import DataError
-from scenekit.models.fast_rcnn import (SLICE_FACTOR, ConvFeatures, check_max_detections, clock, config_from_dict,
+from scenekit.models.fast_rcnn import (ConvFeatures, RegionSample, check_max_detections, config_from_dict,
                                        two_stage_recipe)
-from scenekit.models.faster_rcnn import WORLD_ANCHOR_SIZES, FasterRCNN, FasterRCNNConfig, rpn_loss
-from scenekit.recipes import Recipe
+from scenekit.models.faster_rcnn import FasterRCNN, FasterRCNNConfig, RPNOptions
+from scenekit.recipes import Recipe, option, read_options
 from scenekit.roi import paste_masks, roi_align  # noqa: F401  (paste_masks: part of this model's API)
 
 
@@ -49,9 +49,14 @@ class MaskRCNNConfig(FasterRCNNConfig):
 
 
 class MaskHead(nn.Module):
-    """[R, C, m/2, m/2] RoI features -> [R, K, m, m] mask logits (He et al. 2017, Fig. 4, right)."""
+    """Mask R-CNN's branch (He et al. 2017, sec. 3), which Faster R-CNN runs beside its box head when it has one
+    (`FasterRCNN.mask_head`): each RoI's features by RoIAlign at m/2 x m/2 on the head's map (stride `stride`),
+    then a small FCN to K mask logits of m x m (Fig. 4, right). `loss` in training, on the foreground RoIs of the
+    box head's sample; `add_mask_probs` at test time, on the final detections.
+    """
 
-    def __init__(self, in_channels: int, channels: int, num_convs: int, num_classes: int):
+    def __init__(self, in_channels: int, channels: int, num_convs: int, num_classes: int, mask_size: int = 14,
+                 stride: int = 8):
         super().__init__()
         layers: list[nn.Module] = []
         for i in range(num_convs):
@@ -60,11 +65,37 @@ class MaskHead(nn.Module):
         width = channels if num_convs else in_channels
         self.upsample = nn.ConvTranspose2d(width, channels, 2, stride=2)
         self.predictor = nn.Conv2d(channels, num_classes, 1)
+        self.mask_size, self.stride = mask_size, stride
 
     def forward(self, roi_features: torch.Tensor) -> torch.Tensor:
         x = self.convs(roi_features)                      # [R, C, m/2, m/2] -> [R, D, m/2, m/2]
         x = F.relu(self.upsample(x))                      # -> [R, D, m, m]
         return self.predictor(x)                          # -> [R, K, m, m]
+
+    def logits(self, mask_map: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        """RoIAlign + the FCN: the head's map [B, C, H, W], rois [R, 5] -> mask logits [R, K, m, m]."""
+        roi_features = roi_align(mask_map, rois, self.mask_size // 2, 1.0 / self.stride,
+                                 sampling_ratio=2, aligned=True)                 # [R, C, m/2, m/2]
+        return self(roi_features)
+
+    def loss(self, mask_map: torch.Tensor, sample: RegionSample, targets: list[dict]) -> torch.Tensor:
+        """L_mask over the foreground RoIs of Fast R-CNN's sample."""
+        foreground = torch.nonzero(sample.labels >= 1).flatten()
+        rois, labels, matched = sample.rois[foreground], sample.labels[foreground], sample.matched[foreground]
+        # RoIs are grouped by image in order, so per-image targets concatenate in the RoIs' order.
+        wanted = [mask_targets(target["masks"], rois[rois[:, 0] == b, 1:], matched[rois[:, 0] == b],
+                               self.mask_size) for b, target in enumerate(targets)]
+        return mask_loss(self.logits(mask_map, rois), labels, torch.cat(wanted))     # logits [F, K, m, m]
+
+    @staticmethod
+    def add_mask_probs(mask_logits: torch.Tensor, detections: list[dict]) -> list[dict]:
+        """Each detection's "mask_probs" [n, m, m]: the sigmoid of its predicted class's mask (classes do not
+        compete, sec. 3), from the logits [N, K, m, m] of all detections in order."""
+        labels = torch.cat([d["labels"] for d in detections])
+        own = mask_logits[torch.arange(labels.numel(), device=labels.device), labels - 1].sigmoid()
+        for d, probs in zip(detections, own.split([len(d["boxes"]) for d in detections])):
+            d["mask_probs"] = probs                                                  # [n, m, m]
+        return detections
 
 
 class TopDownLevel(nn.Module):
@@ -105,7 +136,9 @@ def mask_loss(mask_logits: torch.Tensor, labels: torch.Tensor, targets: torch.Te
 
 
 class MaskRCNN(FasterRCNN):
-    """Faster R-CNN with RoIAlign and a mask branch; losses: the four of Faster R-CNN plus "mask"."""
+    """Faster R-CNN with RoIAlign and a mask head (`MaskHead`, which `FasterRCNN.forward` and `detect` run), reading
+    FPN's stride-4 level (`TopDownLevel`) when `mask_stride` is half the backbone's stride; losses: the four of
+    Faster R-CNN plus "mask"."""
 
     def __init__(self, config: MaskRCNNConfig):
         if config.mask_size % 2:
@@ -121,75 +154,23 @@ class MaskRCNN(FasterRCNN):
                 raise ValueError(f"mask_stride={config.mask_stride} (FPN's finer level) needs the small backbone, "
                                  f"not {config.backbone!r}")
             self.fine_level = TopDownLevel(config.channels[-2], width, width)
-        self.mask_head = MaskHead(width, config.mask_channels, config.mask_convs, config.num_classes)
-
-    def feature_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, 3, S, S] -> (the shared map [B, C, S/8, S/8], the mask branch's map [B, C, S/s, S/s], s = mask_stride)."""
-        if self.mask_stride == self.features.stride:
-            features = self.features(images)
-            return features, features
-        stages, features = self.features.levels(images)
-        return features, self.fine_level(stages[-2], features)
-
-    def mask_logits(self, mask_map: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
-        """RoIAlign + mask head: the mask branch's map [B, C, H, W], rois [R, 5] -> mask logits [R, K, m, m]."""
-        roi_features = roi_align(mask_map, rois, self.config.mask_size // 2, 1.0 / self.mask_stride,
-                                 sampling_ratio=2, aligned=True)                # [R, C, m/2, m/2]
-        return self.mask_head(roi_features)
-
-    def mask_losses(self, mask_map: torch.Tensor, sample, targets: list[dict]) -> torch.Tensor:
-        """L_mask over the foreground RoIs of Fast R-CNN's sample."""
-        foreground = torch.nonzero(sample.labels >= 1).flatten()
-        rois, labels, matched = sample.rois[foreground], sample.labels[foreground], sample.matched[foreground]
-        # RoIs are grouped by image in order, so per-image targets concatenate in the RoIs' order.
-        wanted = [mask_targets(target["masks"], rois[rois[:, 0] == b, 1:], matched[rois[:, 0] == b],
-                               self.config.mask_size) for b, target in enumerate(targets)]
-        return mask_loss(self.mask_logits(mask_map, rois), labels, torch.cat(wanted))     # logits [F, K, m, m]
-
-    def add_masks(self, mask_map: torch.Tensor, detections: list[dict]) -> list[dict]:
-        """The mask branch on the final boxes -> each detection's "mask_probs" [n, m, m] of its predicted class."""
-        rois = torch.cat([torch.cat([torch.full_like(d["boxes"][:, :1], i), d["boxes"]], dim=1)
-                          for i, d in enumerate(detections)])
-        labels = torch.cat([d["labels"] for d in detections])
-        mask_logits = self.mask_logits(mask_map, rois.to(mask_map.dtype))                   # [N, K, m, m]
-        own = mask_logits[torch.arange(labels.numel(), device=labels.device), labels - 1].sigmoid()
-        for d, probs in zip(detections, own.split([len(d["boxes"]) for d in detections])):
-            d["mask_probs"] = probs                                                  # [n, m, m]
-        return detections
-
-    # Faster R-CNN's forward and detect, with the mask branch on its own map.
-    def forward(self, images: torch.Tensor, targets: list[dict] | None = None):
-        if targets is None:
-            return self.detect(images, [tuple(images.shape[2:])] * len(images))[0]
-        features, mask_map = self.feature_maps(images)
-        sizes = [tuple(int(v) for v in t["size"]) for t in targets]
-        objectness, deltas, proposals = self.region_proposals(features, sizes, training=True)
-        rpn_objectness, rpn_box = rpn_loss(objectness, deltas, self.anchors(features), targets, self.config)
-        losses, sample = self.head_losses(features, proposals, targets)
-        losses["mask"] = self.mask_losses(mask_map, sample, targets)
-        return {"rpn_objectness": rpn_objectness, "rpn_box_regression": rpn_box, **losses}
-
-    @torch.no_grad()
-    def detect(self, images: torch.Tensor, image_sizes, proposals=None,
-               max_detections: int | None = None) -> tuple[list[dict], dict]:
-        started = clock(images)
-        features, mask_map = self.feature_maps(images)
-        convolved = clock(images)
-        if proposals is None:
-            _, _, proposals = self.region_proposals(features, image_sizes, training=False)
-        proposed = clock(images)
-        detections = self.add_masks(mask_map, self.detect_regions(features, proposals, image_sizes, max_detections))
-        return detections, {"conv": convolved - started, "proposals": proposed - convolved,
-                            "region": clock(images) - proposed}
+        self.mask_head = MaskHead(width, config.mask_channels, config.mask_convs, config.num_classes,
+                                  config.mask_size, self.mask_stride)
 
 
-def recipe(categories: dict, *, name: str = "mask-rcnn", image_size: int = 160, backbone: str = "small",
-           backbone_weights: str | None = None, channels=(16, 32, 64), extra_convs: int = 2, norm: str = "batch",
-           hidden: int = 256, rois_per_image: int = 64, bg_low: float = 0.0, anchor_sizes=WORLD_ANCHOR_SIZES,
-           anchor_ratios=(0.5, 1.0, 2.0), mask_size: int = 14, mask_convs: int = 4, mask_channels: int = 64,
-           mask_stride: int | None = None, epochs: int | None = None, lr: float | None = None,
-           flip: bool = True, box_masks: bool = False, max_detections: int = 100,
-           slice_factor: float = SLICE_FACTOR, augment: str = "world") -> Recipe:
+@dataclass
+class MaskRCNNOptions(RPNOptions):
+    """Mask R-CNN's options: Faster R-CNN's (RoIAlign always) and the mask branch's."""
+
+    mask_size: int = option(14, "m: the mask head's output side (RoIAlign at m / 2, then x2; 28 in the paper)")
+    mask_convs: int = option(4, "the mask head's 3x3 convolutions")
+    mask_channels: int = option(64, "the mask head's width (256 in the paper)")
+    mask_stride: int | None = option(None, "the map the mask head reads: 8 (shared) | 4 (FPN's finer level; "
+                                           "None: 4 with the small backbone)")
+    box_masks: bool = option(False, "train objects without a mask on their boxes filled as masks (else stop)")
+
+
+def recipe(categories: dict, *, name: str = "mask-rcnn", **options) -> Recipe:
     """Mask R-CNN trained end to end: RPN losses + box head losses + the mask loss.
 
     Every object it trains on needs a mask: training data with objects that have none stops with an error,
@@ -209,27 +190,20 @@ def recipe(categories: dict, *, name: str = "mask-rcnn", image_size: int = 160, 
     resolve the arms and points of stars and crosses (benchmarks/mask_quality.py); the stride-4 level closes most
     of that gap (figures in benchmarks/README.md). Other backbones read their shared map.
     """
-    if mask_stride is None and backbone == "small":
-        mask_stride = 2 ** len(channels) // 2
-    config = MaskRCNNConfig(num_classes=len(categories), image_size=image_size, backbone=backbone,
-                            channels=tuple(channels), extra_convs=extra_convs, norm=norm,
-                            backbone_weights=backbone_weights, hidden=hidden, rois_per_image=rois_per_image,
-                            bg_low=bg_low, anchor_sizes=tuple(anchor_sizes), anchor_ratios=tuple(anchor_ratios),
-                            mask_size=mask_size, mask_convs=mask_convs, mask_channels=mask_channels,
-                            mask_stride=mask_stride, detections_per_image=check_max_detections(max_detections))
-    epochs = 12 if epochs is None else epochs       # as Faster R-CNN's recipe (see there)
-    lr = 1e-3 if lr is None else lr
-    options = {"image_size": image_size, "backbone": backbone, "backbone_weights": backbone_weights,
-               "channels": list(channels), "extra_convs": extra_convs, "norm": norm, "hidden": hidden,
-               "rois_per_image": rois_per_image, "bg_low": bg_low, "anchor_sizes": list(anchor_sizes),
-               "anchor_ratios": list(anchor_ratios), "mask_size": mask_size, "mask_convs": mask_convs,
-               "mask_channels": mask_channels, "mask_stride": mask_stride, "epochs": epochs, "lr": lr, "flip": flip,
-               "box_masks": bool(box_masks), "max_detections": max_detections, "slice_factor": slice_factor,
-               "augment": augment}
-    recipe = two_stage_recipe(name, categories, config, epochs=epochs, lr=lr, flip=flip,
-                              build=lambda values: MaskRCNN(config_from_dict(MaskRCNNConfig, values)),
-                              with_masks=True, options=options, world={"image_size": image_size},
-                              max_detections=max_detections, slice_factor=slice_factor, augment=augment)
+    o = read_options(MaskRCNNOptions, options, name)
+    mask_stride = 2 ** len(o.channels) // 2 if o.mask_stride is None and o.backbone == "small" else o.mask_stride
+    o = replace(o, epochs=12 if o.epochs is None else o.epochs,        # as Faster R-CNN's recipe (see there)
+                lr=1e-3 if o.lr is None else o.lr, mask_stride=mask_stride)
+    config = MaskRCNNConfig(num_classes=len(categories), image_size=o.image_size, backbone=o.backbone,
+                            channels=tuple(o.channels), extra_convs=o.extra_convs, norm=o.norm,
+                            backbone_weights=o.backbone_weights, hidden=o.hidden, rois_per_image=o.rois_per_image,
+                            bg_low=o.bg_low, anchor_sizes=tuple(o.anchor_sizes),
+                            anchor_ratios=tuple(o.anchor_ratios), mask_size=o.mask_size, mask_convs=o.mask_convs,
+                            mask_channels=o.mask_channels, mask_stride=o.mask_stride,
+                            detections_per_image=check_max_detections(o.max_detections))
+    box_masks = o.box_masks
+    recipe = two_stage_recipe(name, categories, config, o, augment=o.augment, with_masks=True,
+                              build=lambda values: MaskRCNN(config_from_dict(MaskRCNNConfig, values)))
     make_dataset, evaluate, announced = recipe.make_dataset, recipe.evaluate, []
 
     def checked_make_dataset(dataset, train):

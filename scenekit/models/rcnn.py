@@ -40,7 +40,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -54,7 +54,7 @@ from scenekit.data.transforms import load_image
 from scenekit.errors import DataError, ScenekitError
 from scenekit.models.backbones import build_backbone
 from scenekit.nms import batched_nms
-from scenekit.recipes import Phase, Recipe
+from scenekit.recipes import Phase, Recipe, option, read_options, stored_options
 
 FEATURE_NORM = 20.0          # target mean L2 norm of features fed to SVMs / regressors (authors' code)
 
@@ -871,52 +871,68 @@ def _engine_cannot_train(dataset, train):
                         "use scenekit.models.rcnn.train_rcnn (the CLI's `scenekit train rcnn` does)")
 
 
-def recipe(categories: dict[int, str], *, name: str = "rcnn", image_size: int = 160, input_size: int = 32,
-           padding: int | None = None, backbone: str = "small", backbone_weights: str | None = None,
-           channels=(16, 32, 64), norm: str = "batch", hidden: int = 256, dropout: float = 0.5,
-           epochs: int | None = None, lr: float | None = None, regions_per_batch: int = 128, flip: bool = True,
-           svm_C: float = 1e-2, svm_positive_weight: float = 2.0, ridge: float = 1000.0,
-           proposal_mode: str = "fast", proposal_max_side: int | None = None, max_proposals: int = 2000,
-           score_threshold: float = -1.0, nms_threshold: float = 0.3, cache: str | None = None,
-           max_detections: int = 100) -> RCNNRecipe:
+@dataclass
+class RCNNOptions:
+    """R-CNN's options (`--option KEY=VALUE`, `scenekit train rcnn --list-options`)."""
+
+    image_size: int = option(160, "the world's image side, px (R-CNN uses images of any size as they are)")
+    input_size: int = option(32, "S: side of each warped region, px (227 in the paper)")
+    padding: int | None = option(None, "p: context pixels around each box at size S (None: round(16 S / 227))")
+    backbone: str = option("small", "'small' | 'vgg16' | 'resnet18' | 'resnet50'")
+    backbone_weights: str | None = option(None, "torchvision-format state dict of the backbone (None: from scratch)")
+    channels: tuple[int, ...] = option((16, 32, 64), "small backbone: stage widths")
+    norm: str = option("batch", "small backbone: normalisation, 'batch' | 'group' | 'none'")
+    hidden: int = option(256, "fc6 and fc7 width (4096 in the paper)")
+    dropout: float = option(0.5, "dropout after fc6 and fc7")
+    epochs: int | None = option(None, "fine-tuning epochs (None: 10)")
+    lr: float | None = option(None, "fine-tuning peak learning rate of SGD (None: 0.02)")
+    regions_per_batch: int = option(128, "warped regions per fine-tuning batch (32 positive, 96 background)")
+    flip: bool = option(True, "random horizontal flip of the regions in fine-tuning")
+    svm_C: float = option(1e-2, "the class SVMs' C (0.001 in the paper)")
+    svm_positive_weight: float = option(2.0, "weight of the SVMs' positives (as in the paper)")
+    ridge: float = option(1000.0, "lambda of the box regressors' ridge regression")
+    proposal_mode: str = option("fast", "Selective Search mode: 'fast' (as in the paper) | 'quality' | 'single'")
+    proposal_max_side: int | None = option(None, "search a copy downscaled to this longer side (None: as given)")
+    max_proposals: int = option(2000, "best-ranked proposals kept per image")
+    score_threshold: float = option(-1.0, "test time: keep SVM scores above this (the mining margin)")
+    nms_threshold: float = option(0.3, "test time: IoU of the per-class greedy NMS")
+    cache: str | None = option(None, "folder for proposals and features (None: OUT/cache)")
+    max_detections: int = option(100, "detections per image in predict and evaluate")
+
+
+def recipe(categories: dict[int, str], *, name: str = "rcnn", **options) -> RCNNRecipe:
     """R-CNN's recipe; `train_rcnn` runs it (`recipe.fit`). `image_size` is the world's image size only:
     R-CNN warps regions, so images of any size are used as they are. `cache`: the folder for proposals and
     features (default OUT/cache). `max_detections`: detections per image in predict and evaluate (100; a
     recipe rebuilt with another value caps a restored model at that)."""
-    if isinstance(max_detections, bool) or not isinstance(max_detections, int) or max_detections < 1:
-        raise DataError(f"max_detections must be a positive integer, got {max_detections!r}", field="max_detections")
+    o = read_options(RCNNOptions, options, name)
+    if o.max_detections < 1:
+        raise DataError(f"max_detections must be a positive integer, got {o.max_detections!r}", field="max_detections")
+    o = replace(o, epochs=10 if o.epochs is None else o.epochs, lr=0.02 if o.lr is None else o.lr)
     class_ids = sorted(int(c) for c in categories)
-    config = RCNNConfig(num_classes=len(class_ids), input_size=input_size, padding=padding, backbone=backbone,
-                        channels=tuple(channels), norm=norm, backbone_weights=backbone_weights, hidden=hidden,
-                        dropout=dropout, proposal_mode=proposal_mode, proposal_max_side=proposal_max_side,
-                        max_proposals=max_proposals, score_threshold=score_threshold, nms_threshold=nms_threshold,
-                        detections_per_image=max_detections)
-    epochs = 10 if epochs is None else epochs
-    lr = 0.02 if lr is None else lr
-    options = {"image_size": image_size, "input_size": input_size, "padding": padding, "backbone": backbone,
-               "backbone_weights": backbone_weights, "channels": list(channels), "norm": norm, "hidden": hidden,
-               "dropout": dropout, "epochs": epochs, "lr": lr, "regions_per_batch": regions_per_batch,
-               "flip": flip, "svm_C": svm_C, "svm_positive_weight": svm_positive_weight, "ridge": ridge,
-               "proposal_mode": proposal_mode, "proposal_max_side": proposal_max_side,
-               "max_proposals": max_proposals, "score_threshold": score_threshold, "nms_threshold": nms_threshold,
-               "cache": cache, "max_detections": max_detections}
+    config = RCNNConfig(num_classes=len(class_ids), input_size=o.input_size, padding=o.padding, backbone=o.backbone,
+                        channels=tuple(o.channels), norm=o.norm, backbone_weights=o.backbone_weights, hidden=o.hidden,
+                        dropout=o.dropout, proposal_mode=o.proposal_mode, proposal_max_side=o.proposal_max_side,
+                        max_proposals=o.max_proposals, score_threshold=o.score_threshold,
+                        nms_threshold=o.nms_threshold, detections_per_image=o.max_detections)
     model_config = asdict(config)
     model_config["channels"] = list(config.channels)
-    proposals = ProposalStore(proposal_mode, proposal_max_side, Path(cache) / "proposals" if cache else None)
+    proposals = ProposalStore(o.proposal_mode, o.proposal_max_side, Path(o.cache) / "proposals" if o.cache else None)
 
     def build(values: dict) -> RCNN:
         return RCNN(RCNNConfig(**{**values, "channels": tuple(values["channels"])}))
 
     def predict(model, images, device):
-        return run_rcnn(model, list(images), class_ids, proposals, device, max_detections=max_detections)[0]
+        return run_rcnn(model, list(images), class_ids, proposals, device, max_detections=o.max_detections)[0]
 
     def evaluate(model, dataset, device):
-        return evaluate_rcnn(model, dataset, device, class_ids, proposals, max_detections=max_detections)
+        return evaluate_rcnn(model, dataset, device, class_ids, proposals, max_detections=o.max_detections)
 
     # For `describe()` only: the engine does not run these phases, `train_rcnn` does.
-    phases = [Phase("finetune", epochs=epochs, lr=lr, optimizer="sgd", momentum=0.9, weight_decay=5e-4,
+    phases = [Phase("finetune", epochs=o.epochs, lr=o.lr, optimizer="sgd", momentum=0.9, weight_decay=5e-4,
                     schedule="cosine")]
-    return RCNNRecipe(model_name=name, categories=dict(categories), options=options, model_config=model_config,
-                      build_model=build, phases=phases, make_dataset=_engine_cannot_train, collate=None,
+    return RCNNRecipe(model_name=name, categories=dict(categories), options=stored_options(o),
+                      model_config=model_config, build_model=build, phases=phases,
+                      make_dataset=_engine_cannot_train, collate=None,
                       evaluate=evaluate, predict=predict, best_metric="mAP50", best_mode="max",
-                      world={"image_size": image_size}, fit=train_rcnn)
+                      world={"image_size": o.image_size}, fit=train_rcnn)

@@ -57,8 +57,8 @@ from __future__ import annotations
 
 import time
 import sys
-from dataclasses import asdict, dataclass, field
-from typing import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -72,7 +72,7 @@ from scenekit.errors import DataError
 from scenekit.models.backbones import SmallCNN
 from scenekit.models.captioner import concept_targets, coordinate_channels
 from scenekit.models.language import LSTMCell
-from scenekit.recipes import Phase, Recipe
+from scenekit.recipes import Phase, Recipe, option, read_options, stored_options
 
 
 @dataclass
@@ -460,13 +460,36 @@ class VQARecipe(Recipe):
     from_data: tuple[str, ...] = ()
 
 
-def recipe(categories=None, *, name: str = "vqa", vocabulary=None, min_count: int = 1, image_size: int = 96,
-           channels=(16, 32, 64), feature: int = 128, embedding: int = 64, hidden: int = 128,
-           attention_size: int = 64, joint: int = 128, attention: bool = True, coords: bool = True,
-           context_layers: int = 2, dense: bool = True, count_glimpse: bool | None = None, answers=None,
-           top_answers: int = 1000, concepts: bool = True, epochs: int | None = None, lr: float | None = None,
-           clip: float = 5.0, pretrain_epochs: int = 4) -> VQARecipe:
-    """The VQA recipe: Adam, cosine schedule, gradient clipping; best checkpoint by validation accuracy.
+@dataclass
+class VQAOptions:
+    """The VQA model's options (`recipe`; `scenekit train vqa --option KEY=VALUE`)."""
+
+    vocabulary: Any = option(None, "a word list, a vocabulary JSON or a data spec (None: from the training data)")
+    min_count: int = option(1, "fewest occurrences of a word kept when the vocabulary is counted from data")
+    image_size: int = option(96, "side images are resized to, px")
+    channels: tuple[int, ...] = option((16, 32, 64), "widths of the small CNN's stages, each halving the grid")
+    feature: int = option(128, "size of the fully connected image feature read at t = 0")
+    embedding: int = option(64, "size of a word's embedding")
+    hidden: int = option(128, "size of the LSTM's state")
+    attention_size: int = option(64, "hidden size of the attention over the grid cells")
+    joint: int = option(128, "size of the question vector q and of the answer embeddings")
+    attention: bool = option(True, "attend over the grid cells (Visual7W) rather than read the fc feature alone")
+    coords: bool = option(True, "append each grid cell's (x, y) to its feature")
+    context_layers: int = option(2, "3x3 conv layers at grid resolution after the small CNN")
+    dense: bool = option(True, "per-cell category and object-centre head, pre-trained and kept as a loss term")
+    count_glimpse: bool | None = option(None, "sigmoid-gated, unnormalised read-out for counting (None: attention)")
+    answers: Any = option(None, "open-ended answer classes, a list (None: the top_answers of the training data)")
+    top_answers: int = option(1000, "open-ended answer classes kept when they come from the training data")
+    concepts: bool = option(True, "pre-train the encoder to name the words of each image's captions")
+    epochs: int | None = option(None, "epochs on the answers, after the pre-training (None: 16)")
+    lr: float | None = option(None, "Adam's learning rate on the answers (None: 2e-3)")
+    clip: float = option(5.0, "largest gradient norm on the answers")
+    pretrain_epochs: int = option(4, "epochs of the encoder alone on concepts and dense (0: none)")
+
+
+def recipe(categories=None, *, name: str = "vqa", **options) -> VQARecipe:
+    """The VQA recipe (options: `VQAOptions`): Adam, cosine schedule, gradient clipping; best checkpoint by
+    validation accuracy.
 
     Visual7W starts from an ImageNet VGG; here `pretrain_epochs` > 0 first trains the small CNN alone (with the
     fc feature and a concept classifier, the LSTM frozen) to name the words of each image's captions
@@ -478,27 +501,30 @@ def recipe(categories=None, *, name: str = "vqa", vocabulary=None, min_count: in
     questions (the world's words when they cover them all). `answers`: the open-ended answer classes; None: the
     `top_answers` most common answers of the training data's open-ended questions (Antol et al. 2015 keep
     K = 1000), none for multiple-choice data. Training data without captions or semantic maps turns `concepts`
-    or `dense` off, with a notice (`fit_to_data`)."""
+    or `dense` off, with a notice (`fit_to_data`). The stored options hold the word list and `count_glimpse`."""
     from scenekit.data.captions import resolve_vocabulary
 
-    words = resolve_vocabulary(vocabulary, min_count=min_count, with_questions=True).words
-    count_glimpse = attention if count_glimpse is None else count_glimpse
+    given = read_options(VQAOptions, options, name)
+    words = resolve_vocabulary(given.vocabulary, min_count=given.min_count, with_questions=True).words
+    o = replace(given, vocabulary=list(words), channels=tuple(given.channels),
+                count_glimpse=given.attention if given.count_glimpse is None else given.count_glimpse,
+                answers=None if given.answers is None else list(given.answers))
     dense_classes = 1 + max((int(k) for k in (categories or {})), default=6)     # the world's 6 shapes by default
-    config = VQAConfig(words=list(words), image_size=image_size, channels=tuple(channels), feature=feature,
-                       embedding=embedding, hidden=hidden, attention_size=attention_size, joint=joint,
-                       attention=attention, coords=coords, context_layers=context_layers, dense=dense,
-                       dense_classes=dense_classes, count_glimpse=count_glimpse, answers=list(answers or []))
-    grid = image_size // 2 ** len(channels)
-    dense_terms = ("dense",) if dense else ()
+    config = VQAConfig(words=list(words), image_size=o.image_size, channels=o.channels, feature=o.feature,
+                       embedding=o.embedding, hidden=o.hidden, attention_size=o.attention_size, joint=o.joint,
+                       attention=o.attention, coords=o.coords, context_layers=o.context_layers, dense=o.dense,
+                       dense_classes=dense_classes, count_glimpse=o.count_glimpse, answers=list(o.answers or []))
+    grid = o.image_size // 2 ** len(o.channels)
+    dense_terms = ("dense",) if o.dense else ()
     vocab = Vocabulary(list(words))
     phases = []
-    if pretrain_epochs and (concepts or dense):
-        phases.append(Phase("concepts", epochs=pretrain_epochs, lr=2e-3, optimizer="adam", schedule="cosine",
+    if o.pretrain_epochs and (o.concepts or o.dense):
+        phases.append(Phase("concepts", epochs=o.pretrain_epochs, lr=2e-3, optimizer="adam", schedule="cosine",
                             warmup_steps=20, trains=("encoder", "context", "image_feature")
-                            + (("concepts",) if concepts else ()) + (("dense_head",) if dense else ()),
-                            loss_terms=(("concepts",) if concepts else ()) + dense_terms))
-    phases.append(Phase("train", epochs=16 if epochs is None else epochs, lr=2e-3 if lr is None else lr,
-                        optimizer="adam", schedule="cosine", warmup_steps=20, clip_grad_norm=clip,
+                            + (("concepts",) if o.concepts else ()) + (("dense_head",) if o.dense else ()),
+                            loss_terms=(("concepts",) if o.concepts else ()) + dense_terms))
+    phases.append(Phase("train", epochs=16 if o.epochs is None else o.epochs, lr=2e-3 if o.lr is None else o.lr,
+                        optimizer="adam", schedule="cosine", warmup_steps=20, clip_grad_norm=o.clip,
                         loss_terms=("cross_entropy",) + dense_terms))
 
     def build(model_config: dict) -> VQAModel:
@@ -508,8 +534,8 @@ def recipe(categories=None, *, name: str = "vqa", vocabulary=None, min_count: in
 
     def make_dataset(dataset, train):
         check_coverage(vocab, dataset)
-        return QuestionData(dataset, vocab, image_size, grid if dense and train else None, dense_classes,
-                            answers=config.answers, concepts=concepts)
+        return QuestionData(dataset, vocab, o.image_size, grid if o.dense and train else None, dense_classes,
+                            answers=config.answers, concepts=o.concepts)
 
     def evaluate(model, dataset, device):
         check_coverage(model.vocabulary, dataset)
@@ -524,19 +550,13 @@ def recipe(categories=None, *, name: str = "vqa", vocabulary=None, min_count: in
 
         return train(fit_to_data(this, train_data), train_data, val_data, train_config, resume=resume)
 
-    options = {"vocabulary": list(words), "min_count": min_count, "image_size": image_size,
-               "channels": list(channels), "feature": feature, "embedding": embedding, "hidden": hidden,
-               "attention_size": attention_size, "joint": joint, "attention": attention, "coords": coords,
-               "context_layers": context_layers, "dense": dense, "count_glimpse": count_glimpse,
-               "answers": None if answers is None else list(answers), "top_answers": top_answers,
-               "concepts": concepts, "epochs": epochs, "lr": lr, "clip": clip, "pretrain_epochs": pretrain_epochs}
     model_config = asdict(config)
     model_config["channels"] = list(config.channels)
-    return VQARecipe(model_name=name, categories=dict(categories or {}), options=options, model_config=model_config,
-                     build_model=build, phases=phases, make_dataset=make_dataset, collate=collate_questions,
-                     evaluate=evaluate, predict=predict, best_metric="accuracy", best_mode="max",
-                     world=dict(WORLD_OPTIONS), fit=fit,
-                     from_data=tuple(k for k, v in (("vocabulary", vocabulary), ("answers", answers)) if v is None))
+    return VQARecipe(model_name=name, categories=dict(categories or {}), options=stored_options(o),
+                     model_config=model_config, build_model=build, phases=phases, make_dataset=make_dataset,
+                     collate=collate_questions, evaluate=evaluate, predict=predict, best_metric="accuracy",
+                     best_mode="max", world=dict(WORLD_OPTIONS), fit=fit,
+                     from_data=tuple(k for k in ("vocabulary", "answers") if getattr(given, k) is None))
 
 
 # ------------------------------------------------------------------------------------------------ the user's data

@@ -67,8 +67,9 @@ import functools
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -83,7 +84,7 @@ from scenekit.data.augment import MosaicDataset, RecordPairs, build_augmentation
 from scenekit.models.backbones import inference_copy
 from scenekit.models.fast_rcnn import augment_options, tiled_epoch
 from scenekit.nms import batched_nms_numpy
-from scenekit.recipes import Phase, Recipe
+from scenekit.recipes import Phase, Recipe, option, read_options, stored_options
 
 LEAKY_SLOPE = 0.1                      # "leaky rectified linear activation" phi(x) = x if x > 0 else 0.1 x
 # Faster R-CNN's hand-picked anchors (3 areas x aspect ratios 1:2, 1:1, 2:1) as fractions of the input side:
@@ -783,6 +784,24 @@ def evaluate_yolo(model: nn.Module, dataset, device, class_ids: list[int], *, si
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
+# ------------------------------------------------------------------------------------------------ ONNX export
+def yolo_graph(model: nn.Module):
+    """YOLO's ONNX graph (`scenekit.export`). v1: images [B, 3, S, S] -> output [B, S_g, S_g, 5B + C], the forward
+    restated with a symbolic batch; v2: the model itself, images [B, 3, H, W] (multiples of 32) ->
+    [B, G_h, G_w, A, 5 + C]. Decoding and NMS stay in Python."""
+    from scenekit.models.export_parts import ExportGraph, Tupled
+
+    size = model.config.image_size
+    if model.config.version == 2:
+        return ExportGraph("yolo2", model, torch.rand(2, 3, size, size), ["output"], True)
+    grid = model.config.grid
+
+    def yolo1(images):                     # Yolo1.forward, batch left symbolic (it uses len(images))
+        _, features = model.features(images)
+        return model.head(features).unflatten(1, (grid, grid, -1))         # -> [B, S, S, 5B + C]
+    return ExportGraph("yolo1", Tupled(model, yolo1), torch.rand(2, 3, size, size), ["output"], False)
+
+
 def stream_predict(recipe: Recipe, model: nn.Module, folder, device):
     """Run a trained model over a folder of images as a stream of frames (sorted by name), the real-time use
     YOLO was made for. Yields (path, detections, seconds) per frame, `seconds` being the model's time
@@ -819,19 +838,55 @@ def stream_predict(recipe: Recipe, model: nn.Module, folder, device):
 
 
 # ================================================================================================ recipe
-def recipe(categories: dict[int, str], *, name: str = "yolo2", version: int | None = None,
-           image_size: int | None = None, channels=(16, 32, 64, 128, 256), batch_norm: bool | None = None,
-           strided_stem: bool = False,
-           backbone: str = "darknet", backbone_weights: str | None = None,
-           grid: int = 7, boxes_per_cell: int = 2, hidden: int = 512, dropout: float | None = None,
-           anchors="kmeans", num_anchors: int = 5, head_channels: int = 256, direct_location: bool = True,
-           passthrough: bool = True, passthrough_channels: int | None = None, multi_scale: bool | None = None,
-           scale_every: int = 10, sizes=None,
-           test_size: int | None = None, epochs: int | None = None, lr: float | None = None,
-           optimizer: str = "adamw", weight_decay: float = 5e-4, warmup_steps: int = 50, flip: bool = True,
-           score_threshold: float = 0.005, nms_threshold: float | None = None, max_detections: int = 100,
-           precise_bn: int | None = None, seed: int = 0, slice_factor: float = SLICE_FACTOR,
-           augment: str = "world") -> Recipe:
+@dataclass
+class YoloOptions:
+    """The options of `recipe` (`--option KEY=VALUE`, `scenekit train yolo2 --list-options`); None: as the version
+    decides (v1 as the paper, v2 with every ingredient of its Table 2 on)."""
+
+    version: int | None = option(None, "1: YOLO v1, 2: YOLOv2 (None: from the model name)")
+    image_size: int | None = option(None, "network input side, px, a multiple of the stride (None: 128 for v1, "
+                                          "160 for v2)")
+    channels: tuple[int, ...] = option((16, 32, 64, 128, 256), "darknet widths, one 3x3 conv + 2x2 pool each: "
+                                                               "stride 2 ** len")
+    batch_norm: bool | None = option(None, "batch norm on every convolution (None: v2 only)")
+    strided_stem: bool = option(False, "first convolution strides 2 instead of conv + max-pool (faster on a CPU)")
+    backbone: str = option("darknet", "checked only: YOLO trains its own darknet-style stack ('darknet' | 'small')")
+    backbone_weights: str | None = option(None, "checked only: YOLO trains from scratch (None)")
+    grid: int = option(7, "v1: the S x S grid's side, cells")
+    boxes_per_cell: int = option(2, "v1: boxes B each cell predicts")
+    hidden: int = option(512, "v1: width of the first fully connected layer (4096 in the paper)")
+    dropout: float | None = option(None, "v1: dropout after the hidden layer (None: 0.5, or 0 with batch norm)")
+    anchors: Any = option("kmeans", "v2 priors: 'kmeans' (clustered on the training boxes), 'hand' (Faster R-CNN's "
+                                    "9) or [[w, h], ...] fractions of the input side")
+    num_anchors: int = option(5, "v2: priors per cell that k-means finds")
+    head_channels: int = option(256, "v2: width of the detection convolutions")
+    direct_location: bool = option(True, "v2: sigmoid offsets within the cell (off: RPN's unconstrained offsets)")
+    passthrough: bool = option(True, "v2: stack the stride-16 map onto the stride-32 grid")
+    passthrough_channels: int | None = option(None, "v2: width of the 1x1 thinning before stacking (None: 1/8 of "
+                                                    "the fine map)")
+    multi_scale: bool | None = option(None, "v2: a new input size every `scale_every` batches (None: on for v2)")
+    scale_every: int = option(10, "multi-scale: batches between input size changes")
+    sizes: tuple[int, ...] | None = option(None, "multi-scale input sides, px (None: the multiples of the stride "
+                                                 "from 0.75 to 1.5 x image_size)")
+    test_size: int | None = option(None, "v2: input side evaluated and predicted at, px (None: image_size)")
+    epochs: int | None = option(None, "training epochs (None: 30)")
+    lr: float | None = option(None, "peak learning rate (None: 2e-3)")
+    optimizer: str = option("adamw", "'sgd' | 'adam' | 'adamw'")
+    weight_decay: float = option(5e-4, "weight decay")
+    warmup_steps: int = option(50, "linear warm-up, iterations")
+    flip: bool = option(True, "augment 'world': random horizontal flip")
+    precise_bn: int | None = option(None, "training images the batch-norm statistics are re-estimated on at the "
+                                          "test size before each evaluation (None: 512 for multi-scale v2; 0: off)")
+    seed: int = option(0, "seed of k-means, multi-scale sizes and precise-BN windows")
+    slice_factor: float = option(SLICE_FACTOR, "images longer than this x the input side are sliced into tiles "
+                                               "(0: never)")
+    augment: str = option("world", "'world' (flip only) | 'user' | 'top-down' | 'none' (scenekit.data.augment)")
+    score_threshold: float = option(0.005, "detections below this class-specific score are dropped")
+    nms_threshold: float | None = option(None, "non-maximum suppression IoU (None: 0.5 for v1, 0.45 for v2)")
+    max_detections: int = option(100, "detections kept per image (after merging a photograph's tiles)")
+
+
+def recipe(categories: dict[int, str], *, name: str = "yolo2", **options) -> Recipe:
     """The training recipe of YOLO v1 (`version=1`, name "yolo1") or YOLOv2 (`version=2`, "yolo2").
 
     Defaults: v1 as the paper (no batch norm, dropout 0.5, one fixed input size, NMS 0.5); v2 with every
@@ -866,58 +921,62 @@ def recipe(categories: dict[int, str], *, name: str = "yolo2", version: int | No
     `augment`: "world" (the horizontal flip `flip`, as the world has always trained), "user", "top-down" or
     "none" (`scenekit.data.augment`'s presets, mosaic included; the module docstring).
     """
-    version = version if version is not None else (1 if "1" in name else 2)
+    o = read_options(YoloOptions, options, name)
+    version = o.version if o.version is not None else (1 if "1" in name else 2)
     if version not in (1, 2):
         raise DataError(f"version must be 1 or 2, got {version!r}", field="version")
-    if backbone not in ("darknet", "small"):
+    if o.backbone not in ("darknet", "small"):
         raise DataError(f"YOLO models use their own darknet-style backbone (--option channels=[...]), "
-                        f"not {backbone!r}", field="backbone")
-    if backbone_weights is not None:
+                        f"not {o.backbone!r}", field="backbone")
+    if o.backbone_weights is not None:
         raise DataError("YOLO models train their backbone from scratch; pretrained weights are not supported",
                         field="backbone_weights")
-    stride = 2 ** len(channels)
-    image_size = image_size if image_size is not None else (128 if version == 1 else 160)
+    stride = 2 ** len(o.channels)
+    image_size = o.image_size if o.image_size is not None else (128 if version == 1 else 160)
     if image_size % stride:
         raise DataError(f"image_size {image_size} must be a multiple of the stride {stride}", field="image_size")
-    batch_norm = (version == 2) if batch_norm is None else batch_norm
-    dropout = (0.0 if batch_norm else 0.5) if dropout is None else dropout
-    multi_scale = (version == 2) if multi_scale is None else multi_scale
+    batch_norm = (version == 2) if o.batch_norm is None else o.batch_norm
+    multi_scale = (version == 2) if o.multi_scale is None else o.multi_scale
     if multi_scale and version == 1:
         raise DataError("multi-scale training needs a fully convolutional model (yolo2); YOLO v1's fully "
                         "connected layers fix the input size", field="multi_scale")
-    nms_threshold = (0.5 if version == 1 else 0.45) if nms_threshold is None else nms_threshold
-    if isinstance(max_detections, bool) or not isinstance(max_detections, int) or max_detections < 1:
-        raise DataError(f"max_detections must be a positive integer, got {max_detections!r}", field="max_detections")
-    if isinstance(slice_factor, bool) or not isinstance(slice_factor, (int, float)) \
-            or not (slice_factor == 0 or 1 <= slice_factor < math.inf):
-        raise DataError(f"slice_factor must be 0 (never slice) or a number >= 1, got {slice_factor!r}",
+    if o.max_detections < 1:
+        raise DataError(f"max_detections must be a positive integer, got {o.max_detections!r}",
+                        field="max_detections")
+    if not (o.slice_factor == 0 or 1 <= o.slice_factor < math.inf):
+        raise DataError(f"slice_factor must be 0 (never slice) or a number >= 1, got {o.slice_factor!r}",
                         field="slice_factor")
-    factor = math.inf if slice_factor == 0 else float(slice_factor)         # tiling.needs_slicing's factor
-    tile = image_size if version == 1 or test_size is None else int(test_size)     # the side predicted at
-    precise_bn = (512 if multi_scale and batch_norm else 0) if precise_bn is None else int(precise_bn)
-    if isinstance(anchors, str) and anchors not in ("kmeans", "hand"):
-        raise DataError(f"anchors must be 'kmeans', 'hand' or a list of [w, h], got {anchors!r}", field="anchors")
+    if isinstance(o.anchors, str) and o.anchors not in ("kmeans", "hand"):
+        raise DataError(f"anchors must be 'kmeans', 'hand' or a list of [w, h], got {o.anchors!r}", field="anchors")
     explicit = None
-    if anchors == "hand":
+    if o.anchors == "hand":
         explicit = [list(a) for a in HAND_PICKED_ANCHORS]
-    elif not isinstance(anchors, str):
-        explicit = [[float(w), float(h)] for w, h in anchors]
-    class_ids = sorted(int(c) for c in categories)
-    augmentation = augment_options(augment)
-    if passthrough_channels is not None and (not isinstance(passthrough_channels, int) or passthrough_channels < 1):
-        raise DataError(f"passthrough_channels must be a positive integer or None, got {passthrough_channels!r}",
+    elif not isinstance(o.anchors, str):
+        explicit = [[float(w), float(h)] for w, h in o.anchors]
+    augmentation = augment_options(o.augment)
+    if o.passthrough_channels is not None and o.passthrough_channels < 1:
+        raise DataError(f"passthrough_channels must be a positive integer or None, got {o.passthrough_channels!r}",
                         field="passthrough_channels")
-    if strided_stem and len(channels) < 2:
+    if o.strided_stem and len(o.channels) < 2:
         raise DataError("strided_stem needs at least two widths in channels", field="strided_stem")
-    config = YoloConfig(version=version, num_classes=len(class_ids), image_size=image_size, channels=tuple(channels),
-                        batch_norm=batch_norm, strided_stem=strided_stem, grid=grid,
-                        boxes_per_cell=boxes_per_cell, hidden=hidden, dropout=dropout, anchors=explicit,
-                        num_anchors=len(explicit) if explicit else num_anchors,
-                        head_channels=head_channels, direct_location=direct_location, passthrough=passthrough,
-                        passthrough_channels=passthrough_channels)
+    # The options as this recipe resolves them: what the checkpoint stores, so a restore rebuilds the same recipe.
+    o = replace(o, version=version, image_size=image_size, batch_norm=batch_norm, multi_scale=multi_scale,
+                dropout=(0.0 if batch_norm else 0.5) if o.dropout is None else o.dropout,
+                nms_threshold=(0.5 if version == 1 else 0.45) if o.nms_threshold is None else o.nms_threshold,
+                precise_bn=(512 if multi_scale and batch_norm else 0) if o.precise_bn is None else int(o.precise_bn),
+                anchors=o.anchors if isinstance(o.anchors, str) else explicit,
+                sizes=[int(s) for s in o.sizes] if o.sizes else multi_scale_sizes(image_size, stride))
+    factor = math.inf if o.slice_factor == 0 else float(o.slice_factor)         # tiling.needs_slicing's factor
+    tile = o.image_size if o.version == 1 or o.test_size is None else int(o.test_size)   # the side predicted at
+    class_ids = sorted(int(c) for c in categories)
+    config = YoloConfig(version=o.version, num_classes=len(class_ids), image_size=o.image_size,
+                        channels=tuple(o.channels), batch_norm=o.batch_norm, strided_stem=o.strided_stem,
+                        grid=o.grid, boxes_per_cell=o.boxes_per_cell, hidden=o.hidden, dropout=o.dropout,
+                        anchors=explicit, num_anchors=len(explicit) if explicit else o.num_anchors,
+                        head_channels=o.head_channels, direct_location=o.direct_location,
+                        passthrough=o.passthrough, passthrough_channels=o.passthrough_channels)
     model_config = asdict(config)
     model_config["channels"] = list(config.channels)
-    sizes = [int(s) for s in sizes] if sizes else multi_scale_sizes(image_size, stride)
     built: dict = {}
 
     def build(values: dict) -> nn.Module:
@@ -927,18 +986,18 @@ def recipe(categories: dict[int, str], *, name: str = "yolo2", version: int | No
         return built["model"]
 
     def make_dataset(dataset, train: bool):
-        if train and version == 2 and anchors == "kmeans":
-            priors = yolo2_priors(dataset, num_anchors, seed)
+        if train and o.version == 2 and o.anchors == "kmeans":
+            priors = yolo2_priors(dataset, o.num_anchors, o.seed)
             model_config["anchors"] = priors
             if "model" in built:
                 built["model"].anchors.copy_(torch.tensor(priors))
-        size = max(sizes) if (train and multi_scale) else image_size
-        window = RandomWindow(image_size, factor=factor) if train and factor < math.inf else None
+        size = max(o.sizes) if (train and o.multi_scale) else o.image_size
+        window = RandomWindow(o.image_size, factor=factor) if train and factor < math.inf else None
         if train:
-            dataset = tiled_epoch(dataset, image_size, factor)
+            dataset = tiled_epoch(dataset, o.image_size, factor)
             built["train_data"] = dataset                 # for the batch-norm statistics before evaluation
         if not train or augmentation is None:
-            return YoloData(dataset, class_ids, size, flip=flip and train, window=window)
+            return YoloData(dataset, class_ids, size, flip=o.flip and train, window=window)
         # seed=None: the engine seeds torch per run, worker and epoch (augment.OwnStream); grey fill as letterbox
         steps = build_augmentation(augmentation, None, size=size, fill=114)
         first = [window] if window is not None else []
@@ -950,32 +1009,25 @@ def recipe(categories: dict[int, str], *, name: str = "yolo2", version: int | No
         return YoloData(dataset, class_ids, size, pairs=pairs)
 
     def evaluate(model, dataset, device):
-        if precise_bn and "train_data" in built:          # while training (`scenekit evaluate` keeps the saved ones)
-            window = RandomWindow(tile, factor=factor, seed=seed) if factor < math.inf else None
-            recompute_batch_norm(model, built["train_data"], class_ids, tile, images=precise_bn, window=window)
-        return evaluate_yolo(model, dataset, device, class_ids, size=test_size, factor=factor, **detect_options)
+        if o.precise_bn and "train_data" in built:        # while training (`scenekit evaluate` keeps the saved ones)
+            window = RandomWindow(tile, factor=factor, seed=o.seed) if factor < math.inf else None
+            recompute_batch_norm(model, built["train_data"], class_ids, tile, images=o.precise_bn, window=window)
+        return evaluate_yolo(model, dataset, device, class_ids, size=o.test_size, factor=factor, **detect_options)
 
-    detect_options = {"score_threshold": score_threshold, "nms_threshold": nms_threshold,
-                      "max_detections": max_detections}
-    options = {"version": version, "image_size": image_size, "channels": list(channels), "batch_norm": batch_norm,
-               "strided_stem": strided_stem,
-               "grid": grid, "boxes_per_cell": boxes_per_cell, "hidden": hidden, "dropout": dropout,
-               "anchors": anchors if isinstance(anchors, str) else explicit, "num_anchors": num_anchors,
-               "head_channels": head_channels, "direct_location": direct_location, "passthrough": passthrough,
-               "passthrough_channels": passthrough_channels,
-               "multi_scale": multi_scale, "scale_every": scale_every, "sizes": sizes, "test_size": test_size,
-               "epochs": epochs, "lr": lr, "optimizer": optimizer, "weight_decay": weight_decay,
-               "warmup_steps": warmup_steps, "flip": flip, "precise_bn": precise_bn, "seed": seed,
-               "slice_factor": slice_factor, "augment": augment, **detect_options}
-    phases = [Phase("detect", epochs=30 if epochs is None else epochs, lr=2e-3 if lr is None else lr,
-                    optimizer=optimizer, weight_decay=weight_decay, schedule="cosine", warmup_steps=warmup_steps,
-                    clip_grad_norm=10.0)]
+    detect_options = {"score_threshold": o.score_threshold, "nms_threshold": o.nms_threshold,
+                      "max_detections": o.max_detections}
+    # backbone and backbone_weights are only checked (YOLO trains its own network), never stored
+    stored = {key: value for key, value in stored_options(o).items() if key not in ("backbone", "backbone_weights")}
+    phases = [Phase("detect", epochs=30 if o.epochs is None else o.epochs, lr=2e-3 if o.lr is None else o.lr,
+                    optimizer=o.optimizer, weight_decay=o.weight_decay, schedule="cosine",
+                    warmup_steps=o.warmup_steps, clip_grad_norm=10.0)]
     return Recipe(
-        model_name=name, categories=dict(categories), options=options, model_config=model_config,
+        model_name=name, categories=dict(categories), options=stored, model_config=model_config,
         build_model=build, phases=phases, make_dataset=make_dataset,
-        collate=YoloCollate(sizes if multi_scale else None, scale_every, seed),
+        collate=YoloCollate(o.sizes if o.multi_scale else None, o.scale_every, o.seed),
         evaluate=evaluate,
-        predict=lambda model, images, device: detect_any_size(model, list(images), device, class_ids, size=test_size,
-                                                              factor=factor, **detect_options),
-        best_metric="mAP50", best_mode="max", world={"image_size": max(128, image_size)},
+        predict=lambda model, images, device: detect_any_size(model, list(images), device, class_ids,
+                                                              size=o.test_size, factor=factor, **detect_options),
+        best_metric="mAP50", best_mode="max", world={"image_size": max(128, o.image_size)},
+        export=yolo_graph,
     )

@@ -26,8 +26,6 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
 import numpy as np
 
 try:
@@ -102,48 +100,40 @@ def decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ answers
-def prediction_json(found: dict, categories: dict, height: int, width: int, *, min_score: float = 0.0,
-                    max_detections: int = 100) -> dict:
-    """One image's prediction (a recipe's `predict` dict) as the JSON the page draws; masks as COCO RLE."""
+def prediction_json(result, *, min_score: float = 0.0, max_detections: int = 100) -> dict:
+    """One image's `scenekit.Result` as the JSON the page draws: detections (masks as COCO RLE) at least
+    `min_score`, best first, at most `max_detections`; or the class map's regions; and the caption."""
     from scenekit.masks import compress, rle_encode
 
-    def name(label: int) -> str:
-        return str(categories.get(label, label))
-
     answer: dict = {"detections": []}
-    scores = np.asarray(found.get("scores", np.zeros(0)), dtype=np.float64).reshape(-1)
-    boxes = np.asarray(found.get("boxes", np.zeros((0, 4))), dtype=np.float64).reshape(-1, 4)
-    labels = np.asarray(found.get("labels", np.zeros(0)), dtype=np.int64).reshape(-1)
-    masks = found.get("masks")
-    order = np.argsort(-scores, kind="stable")
-    order = order[scores[order] >= min_score][:max_detections]
-    if found.get("semantic") is None:
+    order = np.argsort(-result.scores, kind="stable")
+    order = order[result.scores[order] >= min_score][:max_detections]
+    if result.semantic is None:
         for i in order.tolist():
-            box = [round(float(v), 2) for v in boxes[i]]
-            item = {"box": box, "label": int(labels[i]), "name": name(int(labels[i])),
-                    "score": round(float(scores[i]), 5)}
-            if masks is not None:
-                item["mask"] = compress(rle_encode(np.asarray(masks[i]) > 0))
+            item = {"box": [round(float(v), 2) for v in result.boxes[i]], "label": int(result.labels[i]),
+                    "name": result.names[i], "score": round(float(result.scores[i]), 5)}
+            if result.masks is not None:
+                item["mask"] = compress(rle_encode(result.masks[i]))
             answer["detections"].append(item)
     else:
-        class_map = np.asarray(found["semantic"])
-        answer["semantic"] = [{"label": int(c), "name": name(int(c)), "mask": compress(rle_encode(class_map == c)),
-                               "pixels": int((class_map == c).sum())}
+        class_map = np.asarray(result.semantic)
+        answer["semantic"] = [{"label": int(c), "name": str(result.categories.get(int(c), int(c))),
+                               "mask": compress(rle_encode(class_map == c)), "pixels": int((class_map == c).sum())}
                               for c in np.unique(class_map).tolist() if c != 0]
-    if found.get("caption") is not None:
-        answer["caption"] = str(found["caption"])
+    if result.caption is not None:
+        answer["caption"] = str(result.caption)
     return answer
 
 
 # ------------------------------------------------------------------------------------------------ the app
-def create_app(predict: Callable[[list[np.ndarray]], list[dict]], *, model_name: str, categories: dict,
-               config: ServeConfig | None = None):
-    """The FastAPI app around `predict(images) -> [prediction dict]` (a recipe's predict bound to its model,
-    or an `OnnxPredictor.predict`)."""
+def create_app(model, *, config: ServeConfig | None = None):
+    """The FastAPI app around `model`: a `scenekit.Model` (`scenekit.load(checkpoint or ONNX file)`), or anything
+    with its `name`, `categories` and `predict(images) -> [scenekit.Result]`."""
     from scenekit.viz import PALETTE
 
     config = config or ServeConfig()
-    categories = {int(k): v for k, v in categories.items()}
+    model_name = model.name
+    categories = {int(k): v for k, v in model.categories.items()}
     app = FastAPI(title=f"scenekit: {model_name}", docs_url=None, redoc_url=None)
     pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="scenekit-predict")
     lock = threading.Lock()
@@ -182,9 +172,8 @@ def create_app(predict: Callable[[list[np.ndarray]], list[dict]], *, model_name:
     def work(data: bytes, min_score: float) -> dict:
         began = time.perf_counter()
         image = decode_upload(data, config.max_pixels)
-        found = predict([image])[0]
-        answer = prediction_json(found, categories, *image.shape[:2], min_score=min_score,
-                                 max_detections=config.max_detections)
+        result = model.predict([image])[0]
+        answer = prediction_json(result, min_score=min_score, max_detections=config.max_detections)
         return {"model": model_name, "width": int(image.shape[1]), "height": int(image.shape[0]),
                 "seconds": round(time.perf_counter() - began, 4), **answer}
 
@@ -290,7 +279,7 @@ async def _send_json(send, status: int, message: str) -> None:
 SERVES = "an image alone: detectors (boxes, masks), segmenters (class maps) and captioners (a caption)"
 
 
-def check_servable(predict: Callable[[list[np.ndarray]], list[dict]], model_name: str, source=None) -> None:
+def check_servable(model, source=None) -> None:
     """Refuse at start a model whose answers would all be 500s (a language model, a VQA model that needs a
     question, a model that fails): one prediction on an image of the world must give an answer the page draws.
     Raises a ScenekitError, one line naming the model, why, and what serve answers."""
@@ -299,12 +288,11 @@ def check_servable(predict: Callable[[list[np.ndarray]], list[dict]], model_name
 
     image = make_world(1, seed=0, split="test", image_size=128).records[0].image
     try:
-        found = predict([image])
-        prediction_json(found[0], {}, *image.shape[:2])
+        prediction_json(model.predict([image])[0])
     except Exception as error:                      # whatever it is, every request would meet it too
         reason = error.reason if isinstance(error, DataError) else f"{type(error).__name__}: {error}"
         where = f"{source}: " if source else ""
-        raise ScenekitError(f"{where}cannot serve a {model_name} model ({reason}); serve answers {SERVES}") from None
+        raise ScenekitError(f"{where}cannot serve a {model.name} model ({reason}); serve answers {SERVES}") from None
 
 
 # ------------------------------------------------------------------------------------------------ running

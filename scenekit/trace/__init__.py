@@ -30,7 +30,7 @@ from scenekit.trace.report import Step, write_trace
 
 __all__ = ["trace", "FAMILIES", "Step"]
 
-# Model name (the CLI's table of models) -> the function that lists its steps.
+# Model name (scenekit.models.registry's table of families) -> the function that lists its steps.
 FAMILIES = {
     "selective-search": proposals.trace_selective_search,
     "localizer": localization.trace_localizer,
@@ -82,8 +82,9 @@ def trace(recipe, model, image, out_dir, *, question: str | None = None, choices
           device="cpu", targets: dict | None = None) -> list[Path]:
     """Write the pictures of every step of `model`'s method on `image` into `out_dir`, and `out_dir/index.html`.
 
-    recipe, model: what `scenekit.cli`'s `_restore(checkpoint)` or `make_recipe(name, ...)` + `build_model`
-        give (a trained or an untrained model); `recipe=None` (or "selective-search") traces Selective Search.
+    recipe, model: a `scenekit.load(checkpoint)`'s `.recipe` and `.module`, or scenekit.models.registry's
+        `make_recipe(name, ...)` + `build_model` (an untrained model); `recipe=None` (or "selective-search") traces
+        Selective Search.
     image: a path, PIL image or [H, W, 3] array; the character model (`charlm`) reads `text` instead.
     question, choices: the question and candidate answers for `vqa` (defaults: a colour question).
     text: the text the character model reads (default: a sentence of the world's captions).
