@@ -36,7 +36,7 @@ __all__ = ["load", "train", "Model", "Result", "Run", "read_rgb"]
 
 
 # ================================================================================================ results
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Result:
     """One image's prediction. Arrays are numpy; boxes are [N, 4] xyxy in pixels of `image`.
 
@@ -49,21 +49,21 @@ class Result:
       and `probabilities` [len(choices)] (VQA).
     """
 
-    image: np.ndarray = field(repr=False)                       # [H, W, 3] uint8, RGB
+    image: np.ndarray                                           # [H, W, 3] uint8, RGB
     file_name: str | None = None
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     names: list[str] | None = None                              # None: read off `categories`
-    masks: np.ndarray | None = field(default=None, repr=False)
-    semantic: np.ndarray | None = field(default=None, repr=False)
+    masks: np.ndarray | None = None
+    semantic: np.ndarray | None = None
     caption: str | None = None
-    attention: np.ndarray | None = field(default=None, repr=False)
+    attention: np.ndarray | None = None
     question: str | None = None
     answer: str | None = None
-    choices: list[str] | None = field(default=None, repr=False)
-    probabilities: np.ndarray | None = field(default=None, repr=False)
-    categories: dict[int, str] = field(default_factory=dict, repr=False)
+    choices: list[str] | None = None
+    probabilities: np.ndarray | None = None
+    categories: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self):
         self.boxes = np.asarray(self.boxes, dtype=np.float64)
@@ -79,6 +79,21 @@ class Result:
             self.masks = np.asarray(self.masks).astype(bool).reshape(len(self.boxes), *self.image.shape[:2])
         if self.names is None:
             self.names = [str(self.categories.get(int(label), int(label))) for label in self.labels]
+
+    def __repr__(self) -> str:
+        height, width = self.image.shape[:2]
+        parts = [f"file_name={self.file_name!r}", f"image {width}x{height}"]
+        if len(self.scores):
+            best = int(self.scores.argmax())
+            parts.append(f"{len(self.scores)} detections{' with masks' if self.masks is not None else ''} "
+                         f"(best: {self.names[best]} {self.scores[best]:.2f})")
+        if self.semantic is not None:
+            parts.append(f"class map of {len(np.unique(self.semantic))} classes")
+        if self.caption is not None:
+            parts.append(f"caption={self.caption!r}")
+        if self.answer is not None:
+            parts.append(f"question={self.question!r}, answer={self.answer!r}")
+        return f"Result({', '.join(parts)})"
 
     # ------------------------------------------------------------------------------------------ pictures
     def plot(self, score_threshold: float = 0.3, long_side: int | None = None) -> np.ndarray:

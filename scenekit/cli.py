@@ -134,13 +134,9 @@ def run_data(args):
     if args.data_command == "convert":
         import warnings
 
-        from scenekit.data.sources import check_target, parse_spec, save_data
+        from scenekit.data.sources import check_save_target, save_data
 
-        kind, path = parse_spec(args.target)             # a target that cannot be written stops before reading
-        if kind != "world":
-            from pathlib import Path
-
-            check_target(kind, Path(path))
+        check_save_target(args.target)                   # a target that cannot be written stops before reading
         dataset = _load_for_cli(args.source, args)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
@@ -156,7 +152,8 @@ def run_data(args):
         summary = {"images": len(dataset), "objects": int(sum(r.num_objects for r in dataset.records)),
                    "written": str(written)}
         print(json.dumps(summary) if args.json else
-              f"converted {summary['images']} images, {summary['objects']} objects to {written}")
+              f"converted {summary['images']} images, {summary['objects']} objects to {written} (the images copied "
+              f"beside it, so the output reads back after it is moved)")
         return 0
     if args.data_command == "check":
         from dataclasses import asdict

@@ -241,12 +241,29 @@ def draw_prediction(image, found: dict, names: dict | None = None, score_thresho
 
 
 # ------------------------------------------------------------------------------------------------ plots
-def plot_precision_recall(curves, path, names: dict | None = None, title: str = ""):
-    """Per-class precision-recall curves (from `scenekit.metrics.detection.precision_recall_curves`) as a PNG;
-    the metrics module draws them, this is the same function under the pictures' roof."""
-    from scenekit.metrics.detection import plot_precision_recall as plot
+def plot_precision_recall(curves: dict, path, names: dict | None = None, title: str = ""):
+    """Per-class precision-recall curves, `{category_id: PRCurve}` as `metrics.detection.precision_recall_curves`
+    gives them, drawn into a PNG at `path`: one step line per category, its AP in the legend beside the axes.
+    Returns the path. Needs matplotlib."""
+    from pathlib import Path
 
-    return plot(curves, path, names, title)
+    plt = _pyplot()
+    path = Path(path)
+    figure, axes = plt.subplots(figsize=(8.5, 5))              # 850 x 500 px, the legend beside the axes
+    for category, curve in curves.items():
+        name = (names or {}).get(category, str(category))
+        recall = np.r_[0.0, curve.recall]
+        precision = np.r_[curve.precision[0] if len(curve.precision) else 0.0, curve.precision]
+        axes.step(recall, precision, where="post", label=f"{name} (AP {curve.ap:.3f})")
+    axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    axes.grid(alpha=0.3)
+    if curves:
+        axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize="small")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
 
 
 def read_training_log(csv_path) -> list[dict]:

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from scenekit.cli import main
-from scenekit.models.registry import make_recipe
 from scenekit.data.records import Dataset, Record
 from scenekit.data.world import CATEGORIES, make_world
 from scenekit.errors import DataError
 from scenekit.models.fcn import IGNORE_INDEX, SegmentationData
+from scenekit.models.registry import make_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from scenekit import cli
-from scenekit.models import registry
 from scenekit.data.world import write_world
 from scenekit.engine.checkpoint import save_checkpoint
+from scenekit.models import registry
 
 IDS = {1: 30, 2: 10, 3: 20, 4: 40}                 # the world's ids 1..4 -> the ground truth's
 

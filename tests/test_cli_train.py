@@ -106,8 +106,22 @@ def test_list_options_prints_each_option_with_its_default(capsys):
     assert main(["train", "yolo1", "--list-options"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     assert "default [16, 32, 64, 128, 256]" in lines["channels"] and "a JSON list" in lines["channels"]
-    assert lines["version"].endswith("default 1")                  # the table's preset for yolo1
+    assert f"{lines['version']} ".split("default ")[1].split()[0] == "1"     # the table's preset for yolo1
     assert "name" not in lines
+    assert "network input side" in lines["image_size"]             # and its one line of help
+
+
+def test_train_help_after_a_model_lists_its_options_with_their_help(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["train", "yolo2", "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "--list-options" in out and "yolo2's options (--option KEY=VALUE):" in out
+    line = next(line for line in out.splitlines() if line.startswith("image_size "))
+    assert "default null" in line and "network input side" in line
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "'s options (--option KEY=VALUE):" not in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------------------ validation split

@@ -111,3 +111,51 @@ def test_converted_captions_name_the_images_as_the_instances_file_does(world, tm
         assert [r.captions for r in data.records] == [r.captions for r in original.records]
         for record, source in zip(data.records, original.records):
             assert np.array_equal(load_image(data, record), load_image(original, source))
+
+
+@pytest.mark.parametrize("kind", ["coco", "voc", "yolo"])
+def test_converted_data_reads_back_after_it_is_moved_and_the_source_is_gone(world, tmp_path, kind):
+    import shutil
+
+    from scenekit.data.sources import load_data
+    from scenekit.data.transforms import load_image
+
+    source = tmp_path / "source"
+    shutil.copytree(world, source)
+    original = load_data(f"coco:{source}")
+    pixels = [load_image(original, r) for r in original.records]
+    assert main(["data", "convert", "--from", f"coco:{source}", "--to", f"{kind}:{tmp_path / 'out'}"]) == 0
+    shutil.rmtree(source)                                              # the source folder is gone
+    shutil.move(tmp_path / "out", tmp_path / "elsewhere")              # and the output moved
+    spec = {"coco": "coco:", "voc": "voc:", "yolo": "yolo:"}[kind] + str(tmp_path / "elsewhere")
+    moved = load_data(spec, "train")
+    assert len(moved) == len(original)
+    for record, expected in zip(moved.records, pixels):
+        assert np.array_equal(load_image(moved, record), expected)
+
+
+def test_a_split_in_the_target_spec_names_the_split_written(world, tmp_path):
+    from scenekit.data.sources import load_data
+
+    target = tmp_path / "new" / "VOC"                                   # does not exist yet
+    assert main(["data", "convert", "--from", f"coco:{world}", "--to", f"voc:{target}:val"]) == 0
+    assert (target / "ImageSets" / "Main" / "val.txt").is_file()
+    assert not (target / "ImageSets" / "Main" / "train.txt").exists()
+    assert len(load_data(f"voc:{target}:val")) == 3
+    written = save_data(load_data(f"coco:{world}"), f"coco:{tmp_path / 'c'}:test")
+    assert written.name == "instances_test.json"
+
+
+def test_coco_copies_of_images_that_share_a_file_stem_do_not_overwrite_each_other(tmp_path):
+    from scenekit.data.sources import load_data
+    from scenekit.data.transforms import load_image
+
+    for folder, value in (("a", 10), ("b", 200)):
+        (tmp_path / folder).mkdir()
+        from PIL import Image
+        Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(tmp_path / folder / "img.png")
+    records = [Record(1, str(tmp_path / "a" / "img.png"), 8, 8, boxes=[[1, 1, 5, 5]], labels=[1]),
+               Record(2, str(tmp_path / "b" / "img.png"), 8, 8, boxes=[[2, 2, 6, 6]], labels=[1])]
+    written = save_data(Dataset(records, {1: "box"}), f"coco:{tmp_path / 'out'}")
+    back = load_data(f"coco:{written}")
+    assert [int(load_image(back, r)[0, 0, 0]) for r in back.records] == [10, 200]

@@ -183,7 +183,7 @@ def test_fast_rcnn_default_recipe_stores_the_options_checkpoints_always_stored()
     resolved); the order of the keys may differ (the shared `TwoStageOptions` come first)."""
     from scenekit.models.registry import make_recipe
 
-    before = {"image_size": 160, "backbone": "small", "backbone_weights": None, "channels": [16, 32, 64],
+    before = {"image_size": 160, "backbone": "small", "backbone_weights": None, "freeze_stages": 0, "channels": [16, 32, 64],
               "extra_convs": 2, "norm": "batch", "hidden": 256, "rois_per_image": 64, "bg_low": 0.1, "epochs": 6,
               "lr": 0.001, "flip": True, "proposal_mode": "fast", "proposal_cache": None, "max_proposals": 1000,
               "max_detections": 100, "slice_factor": 2.5}

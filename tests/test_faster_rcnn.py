@@ -166,7 +166,7 @@ def test_faster_rcnn_default_recipe_stores_the_options_checkpoints_always_stored
     resolved); the order of the keys may differ (the shared `TwoStageOptions` come first)."""
     from scenekit.models.registry import make_recipe
 
-    before = {"image_size": 160, "backbone": "small", "backbone_weights": None, "channels": [16, 32, 64],
+    before = {"image_size": 160, "backbone": "small", "backbone_weights": None, "freeze_stages": 0, "channels": [16, 32, 64],
               "extra_convs": 2, "norm": "batch", "hidden": 256, "rois_per_image": 64, "bg_low": 0.0,
               "anchor_sizes": [20.0, 46.0, 106.0], "anchor_ratios": [0.5, 1.0, 2.0], "roi_op": "align", "epochs": 12,
               "lr": 0.001, "flip": True, "max_detections": 100, "slice_factor": 2.5, "augment": "world"}
@@ -206,3 +206,29 @@ def test_faster_rcnn_detect_has_no_clocks_and_timed_detect_times_its_three_stage
     assert set(seconds) == {"conv", "proposals", "region"} and all(v > 0 for v in seconds.values())
     with torch.no_grad():
         assert all(torch.equal(a[k], b[k]) for a, b in zip(found, model(images)) for k in a)   # forward, no targets
+
+
+def test_a_pretrained_resnet18_with_frozen_stages_trains_only_the_rest_and_restores_without_its_file(tmp_path):
+    """--backbone resnet18 --backbone-weights FILE --option freeze_stages=2: the file (torchvision's names and
+    shapes, made here) is loaded, the stem and layer1 stay fixed, and a checkpoint restores without the file."""
+    import torch
+
+    from scenekit.engine.evaluate import restore_model
+    from scenekit.engine.train import prepare_phase
+    from scenekit.models.registry import make_recipe
+    from tests.test_backbones import _save_layout, resnet_layout
+
+    path = tmp_path / "resnet18-f37072fd.pth"
+    state = _save_layout(path, resnet_layout(False, (2, 2, 2, 2)))
+    recipe = make_recipe("faster-rcnn", {1: "tree"}, {"backbone": "resnet18", "backbone_weights": str(path),
+                                                      "freeze_stages": 2, "image_size": 64})
+    model = recipe.build_model(recipe.model_config)
+    assert torch.equal(model.features.layer3[0].conv1.weight, state["layer3.0.conv1.weight"])
+    trainable = {id(p) for p in prepare_phase(model, recipe.phases[0])}
+    for name, parameter in model.named_parameters():
+        fixed = name.startswith(("features.conv1.", "features.bn1.", "features.layer1."))
+        assert (id(parameter) in trainable) is not fixed, name
+    path.unlink()                                                       # the file is gone on another machine
+    checkpoint = {"model_config": recipe.model_config, "model": model.state_dict()}
+    restored = restore_model(recipe, checkpoint, torch.device("cpu"))
+    assert torch.equal(restored.features.layer3[0].conv1.weight, state["layer3.0.conv1.weight"])

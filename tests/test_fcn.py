@@ -564,12 +564,13 @@ def test_cli_trains_fcn_and_segments_an_image_with_a_coloured_overlay(tmp_path, 
 # ------------------------------------------------------------------------------------------------ options
 def test_fcn_default_recipes_store_the_options_checkpoints_always_stored():
     """Keys, values and order as the hand-written dicts stored them before `FCNOptions` / `WindowOptions`: epochs
-    resolved (25; the sliding window 10), lr as given; the sliding window never stored backbone options."""
+    resolved (25; the sliding window 10), lr as given; the sliding window never stored backbone options. New since:
+    freeze_stages (0, which builds the same network)."""
     from scenekit.models.registry import make_recipe
 
     fcn = {"architecture": "fcn8s", "upsample": "unpool", "downsample": "pool", "image_size": 96, "world_size": 128,
            "channels": [16, 32, 64, 128, 128], "convs_per_stage": None, "head": 128, "backbone": "small",
-           "backbone_weights": None, "block": "plain", "aux_weight": 0.0, "epochs": 25, "lr": None,
+           "backbone_weights": None, "freeze_stages": 0, "block": "plain", "aux_weight": 0.0, "epochs": 25, "lr": None,
            "warmup_steps": 20, "superpixel_scale": 0.0, "superpixel_sigma": 0.5, "superpixel_min_size": 20,
            "weight_decay": 0.0001, "flip": True, "box_masks": False}
     window = {"image_size": 128, "window": 32, "channels": [16, 32, 64], "hidden": 128, "windows_per_image": 64,

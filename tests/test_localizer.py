@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 from scenekit import cli
-from scenekit.models import registry
 from scenekit.boxes import box_iou
 from scenekit.data.records import Dataset, Record
 from scenekit.engine.train import TrainConfig, train
 from scenekit.models import localizer as loc
+from scenekit.models import registry
 
 CATS = {1: "circle", 2: "square", 3: "triangle"}
 

@@ -203,7 +203,7 @@ def test_mask_rcnn_default_recipe_stores_the_options_checkpoints_always_stored()
     mask_stride resolved); the order of the keys may differ (the shared `TwoStageOptions` come first)."""
     from scenekit.models.registry import make_recipe
 
-    before = {"image_size": 160, "backbone": "small", "backbone_weights": None, "channels": [16, 32, 64],
+    before = {"image_size": 160, "backbone": "small", "backbone_weights": None, "freeze_stages": 0, "channels": [16, 32, 64],
               "extra_convs": 2, "norm": "batch", "hidden": 256, "rois_per_image": 64, "bg_low": 0.0,
               "anchor_sizes": [20.0, 46.0, 106.0], "anchor_ratios": [0.5, 1.0, 2.0], "mask_size": 14, "mask_convs": 4,
               "mask_channels": 64, "mask_stride": 4, "epochs": 12, "lr": 0.001, "flip": True, "box_masks": False,

@@ -356,9 +356,12 @@ def test_pr_curves_are_monotone_and_their_mean_is_the_coco_ap50():
 
 def test_pr_curve_plot_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
+    from scenekit import viz
+
     gt, results = make_problem(41)
-    path = detection.plot_precision_recall(precision_recall_curves(gt, results), tmp_path / "pr.png")
+    path = viz.plot_precision_recall(precision_recall_curves(gt, results), tmp_path / "pr.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert detection.plot_precision_recall is viz.plot_precision_recall        # the old name still answers
 
 
 # ------------------------------------------------------------------------------------------------ Pascal VOC
@@ -658,7 +661,7 @@ def test_json_reads_alike_with_orjson_and_the_standard_library(tmp_path, monkeyp
     odd = detection.read_json(tmp_path / "nan.json")
     with pytest.raises(DataError) as fast_error:
         detection.read_json(tmp_path / "bad.json")
-    monkeypatch.setattr(detection, "orjson", None)
+    monkeypatch.setattr(detection.reading, "orjson", None)
     assert detection.read_json(tmp_path / "r.json") == fast == results
     slow_odd = detection.read_json(tmp_path / "nan.json")
     assert np.isnan(odd[0]["score"]) and np.isnan(slow_odd[0]["score"]) and odd[0]["big"] == slow_odd[0]["big"]

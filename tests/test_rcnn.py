@@ -11,9 +11,8 @@ import torch
 from PIL import Image
 
 from scenekit import cli
-from scenekit.models import registry
 from scenekit.data.world import make_world
-from scenekit.models import rcnn
+from scenekit.models import rcnn, registry
 
 
 # ------------------------------------------------------------------------------------------------ warping

@@ -4,6 +4,7 @@ import io
 import struct
 import threading
 import zlib
+from types import SimpleNamespace
 
 # No importorskip: fastapi, httpx (starlette's TestClient) and python-multipart are in the `[test]` extra, and a
 # missing one must fail these tests loudly (an ImportError at collection), never turn them into silent skips.
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
+from scenekit.api import Model
 from scenekit.masks import rle_decode
 from scenekit.serve.app import HTTPProblem, ServeConfig, create_app, decode_upload
 
@@ -41,9 +43,16 @@ def box_and_mask(images):
              "labels": np.array([2, 1]), "masks": masks}]
 
 
+def stand_in(predict, name="fake", categories=NAMES) -> Model:
+    """A scenekit.Model whose recipe answers `predict(images) -> [prediction dict]`: the app's path, no network."""
+    recipe = SimpleNamespace(model_name=name, categories=categories,
+                             predict=lambda module, images, device: predict(images))
+    return Model(recipe, module=None)
+
+
 def client(predict=box_and_mask, **config):
     # raise_server_exceptions=False: see the 500 a real client sees, not the exception the server logs
-    return TestClient(create_app(predict, model_name="fake", categories=NAMES, config=ServeConfig(**config)),
+    return TestClient(create_app(stand_in(predict), config=ServeConfig(**config)),
                       raise_server_exceptions=False)
 
 
@@ -225,8 +234,8 @@ def test_decode_upload_returns_rgb_pixels():
 def test_a_real_model_answers_what_its_recipe_predicts():
     import torch
 
-    from scenekit.models.registry import make_recipe
     from scenekit.data.world import CATEGORIES, make_world
+    from scenekit.models.registry import make_recipe
 
     recipe = make_recipe("yolo2", dict(CATEGORIES), {"channels": [8, 8, 16, 16, 16], "head_channels": 32,
                                                      "anchors": "hand"})
@@ -239,8 +248,7 @@ def test_a_real_model_answers_what_its_recipe_predicts():
     def predict(images):
         with torch.no_grad():
             return recipe.predict(model, images, torch.device("cpu"))
-    c = TestClient(create_app(predict, model_name="yolo2", categories=recipe.categories,
-                              config=ServeConfig(max_detections=10)))
+    c = TestClient(create_app(Model(recipe, model), config=ServeConfig(max_detections=10)))
     answer = post(c, buffer.getvalue()).json()
     expected = predict([image])[0]
     assert len(answer["detections"]) == min(10, len(expected["scores"])) > 0

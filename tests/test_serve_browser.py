@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import pytest
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 
+from scenekit.api import Model  # noqa: E402
 from scenekit.serve.app import ServeConfig, create_app  # noqa: E402
 from scenekit.viz import colour_for  # noqa: E402
 
@@ -35,8 +37,9 @@ def one_square(images):
 
 @pytest.fixture(scope="module")
 def server():
-    app = create_app(one_square, model_name="browser-test", categories={1: "circle", 2: "square"},
-                     config=ServeConfig())
+    recipe = SimpleNamespace(model_name="browser-test", categories={1: "circle", 2: "square"},
+                             predict=lambda module, images, device: one_square(images))
+    app = create_app(Model(recipe, module=None), config=ServeConfig())
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

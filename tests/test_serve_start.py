@@ -1,15 +1,18 @@
 """`scenekit serve` refuses at start a model it cannot answer with, instead of answering 500 to every request."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
 
 import scenekit.serve.app as serve_app  # noqa: E402
+from scenekit.api import Model  # noqa: E402
 from scenekit.cli import main  # noqa: E402
-from scenekit.models.registry import make_recipe  # noqa: E402
 from scenekit.data.world import CATEGORIES  # noqa: E402
 from scenekit.errors import ScenekitError  # noqa: E402
+from scenekit.models.registry import make_recipe  # noqa: E402
 
 
 def _checkpoint(tmp_path, name):
@@ -49,13 +52,18 @@ def test_serve_starts_a_detector_after_the_check(tmp_path, capsys, started):
     assert "serving localizer" in capsys.readouterr().out
 
 
+def stand_in(predict, name: str) -> Model:
+    """A scenekit.Model whose recipe answers `predict(images) -> [prediction dict]`."""
+    return Model(SimpleNamespace(model_name=name, categories={}, predict=lambda _, images, __: predict(images)), None)
+
+
 def test_check_servable_turns_any_failure_into_one_line():
     def broken(images):
         raise RuntimeError("CUDA out of memory")
 
     with pytest.raises(ScenekitError, match=r"^m.pt: cannot serve a yolo2 model \(RuntimeError: CUDA out of memory\)"):
-        serve_app.check_servable(broken, "yolo2", "m.pt")
+        serve_app.check_servable(stand_in(broken, "yolo2"), "m.pt")
     with pytest.raises(ScenekitError, match="cannot serve a x model"):         # an answer the page cannot draw
-        serve_app.check_servable(lambda images: [{"boxes": np.zeros((2, 3))}], "x")
-    serve_app.check_servable(lambda images: [{"boxes": np.zeros((0, 4)), "scores": np.zeros(0),
-                                              "labels": np.zeros(0, np.int64)}], "fine")
+        serve_app.check_servable(stand_in(lambda images: [{"boxes": np.zeros((2, 3))}], "x"))
+    serve_app.check_servable(stand_in(lambda images: [{"boxes": np.zeros((0, 4)), "scores": np.zeros(0),
+                                                       "labels": np.zeros(0, np.int64)}], "fine"))

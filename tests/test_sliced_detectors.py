@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from scenekit.models import registry
 from scenekit.data.records import Dataset, Record
 from scenekit.data.tiling import crop_target, merge_tiles, tile_windows
 from scenekit.data.transforms import record_masks
@@ -17,7 +16,7 @@ from scenekit.data.world import CATEGORIES, make_world
 from scenekit.engine.checkpoint import load_checkpoint, save_checkpoint
 from scenekit.engine.evaluate import restore_model
 from scenekit.errors import DataError
-from scenekit.models import fast_rcnn, faster_rcnn, localizer, mask_rcnn, rcnn, yolo
+from scenekit.models import fast_rcnn, faster_rcnn, localizer, mask_rcnn, rcnn, registry, yolo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -217,9 +217,7 @@ def _check_instance(ann: dict, image: dict, categories: dict, problems: Problems
         raise problems.error(f"unknown category_id {ann.get('category_id')!r} (known: "
                              f"{sorted(categories)[:20]})", record=where, field="category_id")
     bbox = ann.get("bbox")
-    if not isinstance(bbox, list) or len(bbox) != 4 or not all(is_number(v) for v in bbox):
-        raise problems.error(f"bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}", record=where,
-                             field="bbox")
+    check_xywh(bbox, lambda message: problems.error(message, record=where, field="bbox"))
     x, y, w, h = (float(v) for v in bbox)
     check_box((x, y, x + w, y + h), image["width"], image["height"], problems, record=where, field="bbox")
     iscrowd = ann.get("iscrowd", 0)
@@ -235,21 +233,49 @@ def _check_instance(ann: dict, image: dict, categories: dict, problems: Problems
             "iscrowd": bool(iscrowd), "area": None if area is None else float(area), "segmentation": segmentation}
 
 
+def check_xywh(box, error) -> None:
+    """A COCO box `[x, y, w, h]`: 4 finite numbers, w and h >= 0; else `error(message)` is raised (a DataError
+    that names the file, record and field). Shared with the evaluation's reading of results and ground truth
+    (`scenekit.metrics.detection.reading`)."""
+    if not isinstance(box, (list, tuple, np.ndarray)) or len(box) != 4 or not all(is_number(v) for v in box):
+        raise error(f"must be 4 finite numbers [x, y, w, h], got {box!r}")
+    if box[2] < 0 or box[3] < 0:
+        raise error(f"has negative size (w {box[2]:g}, h {box[3]:g})")
+
+
+def check_segmentation_form(segmentation, error) -> None:
+    """A COCO segmentation's form: polygons (a list of lists of finite numbers) or an RLE (a dict with `size`
+    and `counts`, a string or a list); else `error(message)` is raised. What only rasterising can tell (and,
+    reading a file, the sizes: `_check_segmentation`) is checked elsewhere."""
+    if isinstance(segmentation, dict):
+        if "size" not in segmentation or "counts" not in segmentation:
+            raise error("an RLE needs 'size' and 'counts'")
+        if not isinstance(segmentation["counts"], (str, list)):
+            raise error("RLE counts must be a string or a list of integers")
+    elif isinstance(segmentation, list):
+        for polygon in segmentation:
+            if not isinstance(polygon, list) or not all(is_number(v) for v in polygon):
+                raise error("polygons must be lists of finite numbers [x1, y1, x2, y2, ...]")
+    else:
+        raise error(f"must be polygons (a list) or an RLE (a dict), got {type(segmentation).__name__}")
+
+
 def _check_segmentation(segmentation, image: dict, problems: Problems, where: str) -> None:
+    """Its form, then what an instances file adds: polygons of >= 3 points, an RLE of the image's size."""
+    def error(message):
+        return problems.error(message, record=where, field="segmentation")
+
+    check_segmentation_form(segmentation, error)
     if isinstance(segmentation, list):
         if not segmentation:
-            raise problems.error("empty polygon list", record=where, field="segmentation")
+            raise error("empty polygon list")
         for k, polygon in enumerate(segmentation):
-            if not isinstance(polygon, list) or not polygon:
-                raise problems.error(f"polygon {k} is empty", record=where, field="segmentation")
-            if len(polygon) < 6 or len(polygon) % 2 or not all(is_number(v) for v in polygon):
-                raise problems.error(f"polygon {k} must be an even number (>= 6) of finite coordinates "
-                                     f"x1, y1, x2, y2, ..., got {len(polygon)} values", record=where,
-                                     field="segmentation")
+            if not polygon:
+                raise error(f"polygon {k} is empty")
+            if len(polygon) < 6 or len(polygon) % 2:
+                raise error(f"polygon {k} must be an even number (>= 6) of finite coordinates x1, y1, x2, y2, ..., "
+                            f"got {len(polygon)} values")
         return
-    if not isinstance(segmentation, dict) or "size" not in segmentation or "counts" not in segmentation:
-        raise problems.error("segmentation must be a list of polygons or an RLE {'size', 'counts'}",
-                             record=where, field="segmentation")
     if list(segmentation["size"]) != [image["height"], image["width"]]:
         raise problems.error(f"RLE size {segmentation['size']} differs from the image's "
                              f"[height, width] = [{image['height']}, {image['width']}]", record=where,
@@ -280,11 +306,13 @@ def _make_record(image_id: int, info: dict, instances: list, captions: list) -> 
 
 
 # ------------------------------------------------------------------------------------------------- writing
-def to_coco_dict(dataset: Dataset, file_names: dict | None = None) -> dict:
-    """The COCO instances dict of a dataset (what `write_coco` writes).
+def to_coco_dict(dataset: Dataset, file_names: dict | None = None, *, difficult: bool = False) -> dict:
+    """The COCO instances dict of a dataset (what `write_coco` writes; the evaluation reads a Dataset as this).
 
+    Boxes become `[x1, y1, x2 - x1, y2 - y1]`; `area` is the record's (mask) area when given, else the box area.
     Annotation ids are the records' `ann_ids` when they are unique across the dataset and >= 1, else they are
-    renumbered 1..M in order (pycocotools' evaluation treats id 0 as "unmatched").
+    renumbered 1..M in order (pycocotools' evaluation treats id 0 as "unmatched"). `difficult`: mark difficult
+    objects `"difficult": 1` (VOC's flag, which `scenekit.metrics.detection.voc_evaluate` honours).
     """
     file_names = file_names or {}
     all_ids = np.concatenate([r.ann_ids for r in dataset.records]) if dataset.records else np.zeros(0)
@@ -301,10 +329,22 @@ def to_coco_dict(dataset: Dataset, file_names: dict | None = None) -> dict:
             segmentation = record.segmentations[k] if record.segmentations is not None else None
             if segmentation is not None:
                 ann["segmentation"] = _plain(segmentation)
+            if difficult and record.difficult[k]:
+                ann["difficult"] = 1
             annotations.append(ann)
             next_id += 1
     categories = [{"id": int(i), "name": name, "supercategory": ""} for i, name in sorted(dataset.categories.items())]
     return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def _copy_stems(dataset: Dataset) -> list[str]:
+    """Names for the images' copies: their file stems, with `_<image id>` added where two images share one
+    (COCO, unlike VOC and YOLO, does not key annotations by file name, so such a set stays writable)."""
+    from collections import Counter
+
+    stems = [Path(record.file_name).stem for record in dataset.records]
+    shared = {stem for stem, count in Counter(stems).items() if count > 1}
+    return [f"{stem}_{record.image_id}" if stem in shared else stem for stem, record in zip(stems, dataset.records)]
 
 
 def write_coco(dataset: Dataset, json_path, image_dir=None) -> Path:
@@ -317,9 +357,10 @@ def write_coco(dataset: Dataset, json_path, image_dir=None) -> Path:
     json_path = Path(json_path)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     file_names = {}
+    stems = _copy_stems(dataset) if image_dir is not None else []
     for index, record in enumerate(dataset.records):
         if image_dir is not None:
-            path = export_image(dataset, record, Path(image_dir))
+            path = export_image(dataset, record, Path(image_dir), stems[index])
         elif record.image is None:
             path = dataset.image_path(record)
         else:
@@ -402,12 +443,7 @@ def _check_result(result, index: int, file) -> None:
     bbox = result.get("bbox")
     if bbox is None and "segmentation" in result:
         return                                              # segm results may omit bbox (pycocotools derives it)
-    if not isinstance(bbox, list) or len(bbox) != 4 or not all(is_number(v) for v in bbox):
-        raise DataError(f"bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}", file=file, record=where,
-                        field="bbox")
-    if bbox[2] < 0 or bbox[3] < 0:
-        raise DataError(f"bbox has negative size (w {bbox[2]:g}, h {bbox[3]:g})", file=file, record=where,
-                        field="bbox")
+    check_xywh(bbox, lambda message: DataError(message, file=file, record=where, field="bbox"))
     segmentation = result.get("segmentation")
     if segmentation is not None and not (isinstance(segmentation, dict) and {"size", "counts"} <= set(segmentation)):
         raise DataError("segmentation must be an RLE {'size', 'counts'}", file=file, record=where,

@@ -49,6 +49,22 @@ def split_spec(spec: str) -> tuple[str, str | None, str | None]:
     return kind, path, None
 
 
+def split_target_spec(spec: str) -> tuple[str, str | None, str | None]:
+    """A spec to write to, which need not exist yet: 'voc:out/VOC:val' -> ('voc', 'out/VOC', 'val').
+
+    A last ':NAME' is a split when NAME holds no '/', '\\' or '.', so 'coco:out/x.json:val' writes x.json as the
+    val split while 'coco:out/x.json' and 'yolo:out/data.yaml' are plain paths. An existing path is read as a whole
+    (as `split_spec` does), so a folder whose name holds a colon still works.
+    """
+    kind, path = parse_spec(spec)
+    if kind == "world" or Path(path).exists():
+        return kind, path, None
+    head, sep, name = path.rpartition(":")
+    if sep and head and name and not any(c in name for c in "/\\."):
+        return kind, head, name
+    return kind, path, None
+
+
 def _coco_file(path: Path, split: str) -> Path:
     """A folder stands for its `instances_<split>.json`, or its only `instances*.json`."""
     if not path.is_dir():
@@ -125,10 +141,16 @@ def save_data(dataset: Dataset, spec: str, split: str = "train") -> Path:
 
     coco:PATH writes PATH (or PATH/instances_<split>.json for a folder), in-memory images to `images/` beside
     it, and the captions and questions as `captions_<tag>.json` / `questions_<tag>.json` when there are any.
-    voc:DIR and yolo:DIR write folders (yolo:DIR/data.yaml names the same folder). A path that does not fit its
-    format is an error before anything is written.
+    voc:DIR and yolo:DIR write folders (yolo:DIR/data.yaml names the same folder). A split named in the spec
+    (`voc:out/VOC:val`, `split_target_spec`) wins over `split`. A path that does not fit its format is an error
+    before anything is written.
+
+    Every format gets its own copies of the images (COCO: `images/` beside the JSON; VOC: JPEGImages/; YOLO:
+    images/<split>/), and file names relative to the written folder: the output is self-contained, so it still
+    reads back after it is moved or the source is deleted.
     """
-    kind, path = parse_spec(spec)
+    kind, path, named = split_target_spec(spec)
+    split = named or split
     if kind == "world":
         raise DataError("the world is generated, not written to; use `scenekit data world --out DIR`", field="spec")
     target = Path(path)
@@ -146,8 +168,7 @@ def save_data(dataset: Dataset, spec: str, split: str = "train") -> Path:
     from scenekit.data.coco import write_coco
 
     json_path = target if target.suffix == ".json" else target / f"instances_{split}.json"
-    in_memory = any(record.image is not None for record in dataset.records)
-    write_coco(dataset, json_path, json_path.parent / "images" if in_memory else None)
+    write_coco(dataset, json_path, json_path.parent / "images")
     stem = json_path.stem
     tag = stem[len("instances"):] if stem.startswith("instances") else f"_{stem}"
     if any(record.captions for record in dataset.records):
@@ -166,6 +187,13 @@ def save_data(dataset: Dataset, spec: str, split: str = "train") -> Path:
 
 
 FILE_SUFFIXES = (".json", ".yaml", ".yml", ".xml", ".txt", ".csv", ".zip", ".png", ".jpg", ".jpeg")
+
+
+def check_save_target(spec: str) -> None:
+    """`check_target` for a spec to write (its split, if any, set aside): one line before anything is read."""
+    kind, path, _ = split_target_spec(spec)
+    if kind != "world":
+        check_target(kind, Path(path))
 
 
 def check_target(kind: str, target: Path) -> None:

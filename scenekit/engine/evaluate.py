@@ -13,7 +13,13 @@ import torch
 
 
 def restore_model(recipe, checkpoint: dict, device: torch.device) -> torch.nn.Module:
-    """The checkpoint's model, rebuilt from its stored configuration, weights loaded, in eval mode."""
-    model = recipe.build_model(checkpoint["model_config"])
+    """The checkpoint's model, rebuilt from its stored configuration, weights loaded, in eval mode.
+
+    The pretrained backbone file a run started from (`backbone_weights`) is not read again: the checkpoint holds
+    every weight, so it restores on a machine that never had that file."""
+    config = dict(checkpoint["model_config"])
+    if config.get("backbone_weights") is not None:
+        config["backbone_weights"] = None
+    model = recipe.build_model(config)
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval()

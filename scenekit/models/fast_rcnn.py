@@ -61,7 +61,7 @@ from scenekit.boxes import clip_boxes_to_image, decode_boxes, encode_boxes
 from scenekit.data.tiling import RandomWindow, crop_target, needs_slicing, sliced_predict, tile_windows
 from scenekit.data.transforms import Compose, load_image
 from scenekit.errors import DataError
-from scenekit.models.backbones import SmallCNN, build_backbone, inference_copy
+from scenekit.models.backbones import SmallCNN, build_backbone, freeze_stages, inference_copy
 from scenekit.models.detection_targets import label_regions, sample_labels
 from scenekit.nms import batched_nms
 from scenekit.recipes import Phase, Recipe, option, read_options, stored_options
@@ -77,6 +77,7 @@ class FastRCNNConfig:
     extra_convs: int = 2                   # small backbone: 3x3 convs after the last stage (receptive field)
     norm: str = "batch"                    # "batch" | "group" | "none"
     backbone_weights: str | None = None    # torchvision-format state dict for vgg16 / resnet*
+    freeze_stages: int = 0                 # the backbone's first stages kept fixed (backbones.freeze_stages)
     roi_size: int = 7                      # h = w of the pooled RoI features
     roi_op: str = "pool"                   # "pool" (RoI max-pooling, Fast R-CNN) | "align" (RoIAlign)
     hidden: int = 256                      # width of the two fully connected layers (4096 in the paper)
@@ -135,8 +136,10 @@ class ConvFeatures(nn.Module):
 
 def build_features(config) -> nn.Module:
     if config.backbone == "small":
-        return ConvFeatures(config.channels, config.extra_convs, config.norm)
-    return build_backbone(config.backbone, weights=config.backbone_weights)
+        features = ConvFeatures(config.channels, config.extra_convs, config.norm)
+        freeze_stages(features.body, config.freeze_stages)
+        return features
+    return build_backbone(config.backbone, weights=config.backbone_weights, freeze=config.freeze_stages)
 
 
 # ------------------------------------------------------------------------------------------------ head
@@ -996,6 +999,7 @@ class TwoStageOptions:
     image_size: int = option(160, "network input side S, px: the longer side is scaled to S, padded to S x S")
     backbone: str = option("small", "'small' | 'vgg16' | 'resnet18' | 'resnet50'")
     backbone_weights: str | None = option(None, "torchvision-format state dict of the backbone (None: from scratch)")
+    freeze_stages: int = option(0, "the backbone's first stages kept fixed, e.g. 2 with pretrained weights (0: none)")
     channels: tuple[int, ...] = option((16, 32, 64), "small backbone: stage widths (stride 2 ** stages)")
     extra_convs: int = option(2, "small backbone: 3x3 convolutions after the last stage (receptive field)")
     norm: str = option("batch", "small backbone: normalisation, 'batch' | 'group' | 'none'")
@@ -1031,7 +1035,7 @@ def recipe(categories: dict, *, name: str = "fast-rcnn", **options) -> Recipe:
     o = replace(o, epochs=6 if o.epochs is None else o.epochs, lr=1e-3 if o.lr is None else o.lr)
     config = FastRCNNConfig(num_classes=len(categories), image_size=o.image_size, backbone=o.backbone,
                             channels=tuple(o.channels), extra_convs=o.extra_convs, norm=o.norm,
-                            backbone_weights=o.backbone_weights, hidden=o.hidden, rois_per_image=o.rois_per_image,
+                            backbone_weights=o.backbone_weights, freeze_stages=o.freeze_stages, hidden=o.hidden, rois_per_image=o.rois_per_image,
                             bg_low=o.bg_low, max_proposals=o.max_proposals,
                             detections_per_image=check_max_detections(o.max_detections))
     return two_stage_recipe(name, categories, config, o,

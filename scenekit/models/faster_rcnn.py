@@ -252,7 +252,7 @@ def recipe(categories: dict, *, name: str = "faster-rcnn", **options) -> Recipe:
     o = replace(o, epochs=12 if o.epochs is None else o.epochs, lr=1e-3 if o.lr is None else o.lr)
     config = FasterRCNNConfig(num_classes=len(categories), image_size=o.image_size, backbone=o.backbone,
                               channels=tuple(o.channels), extra_convs=o.extra_convs, norm=o.norm,
-                              backbone_weights=o.backbone_weights, hidden=o.hidden, rois_per_image=o.rois_per_image,
+                              backbone_weights=o.backbone_weights, freeze_stages=o.freeze_stages, hidden=o.hidden, rois_per_image=o.rois_per_image,
                               bg_low=o.bg_low, anchor_sizes=tuple(o.anchor_sizes),
                               anchor_ratios=tuple(o.anchor_ratios), roi_op=o.roi_op,
                               detections_per_image=check_max_detections(o.max_detections))

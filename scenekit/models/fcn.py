@@ -184,6 +184,7 @@ class FCNConfig:
     head: int = 128                               # width of the convolutionalized fc6 / fc7
     backbone: str = "small"                       # "small" | "vgg16" (the paper's encoder; slow on a CPU)
     backbone_weights: str | None = None           # torchvision-format VGG-16 state dict
+    freeze_stages: int = 0                        # vgg16: its first blocks kept fixed (backbones.freeze_stages)
     # Defaults below keep checkpoints written before they existed loading as they were trained (LEGACY).
     block: str = "plain"                          # small encoder's units: "plain" conv-BN-ReLU | "residual"
     aux_weight: float = 0.0                       # FCN: weight of the coarser nets' losses (deep supervision)
@@ -263,7 +264,7 @@ class Encoder(nn.Module):
         if config.backbone == "vgg16":
             from scenekit.models.backbones import build_backbone
 
-            self.vgg = build_backbone("vgg16", weights=config.backbone_weights)
+            self.vgg = build_backbone("vgg16", weights=config.backbone_weights, freeze=config.freeze_stages)
             self.channels, self.pool = (64, 128, 256, 512, 512), True
             return
         self.vgg = None
@@ -848,6 +849,7 @@ class FCNOptions:
     head: int = option(128, "width of the convolutionalized fc6 / fc7")
     backbone: str = option("small", "encoder: 'small' | 'vgg16' (the paper's)")
     backbone_weights: str | None = option(None, "torchvision-format VGG-16 state dict (None: from scratch)")
+    freeze_stages: int = option(0, "vgg16: its first blocks kept fixed, e.g. 2 with pretrained weights (0: none)")
     block: str = option("plain", "small encoder's units: 'plain' conv-BN-ReLU | 'residual'")
     aux_weight: float = option(0.0, "FCN: weight of the coarser nets' losses (deep supervision; 0: off)")
     epochs: int | None = option(None, "training epochs (None: 25)")
@@ -913,8 +915,12 @@ def recipe(categories: dict[int, str], *, name: str = "fcn", **options) -> Recip
                        downsample=o.downsample, channels=tuple(o.channels), head=o.head,
                        convs_per_stage=tuple(o.convs_per_stage) if isinstance(o.convs_per_stage, (list, tuple))
                        else o.convs_per_stage,
-                       backbone=o.backbone, backbone_weights=o.backbone_weights, block=o.block,
+                       backbone=o.backbone, backbone_weights=o.backbone_weights, freeze_stages=o.freeze_stages,
+                       block=o.block,
                        aux_weight=float(o.aux_weight))
+    if o.freeze_stages and o.backbone != "vgg16":
+        raise DataError("freeze_stages keeps a pretrained encoder's first blocks fixed: it needs --backbone vgg16 "
+                        "(the small encoder trains from scratch)", field="freeze_stages")
     o = replace(o, epochs=25 if o.epochs is None else o.epochs)          # as resolved, as checkpoints store it
     phases = [Phase("segment", epochs=o.epochs, lr=3e-3 if o.lr is None else o.lr, optimizer="adamw",
                     weight_decay=o.weight_decay, schedule="cosine", warmup_steps=o.warmup_steps,

@@ -196,7 +196,7 @@ def recipe(categories: dict, *, name: str = "mask-rcnn", **options) -> Recipe:
                 lr=1e-3 if o.lr is None else o.lr, mask_stride=mask_stride)
     config = MaskRCNNConfig(num_classes=len(categories), image_size=o.image_size, backbone=o.backbone,
                             channels=tuple(o.channels), extra_convs=o.extra_convs, norm=o.norm,
-                            backbone_weights=o.backbone_weights, hidden=o.hidden, rois_per_image=o.rois_per_image,
+                            backbone_weights=o.backbone_weights, freeze_stages=o.freeze_stages, hidden=o.hidden, rois_per_image=o.rois_per_image,
                             bg_low=o.bg_low, anchor_sizes=tuple(o.anchor_sizes),
                             anchor_ratios=tuple(o.anchor_ratios), mask_size=o.mask_size, mask_convs=o.mask_convs,
                             mask_channels=o.mask_channels, mask_stride=o.mask_stride,
