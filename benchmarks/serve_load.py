@@ -35,23 +35,24 @@ def main() -> None:
     import uvicorn
     from PIL import Image
 
-    from scenekit.models.registry import make_recipe
+    from scenekit import Model, Result
     from scenekit.data.world import CATEGORIES, make_world
+    from scenekit.models.registry import make_recipe
     from scenekit.serve.app import ServeConfig, create_app
 
     if args.model == "none":
-        def predict(images):
-            return [{"boxes": np.array([[1.0, 1.0, 20.0, 20.0]]), "scores": np.array([0.9]), "labels": np.array([1])}]
+        class NoModel:                          # the server alone: a fixed answer, no network
+            name, categories = "none", dict(CATEGORIES)
+
+            def predict(self, images):
+                return [Result(image=np.asarray(image), boxes=[[1.0, 1.0, 20.0, 20.0]], scores=[0.9], labels=[1],
+                               categories=self.categories) for image in images]
+        model = NoModel()
     else:
         recipe = make_recipe(args.model, dict(CATEGORIES))
         torch.manual_seed(0)
-        model = recipe.build_model(recipe.model_config).eval()
-
-        def predict(images):
-            with torch.no_grad():
-                return recipe.predict(model, images, torch.device("cpu"))
-    app = create_app(predict, model_name=args.model, categories=dict(CATEGORIES),
-                     config=ServeConfig(workers=args.workers, max_pending=args.max_pending, max_detections=20))
+        model = Model(recipe, recipe.build_model(recipe.model_config).eval(), "cpu")
+    app = create_app(model, config=ServeConfig(workers=args.workers, max_pending=args.max_pending, max_detections=20))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -137,20 +137,12 @@ class Result:
     def to_coco(self, image_id: int | None = None) -> list[dict]:
         """The detections as COCO result records: `{image_id, file_name, category_id, score, bbox [x, y, w, h]}`
         and, with masks, `segmentation` (compressed RLE), the format `scenekit evaluate --pred` and pycocotools
-        read. Without `image_id` the records name their image by `file_name` only."""
-        from scenekit.masks import compress, rle_encode
+        read (scenekit.models.detection.coco_records). Without `image_id` the records name their image by
+        `file_name` only."""
+        from scenekit.models.detection import coco_records
 
-        image = {} if image_id is None else {"image_id": int(image_id)}
-        if self.file_name is not None:
-            image["file_name"] = self.file_name
-        records = []
-        for k, ((x1, y1, x2, y2), score, label) in enumerate(zip(self.boxes.tolist(), self.scores.tolist(),
-                                                                   self.labels.tolist())):
-            record = {**image, "category_id": int(label), "score": float(score), "bbox": [x1, y1, x2 - x1, y2 - y1]}
-            if self.masks is not None:
-                record["segmentation"] = compress(rle_encode(self.masks[k]))
-            records.append(record)
-        return records
+        found = {"boxes": self.boxes, "scores": self.scores, "labels": self.labels, "masks": self.masks}
+        return coco_records(found, image_id, self.file_name)
 
 
 # ================================================================================================ images
@@ -258,31 +250,34 @@ class Model:
         length^`length_penalty`), or sample at `temperature` (seeded by `seed`); at most `max_length` tokens
         (default: the recipe's `beam_size` and `max_words` + 1). `batch_size` images go through the network
         together; `stream`: an iterator instead of a list, so a long folder is never held in memory."""
-        task = self.task
+        if batch_size < 1:
+            raise DataError(f"must be >= 1, got {batch_size}", field="batch_size")
         captioning = {"beam": beam, "length_penalty": length_penalty, "temperature": temperature,
                       "max_length": max_length, "seed": seed}
-        if task != "caption" and any(value is not None for value in captioning.values()):
-            raise DataError(f"{', '.join(k for k, v in captioning.items() if v is not None)}: for captioners; "
-                            f"{self.name} is not one", field="predict")
+        predict = self._predictor(question, choices, captioning)      # checked before any image is read
+        results = self._results(_image_inputs(images), predict, batch_size)
+        return results if stream else list(results)
+
+    def _predictor(self, question, choices, captioning: dict):
+        """batch of images -> their Result fields, for what this model does; an argument it does not take is a
+        DataError naming it."""
+        task = self.task
+        given = [key for key, value in captioning.items() if value is not None]
+        if task != "caption" and given:
+            raise DataError(f"{', '.join(given)}: for captioners; {self.name} is not one", field="predict")
         if task == "vqa" and question is None:
             raise DataError("a VQA model answers a question about the image: give question= (and choices=), as "
                             "`scenekit ask IMAGE QUESTION --choices ...` does", field="question")
         if task != "vqa" and (question is not None or choices is not None):
             raise DataError(f"question and choices are for VQA models; {self.name} is not one", field="question")
-        if batch_size < 1:
-            raise DataError(f"must be >= 1, got {batch_size}", field="batch_size")
-        items = _image_inputs(images)
-        if task == "caption":
-            generator = torch.Generator().manual_seed(seed) if seed is not None else None
-            options = {"beam": beam, "length_penalty": length_penalty or 0.0, "temperature": temperature,
-                       "max_length": max_length, "generator": generator}
-            predict = lambda batch: [self._caption(image, **options) for image in batch]       # noqa: E731
-        elif task == "vqa":
-            predict = lambda batch: [self._answer(image, question, choices) for image in batch]  # noqa: E731
-        else:
-            predict = self._detect
-        results = self._results(items, predict, batch_size)
-        return results if stream else list(results)
+        if task == "vqa":
+            return lambda batch: [self._answer(image, question, choices) for image in batch]
+        if task != "caption":
+            return self._detect
+        seed = captioning.pop("seed")
+        options = {**captioning, "length_penalty": captioning["length_penalty"] or 0.0,
+                   "generator": None if seed is None else torch.Generator().manual_seed(seed)}
+        return lambda batch: [self._caption(image, **options) for image in batch]
 
     def _results(self, items: list, predict, batch_size: int) -> Iterator[Result]:
         for start in range(0, len(items), batch_size):

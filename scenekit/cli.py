@@ -196,8 +196,11 @@ def run_data(args):
 from scenekit.models import registry  # noqa: E402
 
 
-class _HelpWithOptions(argparse._HelpAction):
+class _HelpWithOptions(argparse.Action):
     """`scenekit train MODEL --help`: the verb's help, then MODEL's recipe options with their one-line help."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
         parser.print_help()
@@ -416,7 +419,8 @@ def _predict_stream(args, model, out, named: dict):
     import time
 
     from scenekit.errors import DataError
-    from scenekit.models.yolo import detections_to_coco, stream_predict
+    from scenekit.models.detection import coco_records
+    from scenekit.models.yolo import stream_predict
 
     results, frames, model_seconds, started = [], 0, 0.0, time.perf_counter()
     stream = stream_predict(model.recipe, model.module, args.stream, model.device)
@@ -424,10 +428,7 @@ def _predict_stream(args, model, out, named: dict):
         model_seconds += seconds
         if path not in named:
             raise DataError("an image the folder listing did not have (added meanwhile?)", file=str(path))
-        image_id, file_name = named[path]
-        image_key = {} if image_id is None else {"image_id": image_id}
-        detections = [{**image_key, "file_name": file_name, **{k: v for k, v in d.items() if k != "image_id"}}
-                      for d in detections_to_coco(frames, found)]
+        detections = coco_records(found, *named[path])
         results += detections
         if not args.json:
             shown = sum(d["score"] >= args.score_threshold for d in detections)

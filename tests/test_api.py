@@ -204,7 +204,7 @@ def test_vqa_results_carry_the_answer_its_probabilities_and_attention(checkpoint
     assert result.answer == choices[int(result.probabilities.argmax())]
     assert result.probabilities.shape == (3,) and abs(result.probabilities.sum() - 1) < 1e-5
     assert result.attention.ndim == 1 and result.plot_attention().shape == (270, 512, 3)
-    assert "what colour is the star? " in repr(result)
+    assert result.plot().shape[0] > 512                        # the question and its answer written under it
     asked = model.predict(files[1], question="what shape is it?", choices=["circle", "square"])[0]
     assert main(["ask", str(files[1]), "what shape is it?", "--choices", "circle", "square", "--checkpoint", str(path),
                  "--json", "--device", "cpu"]) == 0

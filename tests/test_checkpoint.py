@@ -217,3 +217,50 @@ def test_run_killed_before_during_and_between_checkpoint_writes_ends_like_an_uni
     for name, tensor in expected["model"].items():
         torch.testing.assert_close(got["model"][name], tensor, rtol=0, atol=1e-7, msg=name)
     assert _metric_rows(killed_out) == _metric_rows(reference_out)
+
+
+# ------------------------------------------------------------------------------------------------ metric names
+def test_checkpoint_that_recorded_old_metric_names_loads_with_todays(tmp_path):
+    """YOLO reported coco_AP / coco_AP50 before every detector reported AP / AP50 (issue 19): read back, a
+    checkpoint's best metric and history carry today's names and the same values."""
+    path = tmp_path / "old.pt"
+    ckpt.save_checkpoint(path, {"model_name": "yolo2", "model": {}, "model_config": {}, "categories": {1: "a"},
+                                "best_metric": "coco_AP", "best": 0.41,
+                                "history": [{"epoch": 1, "mAP50": 0.6, "coco_AP": 0.41, "coco_AP50": 0.62}]})
+    state = ckpt.load_checkpoint(path)
+    assert state["best_metric"] == "AP" and state["best"] == 0.41
+    assert state["history"] == [{"epoch": 1, "mAP50": 0.6, "AP": 0.41, "AP50": 0.62}]
+
+
+def test_a_metrics_row_holding_old_and_new_names_keeps_the_filled_value():
+    # A metrics.csv that a resumed run extended: both columns in the header, each row fills one of them.
+    old_row = {"epoch": "1", "coco_AP": "0.3", "AP": "", "mAP50": "0.5"}
+    new_row = {"epoch": "2", "coco_AP": "", "AP": "0.4", "mAP50": "0.6"}
+    assert ckpt.current_metric_names(old_row) == {"epoch": "1", "AP": "0.3", "mAP50": "0.5"}
+    assert ckpt.current_metric_names(new_row) == {"epoch": "2", "AP": "0.4", "mAP50": "0.6"}
+    assert ckpt.current_metric_names({"val_loss": 1.0}) == {"val_loss": 1.0}
+
+
+@pytest.mark.xfail(strict=True, reason="integrator: engine/train.py's _MetricsLog.rows() reads each row through "
+                                       "checkpoint.current_metric_names")
+def test_yolo_run_logged_with_old_metric_names_resumes_under_todays(tmp_path):
+    import csv
+
+    from scenekit.data.world import make_world
+    from scenekit.engine.train import TrainConfig, train
+    from scenekit.models.registry import make_recipe
+
+    options = {"image_size": 64, "channels": [4, 8, 8, 8, 8], "head_channels": 8, "anchors": "hand",
+               "multi_scale": False, "flip": False}
+    data, val = make_world(4, seed=1, image_size=64, min_objects=1), make_world(2, seed=2, image_size=64)
+    config = TrainConfig(out=str(tmp_path), batch_size=2, device="cpu", tensorboard=False, curves=False)
+    train(make_recipe("yolo2", data.categories, {**options, "epochs": 1}), data, val, config)
+    log = tmp_path / "metrics.csv"
+    old = log.read_text().splitlines()
+    log.write_text("\n".join([old[0].replace("AP,AP50,", "coco_AP,coco_AP50,", 1), *old[1:]]) + "\n")
+    assert "coco_AP" in log.read_text() and ",AP," not in log.read_text().splitlines()[0]
+    result = train(make_recipe("yolo2", data.categories, {**options, "epochs": 2}), data, val, config, resume=True)
+    rows = list(csv.DictReader(open(log)))
+    assert [row["epoch"] for row in rows] == ["1", "2"] and "coco_AP" not in rows[0]
+    assert all(row["AP"] != "" and row["AP50"] != "" for row in rows)
+    assert result.best == max(float(row["mAP50"]) for row in rows)

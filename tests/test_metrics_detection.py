@@ -311,6 +311,55 @@ def test_dataset_to_coco_dict_converts_boxes_and_areas():
     assert coco["images"] == [{"id": 7, "file_name": "a.png", "width": 50, "height": 40}]
 
 
+def test_dataset_to_coco_dict_is_the_written_coco_dict_with_difficult_objects_marked():
+    from scenekit.data.coco import to_coco_dict
+
+    record = Record(image_id=3, file_name="v.jpg", width=60, height=50, boxes=[[1, 2, 11, 22], [5, 5, 30, 40]],
+                    labels=[1, 2], difficult=[False, True])
+    dataset = Dataset([record], {1: "a", 2: "b"})
+    written, evaluated = to_coco_dict(dataset), dataset_to_coco_dict(dataset)
+    assert [a.get("difficult") for a in evaluated["annotations"]] == [None, 1]
+    assert [{k: v for k, v in a.items() if k != "difficult"} for a in evaluated["annotations"]] \
+        == written["annotations"] and "difficult" not in str(written)
+    assert evaluated["images"] == written["images"] and evaluated["categories"] == written["categories"]
+
+
+@pytest.mark.parametrize("bbox, reason", [([1, 2, -3, 4], "has negative size (w -3, h 4)"),
+                                          ([1, 2, 3], "must be 4 finite numbers [x, y, w, h], got [1, 2, 3]"),
+                                          ([0, 0, float("inf"), 1], "must be 4 finite numbers")])
+def test_a_bad_result_box_is_refused_in_the_same_words_by_the_reader_and_the_evaluation(tmp_path, bbox, reason):
+    """The evaluation checks boxes with scenekit.data.coco's check, not a second copy of it."""
+    from scenekit.data.coco import read_coco_results
+
+    gt, results = make_problem(32)
+    results[0]["bbox"] = bbox
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    with pytest.raises(DataError) as by_reader:
+        read_coco_results(path)
+    with pytest.raises(DataError) as by_evaluation:
+        coco_evaluate(gt, str(path))
+    assert by_reader.value.reason == by_evaluation.value.reason and by_reader.value.reason.startswith(reason)
+    assert by_evaluation.value.record == "record 0" and by_evaluation.value.field == "bbox"
+
+
+def test_a_malformed_ground_truth_segmentation_is_refused_in_the_same_words_by_the_reader_and_the_evaluation(
+        tmp_path):
+    from scenekit.data.coco import read_coco
+
+    gt, results = make_problem(33)
+    gt = with_file_names(gt)
+    gt["annotations"][0]["segmentation"] = "not a polygon"
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(gt))
+    with pytest.raises(DataError) as by_reader:
+        read_coco(path, check_images=False)
+    with pytest.raises(DataError) as by_evaluation:
+        coco_evaluate(str(path), results, "segm")
+    assert by_reader.value.reason == by_evaluation.value.reason
+    assert by_evaluation.value.reason == "must be polygons (a list) or an RLE (a dict), got str"
+
+
 @pytest.mark.parametrize("change, field", [
     (lambda r: r[3].update(image_id=424242), "image_id"),
     (lambda r: r[3].update(category_id=7), "category_id"),

@@ -194,11 +194,11 @@ def test_max_detections_caps_and_raises_the_detections_of_every_detector_family(
 
 def test_evaluation_scores_every_detection_up_to_max_detections_and_counts_the_capped_images():
     from scenekit.metrics.detection import voc_evaluate
+    from scenekit.models.detection import coco_records
 
     world = make_world(2, seed=4, image_size=64, min_objects=1)
     images = [record.image for record in world.records]
-    for module, options, to_coco in ((faster_rcnn, TWO_STAGE, fast_rcnn.coco_results),
-                                     (yolo, YOLO2, yolo.detections_to_coco)):
+    for module, options in ((faster_rcnn, TWO_STAGE), (yolo, YOLO2)):
         capped = module.recipe(CATEGORIES, **options)                  # max_detections 100
         metrics = capped.evaluate(_build(capped), world, CPU)
         assert metrics["images_at_max_detections"] == 2              # 100 each: objects may have been cut
@@ -206,7 +206,7 @@ def test_evaluation_scores_every_detection_up_to_max_detections_and_counts_the_c
         model = _build(recipe)
         metrics = recipe.evaluate(model, world, CPU)
         results = [r for record, found in zip(world.records, recipe.predict(model, images, CPU))
-                   for r in to_coco(record.image_id, found)]
+                   for r in coco_records(found, record.image_id)]
         assert len(results) > 200 and metrics["images_at_max_detections"] < 2
         assert metrics["mAP50"] == voc_evaluate(world, results)["mAP"]        # VOC's mAP of all of them
 

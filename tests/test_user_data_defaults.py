@@ -74,13 +74,13 @@ def test_train_on_user_data_stores_the_recommended_options_under_the_users(tmp_p
 
 
 def test_world_training_derives_nothing_from_the_data():
-    from scenekit.api import data_defaults as _data_defaults
+    from scenekit.api import data_defaults
     from scenekit.data.world import make_world
 
     # captioners and other non-detectors get nothing; detectors on data without boxes neither
-    assert _data_defaults("fcn", make_world(4, image_size=160), {"lr": 1.0}, None) == ({"lr": 1.0}, None)
+    assert data_defaults("fcn", make_world(4, image_size=160), {"lr": 1.0}, None) == ({"lr": 1.0}, None)
     empty = Dataset([Record(image_id=1, file_name="a.jpg", width=10, height=10)], {1: "a"})
-    assert _data_defaults("yolo2", empty, {}, None) == ({}, None)
+    assert data_defaults("yolo2", empty, {}, None) == ({}, None)
 
 
 def test_recommended_options_for_a_large_photograph_fit_the_cpu_budget():

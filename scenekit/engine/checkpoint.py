@@ -82,7 +82,29 @@ def load_checkpoint(path: str | Path) -> dict:
     for key in ("model_name", "model", "model_config", "categories"):
         if key not in state:
             raise DataError("checkpoint is missing an entry", file=str(path), field=key)
+    if "best_metric" in state:
+        state["best_metric"] = RENAMED_METRICS.get(state["best_metric"], state["best_metric"])
+    if "history" in state:
+        state["history"] = [current_metric_names(row) for row in state["history"]]
     return state
+
+
+# ------------------------------------------------------------------------------------------------ metric names
+# Names a family's evaluation reported before every detector reported one set (`scenekit.models.detection`):
+# YOLO's COCO stats. Read back (a checkpoint, a run's metrics.csv), they are today's names.
+RENAMED_METRICS = {"coco_AP": "AP", "coco_AP50": "AP50"}
+
+
+def current_metric_names(row: dict) -> dict:
+    """A row of metrics (a checkpoint's history, a metrics.csv row) with old names read as today's, in place of
+    the old key. Where a row has both (a metrics.csv that a resumed run extended: its header holds both, each
+    row fills one), the filled value wins."""
+    renamed = {}
+    for key, value in row.items():
+        name = RENAMED_METRICS.get(key, key)
+        if name not in renamed or renamed[name] in (None, ""):
+            renamed[name] = value
+    return renamed
 
 
 # ------------------------------------------------------------------------------------------------ RNG states

@@ -62,6 +62,7 @@ from scenekit.data.tiling import RandomWindow, crop_target, needs_slicing, slice
 from scenekit.data.transforms import Compose, load_image
 from scenekit.errors import DataError
 from scenekit.models.backbones import SmallCNN, build_backbone, freeze_stages, inference_copy
+from scenekit.models.detection import coco_records, evaluate_detections
 from scenekit.models.detection_targets import label_regions, sample_labels
 from scenekit.nms import batched_nms
 from scenekit.recipes import Phase, Recipe, option, read_options, stored_options
@@ -706,28 +707,11 @@ def detect_any_size(model: FastRCNN, images: list[np.ndarray], device, class_ids
     return results
 
 
-def coco_results(image_id: int, found: dict) -> list[dict]:
-    """One image's detections as COCO result records (bbox [x, y, w, h]; RLE segmentation if masks)."""
-    records = []
-    rles = None
-    if "masks" in found:
-        from scenekit.masks import compress, rle_encode
-
-        rles = [compress(rle_encode(mask)) for mask in found["masks"].numpy()]
-    for k, (box, score, label) in enumerate(zip(found["boxes"].tolist(), found["scores"].tolist(),
-                                                found["labels"].tolist())):
-        record = {"image_id": int(image_id), "category_id": int(label), "score": float(score),
-                  "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]}
-        if rles is not None:
-            record["segmentation"] = rles[k]
-        records.append(record)
-    return records
-
-
 def evaluate_detector(model: FastRCNN, dataset, device, class_ids: list[int], *,
                       proposals: ProposalCache | None = None, batch_size: int = 8, max_detections: int | None = None,
                       factor: float = math.inf) -> dict:
-    """Pascal VOC mAP@0.5, the 12 COCO box stats (and mask AP for Mask R-CNN) and milliseconds per image.
+    """Every detector's metrics (`scenekit.models.detection.evaluate_detections`: VOC mAP50, COCO AP, AP50, ...;
+    for Mask R-CNN also its masks', `mask_AP`, ...) and milliseconds per image.
 
     Images are predicted as `detect_any_size` predicts them (large ones by tiles), at most `max_detections`
     each (default: the config's): VOC's mAP takes them all, COCO's stats each image's best 100 per category (its
@@ -738,8 +722,6 @@ def evaluate_detector(model: FastRCNN, dataset, device, class_ids: list[int], *,
     Times: `conv_ms` (shared convolutions), `proposal_ms` (Selective Search on the CPU, or the RPN and its
     proposal layer), `region_ms` (RoI pooling, head, NMS, mask head) and `total_ms` (the three), per image.
     """
-    from scenekit.metrics.detection import coco_evaluate, voc_evaluate
-
     limit = model.config.detections_per_image if max_detections is None else max_detections
     seconds = {"conv": 0.0, "proposals": 0.0, "region": 0.0, "paste": 0.0}
     results, capped, with_masks = [], 0, False
@@ -749,17 +731,11 @@ def evaluate_detector(model: FastRCNN, dataset, device, class_ids: list[int], *,
         for record, found in zip(chunk, detect_any_size(model, images, device, class_ids, proposals=proposals,
                                                         max_detections=limit, factor=factor, seconds=seconds,
                                                         batch_size=batch_size)):
-            results += coco_results(record.image_id, found)
+            results += coco_records(found, record.image_id)
             capped += len(found["scores"]) >= limit
             with_masks |= "masks" in found
     count = max(1, len(dataset.records))
-    metrics: dict[str, float] = {"mAP50": voc_evaluate(dataset, results)["mAP"] if results else 0.0}
-    box_stats = coco_evaluate(dataset, results, "bbox") if results else {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
-    metrics.update({name: float(box_stats[name]) for name in ("AP", "AP50", "AP75")})
-    if with_masks:
-        mask_stats = coco_evaluate(dataset, results, "segm") if results else {"AP": 0.0, "AP50": 0.0,
-                                                                             "AP75": 0.0}
-        metrics.update({f"mask_{name}": float(mask_stats[name]) for name in ("AP", "AP50", "AP75")})
+    metrics = evaluate_detections(dataset, results, masks=with_masks)
     metrics.update({"conv_ms": 1000 * seconds["conv"] / count, "proposal_ms": 1000 * seconds["proposals"] / count,
                     "region_ms": 1000 * (seconds["region"] + seconds["paste"]) / count})
     metrics["total_ms"] = metrics["conv_ms"] + metrics["proposal_ms"] + metrics["region_ms"]

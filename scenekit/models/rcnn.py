@@ -53,6 +53,7 @@ from scenekit.boxes import box_iou, clip_boxes_to_image, decode_boxes, encode_bo
 from scenekit.data.transforms import load_image
 from scenekit.errors import DataError, ScenekitError
 from scenekit.models.backbones import build_backbone
+from scenekit.models.detection import coco_records, evaluate_detections
 from scenekit.nms import batched_nms
 from scenekit.recipes import Phase, Recipe, option, read_options, stored_options
 
@@ -450,29 +451,18 @@ def run_rcnn(model: RCNN, images: list[np.ndarray], class_ids: list[int], propos
     return results, totals
 
 
-def coco_results(image_id: int, found: dict) -> list[dict]:
-    """One image's detections as COCO result records (bbox [x, y, w, h])."""
-    return [{"image_id": int(image_id), "category_id": int(label), "score": float(score),
-             "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]}
-            for box, score, label in zip(found["boxes"].tolist(), found["scores"].tolist(),
-                                         found["labels"].tolist())]
-
-
 def evaluate_rcnn(model: RCNN, dataset, device, class_ids: list[int], proposals: ProposalStore,
                   max_detections: int | None = None) -> dict:
-    """Pascal VOC mAP@0.5, COCO AP / AP50 / AP75 and milliseconds per image: `proposal_ms` (Selective Search),
-    `warp_ms` (cropping and warping every region), `cnn_ms` (the per-region CNN and the SVMs), `post_ms`
-    (regression and NMS), `total_ms`; and `regions_per_image`, the number of CNN passes per image. At most
-    `max_detections` per image (default: the config's), all of which VOC's mAP takes."""
-    from scenekit.metrics.detection import coco_evaluate, voc_evaluate
-
+    """Every detector's metrics (`scenekit.models.detection.evaluate_detections`: VOC mAP50, COCO AP, AP50, ...)
+    and milliseconds per image: `proposal_ms` (Selective Search), `warp_ms` (cropping and warping every region),
+    `cnn_ms` (the per-region CNN and the SVMs), `post_ms` (regression and NMS), `total_ms`; and
+    `regions_per_image`, the number of CNN passes per image. At most `max_detections` per image (default: the
+    config's), all of which VOC's mAP takes."""
     images = [load_image(dataset, record) for record in dataset.records]
     found, seconds = run_rcnn(model, images, class_ids, proposals, device, max_detections=max_detections)
-    results = [r for record, f in zip(dataset.records, found) for r in coco_results(record.image_id, f)]
+    results = [r for record, f in zip(dataset.records, found) for r in coco_records(f, record.image_id)]
     count = max(1, len(images))
-    metrics = {"mAP50": voc_evaluate(dataset, results)["mAP"] if results else 0.0}
-    stats = coco_evaluate(dataset, results, "bbox") if results else {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
-    metrics.update({name: float(stats[name]) for name in ("AP", "AP50", "AP75")})
+    metrics = evaluate_detections(dataset, results)
     for name in ("proposals", "warp", "cnn", "post"):
         metrics[f"{name.rstrip('s')}_ms"] = 1000 * seconds[name] / count
     metrics["total_ms"] = sum(metrics[f"{n}_ms"] for n in ("proposal", "warp", "cnn", "post"))

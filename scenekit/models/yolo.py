@@ -82,6 +82,7 @@ from scenekit.data.transforms import Compose, Letterbox, clip_boxes, letterbox_i
 from scenekit.errors import DataError
 from scenekit.data.augment import MosaicDataset, RecordPairs, build_augmentation
 from scenekit.models.backbones import inference_copy
+from scenekit.models.detection import coco_records, evaluate_detections
 from scenekit.models.fast_rcnn import augment_options, tiled_epoch
 from scenekit.nms import batched_nms_numpy
 from scenekit.recipes import Phase, Recipe, option, read_options, stored_options
@@ -742,22 +743,18 @@ def detect_any_size(model: nn.Module, images: list[np.ndarray], device, class_id
 
 
 def detections_to_coco(image_id: int, found: dict) -> list[dict]:
-    boxes = found["boxes"].tolist()
-    return [{"image_id": int(image_id), "category_id": int(label), "score": float(score),
-             "bbox": [x1, y1, x2 - x1, y2 - y1]}
-            for (x1, y1, x2, y2), score, label in zip(boxes, found["scores"].tolist(), found["labels"].tolist())]
+    """`scenekit.models.detection.coco_records` under its old name, for `scenekit predict --stream` until the
+    CLI calls that directly."""
+    return coco_records(found, image_id)
 
 
 @torch.no_grad()
 def evaluate_yolo(model: nn.Module, dataset, device, class_ids: list[int], *, size: int | None = None,
                   batch_size: int = 16, factor: float = math.inf, **detect_options) -> dict:
-    """VOC mAP at IoU 0.5 (all-point), COCO AP / AP50, and images per second of `detect` (letterbox, forward,
-    decoding, NMS; not the reading of files) on `dataset`, images larger than `factor` x the input by tiles
-    (`detect_any_size`). VOC's mAP takes every detection, COCO's AP each image's best 100 per category (its
-    maxDets); `images_at_max_detections` counts the images whose detections reached `max_detections`, where
-    more objects may have been cut."""
-    from scenekit.metrics.detection import coco_evaluate, voc_evaluate
-
+    """Every detector's metrics (`scenekit.models.detection.evaluate_detections`: VOC mAP50, COCO AP, AP50, ...)
+    and images per second of `detect` (letterbox, forward, decoding, NMS; not the reading of files) on `dataset`,
+    images larger than `factor` x the input by tiles (`detect_any_size`); `images_at_max_detections` counts the
+    images whose detections reached `max_detections`, where more objects may have been cut."""
     limit = detect_options.get("max_detections", 100)
     results, seconds, capped = [], 0.0, 0
     records = dataset.records
@@ -772,13 +769,10 @@ def evaluate_yolo(model: nn.Module, dataset, device, class_ids: list[int], *, si
             torch.cuda.synchronize()
         seconds += time.perf_counter() - began
         for record, detections in zip(chunk, found):
-            results += detections_to_coco(record.image_id, detections)
+            results += coco_records(detections, record.image_id)
             capped += len(detections["scores"]) >= limit
-    voc = voc_evaluate(dataset, results) if results else {"mAP": 0.0}
-    coco = coco_evaluate(dataset, results) if results else {"AP": 0.0, "AP50": 0.0}
-    return {"mAP50": voc["mAP"], "coco_AP": coco["AP"], "coco_AP50": coco["AP50"],
-            "detections": len(results), "images_per_s": len(records) / max(seconds, 1e-9),
-            "images_at_max_detections": int(capped)}
+    return {**evaluate_detections(dataset, results), "detections": len(results),
+            "images_per_s": len(records) / max(seconds, 1e-9), "images_at_max_detections": int(capped)}
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")

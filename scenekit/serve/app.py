@@ -1,5 +1,8 @@
 """The web demo's HTTP app: POST an image, get the model's boxes, masks or caption back as JSON.
 
+It serves a `scenekit.Model` (`scenekit.load` of a checkpoint or an exported ONNX file): each upload is one
+`model.predict`, whose `scenekit.Result` goes back as JSON (`prediction_json`).
+
     GET  /             the page (static/index.html): drop an image, see the result drawn on a canvas
     GET  /healthz      {"status": "ok", "model", "categories", "palette"}
     GET  /example.png  an image of the embedded world, to try the model on
