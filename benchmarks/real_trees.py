@@ -145,7 +145,7 @@ def run_model(model: str, folders: dict, out: Path, env: dict, threads: int, ext
     done = scenekit("evaluate", model, "--checkpoint", str(checkpoint), "--data", f"voc:{folders['test']}",
                     "--split", "train", "--device", "cpu", "--json", "--max-detections", "1000", env=env)
     scores = json.loads(done.stdout.strip().splitlines()[-1])
-    found.update(AP=scores.get("AP", scores.get("coco_AP")), AP50=scores.get("AP50", scores.get("coco_AP50")),
+    found.update(AP=scores["AP"], AP50=scores["AP50"],
                  mAP50=scores.get("mAP50"), scores=scores)
     found["ms_per_tile"] = round(tile_ms(checkpoint, folders["test"], threads), 1)
     options = json.loads((out / model / "config.json").read_text()).get("recipe", {})

@@ -761,8 +761,10 @@ def run_evaluate(args):
         (out / "stats.json").write_text(json.dumps(stats, indent=1))
         curves = detection.precision_recall_curves(args.gt, args.pred,
                                                    args.iou_type if args.metric == "coco" else "bbox")
-        detection.plot_precision_recall(curves, out / "pr_curves.png", _category_names(args.gt),
-                                        title="precision-recall at IoU 0.5")
+        from scenekit.viz import plot_precision_recall
+
+        plot_precision_recall(curves, out / "pr_curves.png", _category_names(args.gt),
+                              title="precision-recall at IoU 0.5")
         if not args.json:
             print(f"wrote {out / 'stats.json'} and {out / 'pr_curves.png'}")
     return 0

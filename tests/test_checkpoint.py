@@ -241,8 +241,6 @@ def test_a_metrics_row_holding_old_and_new_names_keeps_the_filled_value():
     assert ckpt.current_metric_names({"val_loss": 1.0}) == {"val_loss": 1.0}
 
 
-@pytest.mark.xfail(strict=True, reason="integrator: engine/train.py's _MetricsLog.rows() reads each row through "
-                                       "checkpoint.current_metric_names")
 def test_yolo_run_logged_with_old_metric_names_resumes_under_todays(tmp_path):
     import csv
 

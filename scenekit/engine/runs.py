@@ -63,4 +63,5 @@ def choose_run_folder(out: str | None, default: str, *, resume: bool = False,
         return fresh, (f"{folder} holds a previous run; this one goes to {fresh} (--resume continues {folder}, "
                        f"--out {folder} --exist-ok replaces it)")
     raise DataError(f"holds a previous run ({', '.join(found)}); continue it with --resume, replace it with "
-                    "--exist-ok, or choose another --out", file=str(folder))
+                    "--exist-ok, or choose another --out (in Python: scenekit.train(..., resume=True | "
+                    "exist_ok=True | out=...))", file=str(folder))

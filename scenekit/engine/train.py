@@ -256,8 +256,10 @@ class _MetricsLog:
     def rows(self) -> list[dict]:
         if not self.path.is_file():
             return []
+        from scenekit.engine.checkpoint import current_metric_names      # a run logged under older metric names
+
         with open(self.path, newline="") as file:
-            return list(csv.DictReader(file))
+            return [current_metric_names(row) for row in csv.DictReader(file)]
 
     def truncate_after(self, step: int) -> None:
         """Drop rows a killed run wrote after its last checkpoint; the resumed run writes them again."""

@@ -742,12 +742,6 @@ def detect_any_size(model: nn.Module, images: list[np.ndarray], device, class_id
         images, input_size=side, iou_threshold=nms_threshold, max_detections=max_detections, factor=factor)
 
 
-def detections_to_coco(image_id: int, found: dict) -> list[dict]:
-    """`scenekit.models.detection.coco_records` under its old name, for `scenekit predict --stream` until the
-    CLI calls that directly."""
-    return coco_records(found, image_id)
-
-
 @torch.no_grad()
 def evaluate_yolo(model: nn.Module, dataset, device, class_ids: list[int], *, size: int | None = None,
                   batch_size: int = 16, factor: float = math.inf, **detect_options) -> dict:

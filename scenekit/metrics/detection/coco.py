@@ -52,7 +52,7 @@ AREA_RANGES = {"all": (0 ** 2, 1e5 ** 2), "small": (0 ** 2, 32 ** 2), "medium": 
 IOU_TYPES = ("bbox", "segm")
 
 
-# ========================================================================================= the vectorised steps
+# ======================================================================================== the vectorised steps
 def pair_indices(d_start, d_count, g_start, g_count):
     """All (detection, gt) index pairs of each group, detection-major: group k's pairs start at offset[k]."""
     sizes = d_count * g_count
@@ -180,7 +180,7 @@ def _match_stepwise(groups, slots, offset, d_start, d_count, g_start, g_count, i
         taken[g, slot_of[g, a, t], a, t] = True
 
 
-# ================================================================================================ COCO
+# ======================================================================================================== COCO
 @dataclass
 class CocoEvaluation:
     """Everything COCOeval.accumulate() computes, plus the 12 summary stats.
@@ -522,7 +522,7 @@ def format_coco_stats(stats: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-# ====================================================================================== precision-recall curves
+# ===================================================================================== precision-recall curves
 @dataclass
 class PRCurve:
     """One category's precision-recall curve at one IoU threshold (COCO matching rules).

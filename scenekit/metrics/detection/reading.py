@@ -32,7 +32,7 @@ except ImportError:                     # pragma: no cover - exercised by tests 
     orjson = None
 
 
-# ================================================================================================ JSON
+# ======================================================================================================== JSON
 @contextlib.contextmanager
 def gc_paused():
     """The cyclic garbage collector off meanwhile (a context manager and a decorator): parsing a large file
@@ -80,6 +80,7 @@ def read_json(path, what: str = "JSON"):
     return parse_json(data, str(path))
 
 
+# ===================================================================================================== columns
 def _is_int(value) -> bool:
     """An integer, Python's or numpy's, not a bool (the images' and categories' ids, read one by one)."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
@@ -280,7 +281,7 @@ def _segmentation_runs(segmentation, height, width, source, record) -> np.ndarra
         raise DataError(str(error), file=source, record=record, field="segmentation") from None
 
 
-# ================================================================================================ results
+# ===================================================================================================== results
 @dataclass
 class Results:
     """Detection results as arrays, in file order; `boxes` NaN where a result gave no box."""
@@ -381,7 +382,7 @@ def _find_bad_result(results, image_ids, category_ids, box_mode, source, named_i
             check_segmentation_form(r["segmentation"], _result_error(source, index, "segmentation"))
 
 
-# ============================================================================================ Dataset -> COCO
+# ============================================================================================= Dataset -> COCO
 def dataset_to_coco_dict(dataset) -> dict:
     """A `Dataset` as a COCO instances dict, so its models are evaluated by the same code as COCO files: the
     dict `scenekit.data.coco.to_coco_dict` writes, with `"difficult": 1` on difficult objects (read by
