@@ -29,6 +29,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from scenekit.data.image_files import read_rgb
 from scenekit.errors import DataError
 from scenekit.models import registry
 
@@ -146,19 +147,6 @@ class Result:
 
 
 # ================================================================================================ images
-def read_rgb(path) -> np.ndarray:
-    """An image file as an [H, W, 3] uint8 array; a file that does not decode is a DataError naming it."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as picture:
-            return np.asarray(picture.convert("RGB"))
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError) as error:
-        raise DataError(f"cannot read image ({error})", file=str(path)) from None
-
-
 def _image_inputs(images) -> list:
     """`images` as a list of items, each a file (Path), an array or a PIL image: folders and patterns expanded
     (scenekit.data.image_files), so a missing file is an error before anything runs."""

@@ -363,6 +363,8 @@ def run_predict(args):
     if args.stream is None and not args.images:
         raise DataError("give image files, folders or patterns, or --stream FOLDER", field="images")
     paths = image_files([args.stream] if args.stream is not None else args.images)   # checked before the model
+    if args.stream is not None and not Path(args.stream).is_dir():
+        raise DataError("not a folder of images", file=str(args.stream))
     # (image_id, file_name) of each image: the dataset's with --data, else no id and the path as given
     named = data_image_ids(paths, args.data, args.split) if args.data else [(None, str(p)) for p in paths]
     torch.manual_seed(args.seed)
@@ -418,16 +420,13 @@ def _predict_stream(args, model, out, named: dict):
     import json
     import time
 
-    from scenekit.errors import DataError
     from scenekit.models.detection import coco_records
     from scenekit.models.yolo import stream_predict
 
     results, frames, model_seconds, started = [], 0, 0.0, time.perf_counter()
-    stream = stream_predict(model.recipe, model.module, args.stream, model.device)
+    stream = stream_predict(model.recipe, model.module, list(named), model.device)
     for frames, (path, found, seconds) in enumerate(stream, start=1):
         model_seconds += seconds
-        if path not in named:
-            raise DataError("an image the folder listing did not have (added meanwhile?)", file=str(path))
         detections = coco_records(found, *named[path])
         results += detections
         if not args.json:

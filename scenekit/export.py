@@ -49,7 +49,7 @@ from torch import nn
 from scenekit.errors import DataError, ScenekitError
 # The hooks' types, for callers that build or inspect graphs (ExportGraph.network, ExportPart.example, ...).
 from scenekit.models.export_parts import (ExportGraph, ExportPart, OnnxGraphs, OnnxModule,  # noqa: F401
-                                          roi_features)
+                                          as_tuple, roi_features)
 
 OPSET = 17
 METADATA_KEY = "scenekit"
@@ -82,10 +82,6 @@ def export_graph(recipe, model: nn.Module) -> ExportGraph:
         raise ScenekitError(f"exporting {recipe.model_name!r} ({type(model).__name__}) to ONNX is not supported: "
                             "its recipe gives no export graph")
     return recipe.export(model.eval())
-
-
-def _as_tuple(out) -> tuple:
-    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
 def _small_buffers(model: nn.Module) -> dict:
@@ -139,7 +135,7 @@ def export_onnx(recipe, model: nn.Module, path, *, opset: int = OPSET) -> Path:
         parts[part.name] = {"file": part_path(path, part.name).name, "sha256": hashlib.sha256(data).hexdigest()}
     axes = {0: "batch", 2: "height", 3: "width"} if graph.dynamic_size else {0: "batch"}
     with torch.no_grad():
-        ranks = [o.dim() for o in _as_tuple(graph.network(graph.example))]
+        ranks = [o.dim() for o in as_tuple(graph.network(graph.example))]
     # Every output axis is named, so onnxruntime expects no fixed output shape when the input varies.
     output_axes = {n: ({i: f"{n}_{i}" for i in range(r)} if graph.dynamic_size else {0: "batch"})
                    for n, r in zip(graph.output_names, ranks)}

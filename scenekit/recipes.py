@@ -1,8 +1,9 @@
 """What the training engine needs to know about a model: its phases, its data, how to score and use it.
 
-A model family is one model file that defines a `nn.Module` and a recipe function `recipe(categories, **options)
--> Recipe`. The engine (`scenekit.engine.train`) runs any recipe; the CLI's one table of model names maps a name
-to a recipe function. Adding a family is adding a model file and its recipe function, nothing else.
+A model family is one model file that defines a `nn.Module`, its Options dataclass and a recipe function
+`recipe(categories, **options) -> Recipe`. The engine (`scenekit.engine.train`) runs any recipe; the one table of
+model names (`scenekit.models.registry.FAMILIES`) maps a name to that file. Adding a family is adding a model file
+and its row in that table, nothing else.
 
 The model's contract with the engine is `model(images, targets)` -> a dict of named loss terms (scalar tensors)
 and `model(images)` -> predictions. Training goes through `forward` so DistributedDataParallel sees it.
@@ -87,13 +88,19 @@ class Recipe:
                 "phases": [asdict(p) for p in self.phases], "best_metric": self.best_metric}
 
 
+def frozen_modules(model) -> list:
+    """The modules of `model` marked `frozen = True` (`scenekit.models.backbones.freeze_stages`: a pretrained
+    backbone's first stages). The engine keeps them fixed in every phase, whatever the phase trains, and in eval
+    mode, so a frozen BatchNorm keeps its loaded statistics."""
+    return [m for m in model.modules() if getattr(m, "frozen", False)]
+
+
 # ------------------------------------------------------------------------------------------------ options
 @dataclass(frozen=True)
 class OptionSpec:
     """One option of a model family: its default, the kind of value it takes and one line of help.
 
-    Read off the family's Options dataclass (`options_specs`), or for a recipe function not yet given one, off its
-    keyword parameters (`recipe_options`).
+    Read off the family's Options dataclass (`options_specs`).
 
     `kind` comes from the parameter's annotation, or else from its default's type: "bool", "int", "float", "str"
     or "list" (a tuple default takes a list); None takes anything (no annotation, and a default that tells
@@ -141,28 +148,6 @@ def _kind_of(annotation) -> tuple[str | None, bool]:
         kind = _kind_of(others[0])[0] if len(others) == 1 else None
         return kind, len(others) < len(typing.get_args(annotation))
     return _KINDS.get(origin or annotation), False
-
-
-def recipe_options(factory: Callable, preset: dict | None = None) -> dict[str, OptionSpec]:
-    """The options of recipe function `factory`: its keyword parameters but `name`, defaults as `preset` sets them."""
-    import inspect
-
-    try:
-        parameters = inspect.signature(factory, eval_str=True).parameters
-    except Exception:           # an annotation that cannot be evaluated here: read the kinds off the defaults
-        parameters = inspect.signature(factory).parameters
-    specs = {}
-    for parameter in parameters.values():
-        if parameter.kind != parameter.KEYWORD_ONLY or parameter.name == "name":
-            continue
-        default = (preset or {}).get(parameter.name, parameter.default)
-        if parameter.annotation is not parameter.empty and not isinstance(parameter.annotation, str):
-            kind, nullable = _kind_of(parameter.annotation)
-        else:
-            default_kind = _KINDS.get(type(parameter.default))
-            kind, nullable = (None if default_kind == "str" else default_kind), False
-        specs[parameter.name] = OptionSpec(parameter.name, default, kind, nullable or parameter.default is None)
-    return specs
 
 
 def check_options(options: dict, specs: dict[str, OptionSpec], model: str, *, file: str | None = None,

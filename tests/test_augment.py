@@ -13,18 +13,10 @@ from scenekit.data.augment import (TOP_DOWN_DEFAULTS, USER_DATA_DEFAULTS, WORLD_
                                    RecordPairs, Rotate90, ScaleJitter, VerticalFlip, build_augmentation, mosaic,
                                    rotate90)
 from scenekit.data.records import Dataset, Record
+from tests.test_transforms import mask_boxes  # tight pixel-edge boxes of masks: the reference
 
 
 # ------------------------------------------------------------------------------------------------- scenes
-def mask_boxes(masks):
-    """Tight pixel-edge boxes of masks: the independent reference every box is checked against."""
-    out = []
-    for mask in masks:
-        ys, xs = np.nonzero(mask)
-        out.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] if len(xs) else [np.nan] * 4)
-    return np.array(out, dtype=np.float64).reshape(-1, 4)
-
-
 def blob_scene(seed, height, width, n=4, shape="blob"):
     """A random image and n objects: ragged blobs (random pixels in a random window, any shape), ellipses
     (convex) or rectangles; boxes are the masks' tight boxes, the semantic map the label of the last object

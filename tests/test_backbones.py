@@ -7,6 +7,7 @@ import torch
 
 from scenekit.errors import DataError
 from scenekit.models import backbones
+from scenekit.recipes import frozen_modules
 
 # torchvision's vgg16: (index in `features`, out channels, in channels) of the 13 3x3 convolutions, then the
 # classifier's Linear layers at 0, 3, 6.
@@ -236,8 +237,8 @@ def test_freezing_the_first_stages_fixes_exactly_their_parameters(name, count, f
         fixed = any(key == n or key.startswith(n + ".") for n in frozen_names)
         assert parameter.requires_grad is not fixed, key
     assert any(k.startswith(trained_name + ".") and p.requires_grad for k, p in model.named_parameters())
-    assert all(getattr(m, "frozen", False) for m in backbones.frozen_modules(model))
-    frozen_params = {id(p) for m in backbones.frozen_modules(model) for p in m.parameters()}
+    assert all(getattr(m, "frozen", False) for m in frozen_modules(model))
+    frozen_params = {id(p) for m in frozen_modules(model) for p in m.parameters()}
     assert frozen_params == {id(p) for p in model.parameters() if not p.requires_grad}
 
 

@@ -50,3 +50,18 @@ def image_files(inputs) -> list[Path]:
                 seen.add(key)
                 found.append(file)
     return found
+
+
+def read_rgb(path) -> "np.ndarray":
+    """An image file as an [H, W, 3] uint8 array (grey, palette, RGBA, CMYK converted to RGB); a file that does
+    not decode is a DataError naming it. A missing file stays a FileNotFoundError."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as picture:
+            return np.asarray(picture.convert("RGB"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as error:
+        raise DataError(f"cannot read image ({error})", file=str(path)) from None

@@ -41,12 +41,16 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 def split_spec(spec: str) -> tuple[str, str | None, str | None]:
     """'voc:ROOT:val' -> ('voc', 'ROOT', 'val') when ROOT exists (module docstring); else (kind, path, None)."""
     kind, path = parse_spec(spec)
-    if kind == "world" or Path(path).exists():
-        return kind, path, None
-    head, sep, name = path.rpartition(":")
-    if sep and head and name and "/" not in name and "\\" not in name and Path(head).exists():
-        return kind, head, name
+    cut = None if kind == "world" or Path(path).exists() else _split_suffix(path)
+    if cut is not None and Path(cut[0]).exists():
+        return kind, *cut
     return kind, path, None
+
+
+def _split_suffix(path: str) -> tuple[str, str] | None:
+    """'ROOT:NAME' -> (ROOT, NAME) when NAME could be a split (no path separator in it), else None."""
+    head, sep, name = path.rpartition(":")
+    return (head, name) if sep and head and name and "/" not in name and "\\" not in name else None
 
 
 def split_target_spec(spec: str) -> tuple[str, str | None, str | None]:
@@ -57,11 +61,9 @@ def split_target_spec(spec: str) -> tuple[str, str | None, str | None]:
     (as `split_spec` does), so a folder whose name holds a colon still works.
     """
     kind, path = parse_spec(spec)
-    if kind == "world" or Path(path).exists():
-        return kind, path, None
-    head, sep, name = path.rpartition(":")
-    if sep and head and name and not any(c in name for c in "/\\."):
-        return kind, head, name
+    cut = None if kind == "world" or Path(path).exists() else _split_suffix(path)
+    if cut is not None and "." not in cut[1]:
+        return kind, *cut
     return kind, path, None
 
 

@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from scenekit.engine.checkpoint import (load_checkpoint, rng_states, save_checkpoint, seed_everything,
                                         set_rng_states)
 from scenekit.errors import DataError
-from scenekit.recipes import Phase, Recipe
+from scenekit.recipes import Phase, Recipe, frozen_modules
 
 
 @dataclass
@@ -196,14 +196,9 @@ def prepare_phase(model: torch.nn.Module, phase: Phase) -> list[torch.nn.Paramet
     for module in modules:
         for parameter in module.parameters():
             parameter.requires_grad_(True)
-    for module in _fixed_modules(model):                # stages the recipe fixed (backbones.freeze_stages)
+    for module in frozen_modules(model):                # stages the recipe fixed (backbones.freeze_stages)
         module.requires_grad_(False)
     return [p for p in model.parameters() if p.requires_grad]
-
-
-def _fixed_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """Modules marked `frozen = True` (scenekit.models.backbones.freeze_stages): fixed in every phase."""
-    return [m for m in model.modules() if getattr(m, "frozen", False)]
 
 
 def set_train_mode(model: torch.nn.Module, phase: Phase) -> None:
@@ -214,7 +209,7 @@ def set_train_mode(model: torch.nn.Module, phase: Phase) -> None:
         model.eval()
         for name in phase.trains:
             getattr(model, name).train()
-    for module in _fixed_modules(model):                # a frozen BatchNorm keeps its loaded statistics
+    for module in frozen_modules(model):                # a frozen BatchNorm keeps its loaded statistics
         module.eval()
 
 

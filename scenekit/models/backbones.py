@@ -317,11 +317,6 @@ def freeze_stages(model: nn.Module, count: int) -> nn.Module:
     return model
 
 
-def frozen_modules(model: nn.Module) -> list[nn.Module]:
-    """The modules `freeze_stages` fixed, anywhere in `model`."""
-    return [m for m in model.modules() if getattr(m, "frozen", False)]
-
-
 # The files torchvision downloads for its ImageNet weights (torchvision.models, `IMAGENET1K_V1`), which
 # `--backbone NAME --backbone-weights FILE` loads as they are: download them once on a machine with internet.
 TORCHVISION_FILES = {

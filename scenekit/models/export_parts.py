@@ -39,8 +39,12 @@ class Tupled(nn.Module):
         self.owner, self.function = owner, function
 
     def forward(self, *inputs: torch.Tensor):
-        out = self.function(*inputs)
-        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+        return as_tuple(self.function(*inputs))
+
+
+def as_tuple(out) -> tuple:
+    """A network's output as a tuple of tensors: one tensor, or a tuple or list of them."""
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Everything that turns a family's name into something that runs lives here, below the CLI, so that the CLI, the
 web demo, the Python API (`scenekit.load`, `scenekit.train`) and the benchmarks share it:
 
-- `FAMILIES`: name -> `Family(module, recipe function, Options dataclass, preset options)`;
+- `FAMILIES`: name -> `Family(module, Options dataclass, recipe function, preset options)`;
 - `model_options(name)`: the family's options (`scenekit.recipes.OptionSpec`: default, kind, one line of help),
   read off its Options dataclass;
 - `make_recipe(name, categories, options)`: the family's `scenekit.recipes.Recipe`, options checked (an unknown
@@ -24,12 +24,11 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class Family:
     """One row of the table: `module.recipe(categories, name=..., **options)` builds the family's recipe; its
-    options are the fields of `module.<options>` (a dataclass), with `preset` over their defaults. `options`
-    None: read off the recipe function's keyword parameters (families not yet given an Options dataclass)."""
+    options are the fields of `module.<options>` (a dataclass), with `preset` over their defaults."""
 
     module: str
+    options: str
     recipe: str = "recipe"
-    options: str | None = None
     preset: dict = field(default_factory=dict)
 
 
@@ -47,14 +46,14 @@ FAMILIES = {
                         preset={"architecture": "deconvnet", "upsample": "unpool"}),
     "deconvnet-transposed": Family("scenekit.models.fcn", options="FCNOptions",
                                    preset={"architecture": "deconvnet", "upsample": "transposed"}),
-    "sliding-window": Family("scenekit.models.fcn", "window_recipe", options="WindowOptions"),
+    "sliding-window": Family("scenekit.models.fcn", options="WindowOptions", recipe="window_recipe"),
     "fast-rcnn": Family("scenekit.models.fast_rcnn", options="FastRCNNOptions"),
     "faster-rcnn": Family("scenekit.models.faster_rcnn", options="FasterRCNNOptions"),
     "rcnn": Family("scenekit.models.rcnn", options="RCNNOptions"),
     "yolo1": Family("scenekit.models.yolo", options="YoloOptions", preset={"version": 1}),
     "yolo2": Family("scenekit.models.yolo", options="YoloOptions", preset={"version": 2}),
     "mask-rcnn": Family("scenekit.models.mask_rcnn", options="MaskRCNNOptions"),
-    "charlm": Family("scenekit.models.language", "char_lm_recipe", "CharLMOptions"),
+    "charlm": Family("scenekit.models.language", options="CharLMOptions", recipe="char_lm_recipe"),
     "deepimagesent": Family("scenekit.models.captioner", options="CaptionerOptions", preset={"kind": "deepimagesent"}),
     "showtell": Family("scenekit.models.captioner", options="CaptionerOptions", preset={"kind": "showtell"}),
     "showattendtell": Family("scenekit.models.captioner", options="CaptionerOptions",
@@ -104,13 +103,10 @@ def model_options(name: str) -> dict:
     """`scenekit.recipes.OptionSpec`s of model `name`'s options, defaults as its table entry presets them."""
     import importlib
 
-    from scenekit.recipes import options_specs, recipe_options
+    from scenekit.recipes import options_specs
 
     row = family(name)
-    module = importlib.import_module(row.module)
-    if row.options is not None:
-        return options_specs(getattr(module, row.options), row.preset)
-    return recipe_options(getattr(module, row.recipe), row.preset)
+    return options_specs(getattr(importlib.import_module(row.module), row.options), row.preset)
 
 
 def parse_options(pairs, model: str | None = None) -> dict:

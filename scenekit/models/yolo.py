@@ -81,6 +81,7 @@ from scenekit.data.tiling import RandomWindow, predict_any_size
 from scenekit.data.transforms import Compose, Letterbox, clip_boxes, letterbox_image, load_image
 from scenekit.errors import DataError
 from scenekit.data.augment import MosaicDataset, RecordPairs, build_augmentation
+from scenekit.data.image_files import read_rgb
 from scenekit.models.backbones import inference_copy
 from scenekit.models.detection import coco_records, evaluate_detections
 from scenekit.models.fast_rcnn import augment_options, tiled_epoch
@@ -769,9 +770,6 @@ def evaluate_yolo(model: nn.Module, dataset, device, class_ids: list[int], *, si
             "images_per_s": len(records) / max(seconds, 1e-9), "images_at_max_detections": int(capped)}
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-
 # ------------------------------------------------------------------------------------------------ ONNX export
 def yolo_graph(model: nn.Module):
     """YOLO's ONNX graph (`scenekit.export`). v1: images [B, 3, S, S] -> output [B, S_g, S_g, 5B + C], the forward
@@ -790,34 +788,19 @@ def yolo_graph(model: nn.Module):
     return ExportGraph("yolo1", Tupled(model, yolo1), torch.rand(2, 3, size, size), ["output"], False)
 
 
-def stream_predict(recipe: Recipe, model: nn.Module, folder, device):
-    """Run a trained model over a folder of images as a stream of frames (sorted by name), the real-time use
-    YOLO was made for. Yields (path, detections, seconds) per frame, `seconds` being the model's time
-    (`recipe.predict`); the next file is decoded on a second thread meanwhile, so frames per second are
-    1 / seconds when decoding keeps up. Works for any recipe's model."""
-    from PIL import Image
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError("not a folder of images", file=str(folder))
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise DataError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in the folder", file=str(folder))
-
-    def read(path):
-        try:
-            with Image.open(path) as picture:
-                return np.asarray(picture.convert("RGB"))
-        except (OSError, ValueError) as error:
-            raise DataError(f"cannot read image ({error})", file=str(path)) from None
-
+def stream_predict(recipe: Recipe, model: nn.Module, paths: list[Path], device):
+    """Run a trained model over image files as a stream of frames, in the order given (a folder's files sorted by
+    name: `scenekit.data.image_files.image_files`), the real-time use YOLO was made for. Yields (path,
+    detections, seconds) per frame, `seconds` being the model's time (`recipe.predict`); the next file is decoded
+    on a second thread meanwhile, so frames per second are 1 / seconds when decoding keeps up. Works for any
+    recipe's model."""
     model.eval()
     with ThreadPoolExecutor(max_workers=1) as reader:
-        upcoming = reader.submit(read, paths[0])
+        upcoming = reader.submit(read_rgb, paths[0])
         for number, path in enumerate(paths):
             image = upcoming.result()
             if number + 1 < len(paths):
-                upcoming = reader.submit(read, paths[number + 1])
+                upcoming = reader.submit(read_rgb, paths[number + 1])
             began = time.perf_counter()
             found = recipe.predict(model, [image], device)[0]
             if device.type == "cuda":

@@ -38,10 +38,11 @@ def as_rgb(image) -> np.ndarray:
     from PIL import Image
 
     if isinstance(image, (str, Path)):
+        from scenekit.data.image_files import read_rgb
+
         try:
-            with Image.open(image) as picture:
-                return np.asarray(picture.convert("RGB"))
-        except (OSError, ValueError) as error:
+            return read_rgb(image)
+        except FileNotFoundError as error:
             raise DataError(f"cannot read the image ({error})", file=str(image)) from None
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"))
